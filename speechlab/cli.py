@@ -1,0 +1,104 @@
+"""The ``speechlab`` command.
+
+Training subcommands go to Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``) with a
+YAML recipe (``--config recipes/tiny/ctc.yaml``); tool subcommands (``data synth``,
+``data farfield``, ``data validate``, ``score``, ...) are plain argparse commands.
+
+A tool module registers itself in :data:`TOOLS` by its import path; it defines
+``add_arguments(parser)`` and ``main(args) -> int``. Modules are imported only when their
+command runs, so ``speechlab score`` does not pay for importing Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+#: command -> module, or group -> {command -> module}
+TOOLS: dict[str, str | dict[str, str]] = {
+    "data": {
+        "synth": "speechlab.data.synth",
+        "farfield": "speechlab.data.farfield",
+        "validate": "speechlab.data.manifests",
+    },
+    "score": "speechlab.score",
+}
+
+
+class CLIError(Exception):
+    """An error that the command reports in one line (no traceback) and exits 2 on."""
+
+
+def _tool_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechlab",
+        description="speechlab: train with 'speechlab fit --config RECIPE.yaml' "
+        f"({', '.join(LIGHTNING_SUBCOMMANDS)}), or run a tool:",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_SUBCOMMANDS:
+        sub.add_parser(name, help=f"Lightning {name} with a recipe (--config RECIPE.yaml)", add_help=False)
+    for name, target in TOOLS.items():
+        if isinstance(target, str):
+            _add_tool(sub, name, target)
+        else:
+            group = sub.add_parser(name, help=f"{name} tools: {', '.join(target)}")
+            group_sub = group.add_subparsers(dest="tool", required=True, metavar="TOOL")
+            for tool_name, module in target.items():
+                _add_tool(group_sub, tool_name, module)
+    return parser
+
+
+def _add_tool(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    doc = (module.__doc__ or "").strip().splitlines()
+    p = sub.add_parser(name, help=doc[0] if doc else None, description=module.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(_main=module.main)
+
+
+def run_lightning(argv: Sequence[str]) -> None:
+    """Lightning's CLI over any LightningModule / LightningDataModule (recipes name them)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    from speechlab.tasks.cli import SpeechLabCLI
+
+    assert issubclass(SpeechLabCLI, LightningCLI)
+    SpeechLabCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+    )
+
+
+def _has_omegaconf() -> bool:
+    return importlib.util.find_spec("omegaconf") is not None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        run_lightning(argv)
+        return 0
+    args = _tool_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"speechlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
