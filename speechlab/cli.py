@@ -63,34 +63,20 @@ def _add_tool(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
     p.set_defaults(_main=module.main)
 
 
-def run_lightning(argv: Sequence[str]) -> None:
-    """Lightning's CLI over any LightningModule / LightningDataModule (recipes name them)."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.cli import LightningCLI
-
+def run_lightning(argv: Sequence[str] | None) -> None:
+    """Lightning's CLI over any LightningModule / LightningDataModule (recipes name them);
+    ``argv=None`` reads ``sys.argv``."""
     from speechlab.tasks.cli import SpeechLabCLI
 
-    assert issubclass(SpeechLabCLI, LightningCLI)
-    SpeechLabCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
-    )
-
-
-def _has_omegaconf() -> bool:
-    return importlib.util.find_spec("omegaconf") is not None
+    SpeechLabCLI(args=None if argv is None else list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning(argv)
+        run_lightning(None if from_command_line else argv)
         return 0
     args = _tool_parser().parse_args(argv)
     try:

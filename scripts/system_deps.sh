@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages speechlab's tools call, when they are missing:
+#   espeak-ng  (speechlab data synth: the embedded default corpus)
+# Prints one clear line and exits 1 when it cannot (no apt-get, not root).
+set -euo pipefail
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "speechlab: needs ${missing[*]} and this machine has no apt-get: install ${missing[*]} with your package manager, then rerun." >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "speechlab: needs ${missing[*]}: run 'apt-get install ${missing[*]}' as root, then rerun." >&2
+    exit 1
+  fi
+fi
+echo "speechlab: installing ${missing[*]} with apt-get"
+if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+  echo "speechlab: apt-get could not install ${missing[*]}; install it by hand, then rerun." >&2
+  exit 1
+fi

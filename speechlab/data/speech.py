@@ -1,0 +1,220 @@
+"""``SpeechDataModule``: manifests → validated lhotse CutSets → duration-bucketed batches of
+log-mel features and character targets.
+
+Batches are dicts::
+
+    features        (B, T, 80) float32   CMVN log-mel fbank, zero-padded
+    feature_lens    (B,) int64           valid frames per utterance
+    targets         (B, S) int64         vocabulary ids, padded with 0 (= blank, never a target)
+    target_lens     (B,) int64
+    ids, texts      list[str]            cut ids and normalized transcripts
+
+In paired mode (``paired_clean_manifest`` set; the train manifest holds far-field cuts whose
+``clean_id`` names their source) a batch also carries ``clean_features`` /
+``clean_feature_lens``: the clean view of the same utterances, in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
+from speechlab.data.manifests import ManifestError, load_cuts
+from speechlab.data.text import DEFAULT_CHARS, CharVocab
+
+log = logging.getLogger("speechlab.data")
+
+
+class SpeechBatchDataset(Dataset):
+    """Map-style dataset over *batches*: lhotse samplers yield a ``CutSet`` per batch, and
+    ``__getitem__`` turns it into padded feature and target tensors (see module docstring)."""
+
+    def __init__(self, vocab: CharVocab, num_mel_bins: int = 80, dither: float = 1.0,
+                 clean_cuts: dict[str, Cut] | None = None) -> None:
+        self.vocab = vocab
+        self.num_mel_bins = num_mel_bins
+        self.dither = dither
+        self.clean_cuts = clean_cuts
+
+    def features(self, cut: Cut) -> torch.Tensor:
+        """``(num_frames, num_mel_bins)`` CMVN log-mel features of a cut's first channel."""
+        audio = torch.from_numpy(cut.load_audio()[0])
+        return utterance_cmvn(log_mel_fbank(audio, cut.sampling_rate, self.num_mel_bins,
+                                            dither=self.dither))
+
+    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        cuts = list(cuts)
+        feats = [self.features(c) for c in cuts]
+        texts = [c.supervisions[0].text for c in cuts]
+        targets = [torch.tensor(self.vocab.encode(t), dtype=torch.long) for t in texts]
+        batch: dict[str, Any] = {
+            "features": pad_sequence(feats, batch_first=True),
+            "feature_lens": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
+            "targets": pad_sequence(targets, batch_first=True, padding_value=0)
+            if targets else torch.zeros(0, 0, dtype=torch.long),
+            "target_lens": torch.tensor([len(t) for t in targets], dtype=torch.long),
+            "ids": [c.id for c in cuts],
+            "texts": texts,
+        }
+        if self.clean_cuts is not None:
+            clean = [self.features(self.clean_cuts[c.custom["clean_id"]]) for c in cuts]
+            batch["clean_features"] = pad_sequence(clean, batch_first=True)
+            batch["clean_feature_lens"] = torch.tensor([f.shape[0] for f in clean])
+        return batch
+
+    def __len__(self) -> int:  # batches come from the sampler; Lightning only needs it defined
+        raise TypeError("SpeechBatchDataset is indexed by CutSets from a lhotse sampler")
+
+
+class SpeechDataModule(pl.LightningDataModule):
+    """Speech batches for CTC / Gram-CTC / seq2seq / robust-encoder tasks.
+
+    Args:
+        train_manifest, dev_manifest, test_manifest: NeMo-style JSONL manifests (or lhotse cut
+            manifests); ``test_manifest`` defaults to ``dev_manifest``.
+        vocab: the characters of the output vocabulary, in id order (blank = 0 is implicit).
+        sample_rate: Hz the recipe expects; other rates are an error unless ``resample``.
+        max_duration: seconds of audio per batch (lhotse ``DynamicBucketingSampler``).
+        num_buckets: duration buckets for training batches.
+        output_frame_rate: model output frames per second (100 / subsampling stride), used to
+            skip utterances too short for their transcript under CTC; ``None`` disables it.
+        paired_clean_manifest: clean manifest for paired clean/far-field training.
+        num_workers: DataLoader worker processes (features are computed in them).
+        check_samples: decode every file at set-up to catch corrupt audio and NaN/inf samples.
+        seed: shuffling seed (the sampler's; the epoch is mixed in by lhotse).
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        dev_manifest: str | None = None,
+        test_manifest: str | None = None,
+        vocab: str = "".join(DEFAULT_CHARS),
+        sample_rate: int = 16000,
+        resample: bool = False,
+        max_duration: float = 60.0,
+        num_buckets: int = 10,
+        output_frame_rate: float | None = 25.0,
+        paired_clean_manifest: str | None = None,
+        num_mel_bins: int = 80,
+        dither: float = 1.0,
+        num_workers: int = 1,
+        check_samples: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.vocab = CharVocab(list(vocab))
+        self._cuts: dict[str, CutSet] = {}
+        self._clean_cuts: dict[str, Cut] | None = None
+        self._train_sampler: DynamicBucketingSampler | None = None
+        self._pending_sampler_state: dict | None = None
+
+    @property
+    def frame_shift_ms(self) -> float:
+        return FRAME_SHIFT_MS
+
+    def _load(self, split: str, path: str | None) -> None:
+        if path is None or split in self._cuts:
+            return
+        cuts, report = load_cuts(
+            path, vocab=self.vocab, sample_rate=self.hparams.sample_rate,
+            resample=self.hparams.resample, output_frame_rate=self.hparams.output_frame_rate,
+            check_samples=self.hparams.check_samples, on_error="skip",
+        )
+        log.info("%s", report.summary())
+        self._cuts[split] = cuts
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in (None, "fit"):
+            if hp.train_manifest is None:
+                raise ManifestError("data.train_manifest is not set (needed to fit)")
+            self._load("train", hp.train_manifest)
+            if hp.paired_clean_manifest is not None and self._clean_cuts is None:
+                clean, report = load_cuts(
+                    hp.paired_clean_manifest, vocab=self.vocab, sample_rate=hp.sample_rate,
+                    resample=hp.resample, check_samples=hp.check_samples, on_error="skip")
+                log.info("%s", report.summary())
+                self._clean_cuts = {c.id: c for c in clean}
+                self._check_pairs()
+        if stage in (None, "fit", "validate"):
+            self._load("dev", hp.dev_manifest)
+        if stage in (None, "test"):
+            self._load("test", hp.test_manifest or hp.dev_manifest)
+        if stage == "predict":
+            self._load("test", hp.test_manifest or hp.dev_manifest)
+
+    def _check_pairs(self) -> None:
+        assert self._clean_cuts is not None
+        missing = [c.id for c in self._cuts["train"] if c.custom is None
+                   or c.custom.get("clean_id") not in self._clean_cuts]
+        if missing:
+            raise ManifestError(
+                f"{self.hparams.train_manifest}: {len(missing)} far-field cuts have no clean "
+                f"source in {self.hparams.paired_clean_manifest} (e.g. {missing[:5]})")
+
+    def _loader(self, sampler) -> DataLoader:
+        dataset = SpeechBatchDataset(self.vocab, self.hparams.num_mel_bins, self.hparams.dither,
+                                     clean_cuts=self._clean_cuts if sampler is self._train_sampler else None)
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self._train_sampler = DynamicBucketingSampler(
+            self._cuts["train"], max_duration=self.hparams.max_duration, shuffle=True,
+            num_buckets=self.hparams.num_buckets, seed=self.hparams.seed, drop_last=False,
+            world_size=_world_size(), rank=_rank())
+        if self._pending_sampler_state is not None:
+            self._train_sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        return self._loader(self._train_sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        sampler = DynamicCutSampler(self._cuts[split], max_duration=self.hparams.max_duration,
+                                    shuffle=False, world_size=_world_size(), rank=_rank())
+        return self._loader(sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("dev")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's position, saved in checkpoints (resumable mid-epoch)."""
+        if self._train_sampler is None:
+            return {}
+        return {"train_sampler": self._train_sampler.state_dict(), "vocab": self.vocab.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "vocab" in state and CharVocab.from_dict(state["vocab"]) != self.vocab:
+            raise ValueError(
+                f"checkpoint vocabulary {CharVocab.from_dict(state['vocab'])} differs from the "
+                f"recipe's data.vocab {self.vocab}")
+        self._pending_sampler_state = state.get("train_sampler")
+
+    def cuts(self, split: str) -> CutSet:
+        """The validated cuts of ``split`` (``train``, ``dev``, ``test``) after ``setup``."""
+        return self._cuts[split]
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

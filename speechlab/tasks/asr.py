@@ -1,0 +1,159 @@
+"""Training/evaluation glue shared by the speech recognition tasks.
+
+:class:`ASRTask` owns what every ASR task does the same way: the optimizer and learning-rate
+schedule, WER/CER from summed edit counts on validation and test, and the hypotheses file that
+``speechlab test`` writes. A subclass defines ``compute_loss(batch)`` and
+``transcribe(batch) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from speechlab.data.text import CharVocab
+from speechlab.io import atomic_write_jsonl, atomic_write_text
+from speechlab.metrics import ErrorRate
+
+log = logging.getLogger("speechlab.tasks")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
+    """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to
+    ``min_ratio`` at ``total_steps`` (constant after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ASRTask(pl.LightningModule):
+    """Base of the ASR tasks (not used directly in recipes).
+
+    Args:
+        vocab: output characters in id order (blank = 0 implicit); must equal the data's.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        total_steps: steps of the cosine schedule; default ``trainer.max_steps``.
+        output_dir: where ``test`` writes ``hyps.jsonl`` and ``wer.json``; default the logger's
+            folder.
+    """
+
+    def __init__(self, vocab: str, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 200, total_steps: int | None = None,
+                 output_dir: str | None = None) -> None:
+        super().__init__()
+        self.vocab = CharVocab(list(vocab))
+        self.metrics = torch.nn.ModuleDict({
+            f"{split}_{unit}": ErrorRate(unit) for split in ("val", "test") for unit in ("word", "char")
+        })
+        self._test_rows: list[dict[str, str]] = []
+
+    # -- subclass API ---------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def transcribe(self, batch: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def frame_rate(self) -> float:
+        """Model output frames per second of audio."""
+        raise NotImplementedError
+
+    # -- Lightning hooks --------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        if getattr(dm, "vocab", self.vocab) != self.vocab:
+            raise ValueError(f"recipe mismatch: model vocab {self.vocab} != data vocab {dm.vocab}; "
+                             "set the same characters in model.init_args.vocab and data.init_args.vocab")
+        rate = getattr(dm.hparams, "output_frame_rate", None)
+        if rate is not None and abs(rate - self.frame_rate) > 1e-6:
+            raise ValueError(
+                f"recipe mismatch: data.init_args.output_frame_rate is {rate} but the model emits "
+                f"{self.frame_rate} frames/s (100 / stride); set output_frame_rate: {self.frame_rate}")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], split: str) -> list[str]:
+        loss = self.compute_loss(batch)
+        hyps = self.transcribe(batch)
+        n = len(batch["ids"])
+        self.log(f"{split}/loss", loss, batch_size=n, sync_dist=True)
+        for unit in ("word", "char"):
+            metric = self.metrics[f"{split}_{unit}"]
+            metric.update(hyps, batch["texts"])
+            self.log(f"{split}/{'wer' if unit == 'word' else 'cer'}", metric, batch_size=n,
+                     prog_bar=split == "val")
+        return hyps
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hyps = self._evaluate(batch, "test")
+        self._test_rows += [{"id": i, "ref": r, "hyp": h}
+                            for i, r, h in zip(batch["ids"], batch["texts"], hyps, strict=True)]
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._test_rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[dict]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if not self.trainer.is_global_zero:
+            return
+        out = self.test_output_dir()
+        rows = sorted(rows, key=lambda r: r["id"])
+        atomic_write_jsonl(out / "hyps.jsonl", rows)
+        summary = {name: {"errors": int(m.errors), "ref_len": int(m.ref_len),
+                          "rate": float(m.compute())} for name, m in self.metrics.items()
+                   if name.startswith("test")}
+        summary["utterances"] = len(rows)
+        atomic_write_text(out / "wer.json", json.dumps(summary, indent=1) + "\n")
+        wer, cer = summary["test_word"], summary["test_char"]
+        print(f"\ntest: {len(rows)} utterances  WER {100 * wer['rate']:.2f}% "
+              f"({wer['errors']}/{wer['ref_len']} words)  CER {100 * cer['rate']:.2f}% "
+              f"({cer['errors']}/{cer['ref_len']} chars)\nhypotheses: {out / 'hyps.jsonl'}\n"
+              f"summary:    {out / 'wer.json'}\nrescore:    speechlab score --ref "
+              f"{out / 'hyps.jsonl'} --hyp {out / 'hyps.jsonl'}")
+
+    def test_output_dir(self) -> Path:
+        if self.hparams.get("output_dir"):
+            return Path(self.hparams.output_dir)
+        if self.trainer.log_dir is not None:
+            return Path(self.trainer.log_dir)
+        return Path(self.trainer.default_root_dir)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
+        return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
+        if total is None:
+            log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
+                        "after warm-up")
+            total = 10**12
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["speechlab_vocab"] = self.vocab.to_dict()

@@ -1,0 +1,57 @@
+"""CTC acoustic model: :class:`~speechlab.nn.encoders.SpeechEncoder` + linear head, trained
+with ``torch.nn.functional.ctc_loss``, decoded greedily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from speechlab.data.features import SpecAugment
+from speechlab.data.text import DEFAULT_CHARS
+from speechlab.functional.ctc import ctc_greedy_decode
+from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
+from speechlab.tasks.asr import ASRTask
+
+
+class CTCTask(ASRTask):
+    """CTC baseline.
+
+    Args:
+        vocab: output characters (blank = 0 implicit).
+        encoder: encoder hyper-parameters (shared with Gram-CTC, robust and seq2seq tasks).
+        spec_augment: apply SpecAugment to training batches.
+        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`.
+    """
+
+    def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
+                 encoder: SpeechEncoderConfig | None = None, spec_augment: bool = True,
+                 lr: float = 2e-3, weight_decay: float = 1e-2, warmup_steps: int = 200,
+                 total_steps: int | None = None, output_dir: str | None = None) -> None:
+        super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir)
+        self.save_hyperparameters()
+        self.encoder = SpeechEncoder(encoder or SpeechEncoderConfig())
+        self.head = torch.nn.Linear(self.encoder.output_dim, len(self.vocab))
+        self.spec_augment = SpecAugment() if spec_augment else None
+
+    @property
+    def frame_rate(self) -> float:
+        return self.encoder.frame_rate
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features (B, T, F)`` → ``(log_probs (B, T', V), lengths (B,))``."""
+        if self.spec_augment is not None and self.training:
+            features = self.spec_augment(features)
+        enc, lengths = self.encoder(features, lengths)
+        return self.head(enc).float().log_softmax(dim=-1), lengths
+
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        log_probs, lengths = self(batch["features"], batch["feature_lens"])
+        return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths,
+                          batch["target_lens"], blank=self.vocab.blank, reduction="mean",
+                          zero_infinity=True)
+
+    def transcribe(self, batch: dict[str, Any]) -> list[str]:
+        log_probs, lengths = self(batch["features"], batch["feature_lens"])
+        return [self.vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, lengths, self.vocab.blank)]
