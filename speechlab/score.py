@@ -243,13 +243,16 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def _jsonl_text(obj: dict, fields: Sequence[str]) -> str | None:
+_ABSENT = object()
+
+
+def _jsonl_text(obj: dict, fields: Sequence[str]) -> Any:
     for name in fields:
         if name in obj:
             return obj[name]
     if "text" in fields and isinstance(obj.get("supervisions"), list):  # a lhotse cut
         return " ".join(str(s.get("text") or "") for s in obj["supervisions"])
-    return None
+    return _ABSENT
 
 
 def _jsonl_id(obj: dict) -> Any:
@@ -308,7 +311,7 @@ def read_transcripts(
                 raise fail(lineno, "no 'id' (or 'audio_filepath') field")
             utt = str(utt)
             text = _jsonl_text(obj, fields)
-            if text is None:
+            if text is _ABSENT:
                 wanted = " or ".join(repr(k) for k in fields)
                 raise fail(lineno, f"no {wanted} field (keys: {', '.join(obj)})")
             if not isinstance(text, str):
