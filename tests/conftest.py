@@ -7,7 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import sys
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPEECHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -28,3 +32,11 @@ def espeak() -> str:
     if path is None:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, espeak) -> dict[str, Path]:
+    """12 espeak-ng utterances with train/dev/test manifests (and ``all``)."""
+    from corpus import synth_tiny_corpus
+
+    return synth_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))

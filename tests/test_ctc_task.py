@@ -1,0 +1,47 @@
+"""The CTC baseline learns: on a handful of espeak-ng utterances the loss falls and the
+greedy transcripts reach < 5% CER (scored by jiwer through speechlab.score)."""
+
+import json
+
+import pytorch_lightning as pl
+import torch
+
+from speechlab.data.speech import SpeechDataModule
+from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.score import edit_counts
+from speechlab.tasks.ctc import CTCTask
+
+
+def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
+    torch.manual_seed(0)
+    manifest = tmp_path / "six.jsonl"
+    manifest.write_text("\n".join(tiny_corpus["all"].read_text().splitlines()[:6]) + "\n")
+    dm = SpeechDataModule(str(manifest), str(manifest), max_duration=100, num_workers=0, dither=0.0)
+    task = CTCTask(encoder=SpeechEncoderConfig(hidden_size=96, dropout=0.0), spec_augment=False,
+                   lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=250,
+                   output_dir=str(tmp_path / "out"))
+    trainer = pl.Trainer(max_steps=250, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, check_val_every_n_epoch=1000,
+                         gradient_clip_val=2.0, use_distributed_sampler=False, num_sanity_val_steps=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    task.eval()
+    with torch.no_grad():
+        loss_before = task.compute_loss(batch).item()
+    trainer.fit(task, datamodule=dm)
+    task.eval()
+    with torch.no_grad():
+        loss_after = task.compute_loss(batch).item()
+        hyps = task.transcribe(batch)
+    assert loss_after < 0.2 * loss_before
+    counts = edit_counts(batch["texts"], hyps, unit="char")
+    assert counts.rate < 0.05, list(zip(batch["texts"], hyps, strict=True))
+
+    # speechlab test writes hypotheses and a summary that agree with the scorer
+    trainer.test(task, datamodule=dm)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "hyps.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(batch["ids"])
+    summary = json.loads((tmp_path / "out" / "wer.json").read_text())
+    words = edit_counts([r["ref"] for r in rows], [r["hyp"] for r in rows], unit="word")
+    assert summary["test_word"]["errors"] == words.errors
+    assert summary["test_word"]["ref_len"] == words.ref_len

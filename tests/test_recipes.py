@@ -1,0 +1,45 @@
+"""Every recipe in recipes/ parses (--print_config) and runs one CPU batch (fast_dev_run)
+on the tiny espeak-ng corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from speechlab.cli import main
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+
+
+def _data_overrides(recipe: Path, corpus: dict[str, Path]) -> list[str]:
+    """Point a recipe's manifests at the test corpus (keys it does not have are left out)."""
+    init = (yaml.safe_load(recipe.read_text()).get("data") or {}).get("init_args", {})
+    out = []
+    for key, split in [("train_manifest", "train"), ("dev_manifest", "dev"),
+                       ("test_manifest", "test"), ("paired_clean_manifest", "train")]:
+        if key in init:
+            out.append(f"--data.init_args.{key}={corpus[split]}")
+    return out
+
+
+def test_there_are_recipes():
+    assert RECIPES, "no recipes found"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_recipe_print_config(recipe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("speechlab.")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path):
+    main(["fit", "--config", str(recipe), *_data_overrides(recipe, tiny_corpus),
+          "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
+          f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]",
+          "--trainer.enable_progress_bar=false"])
