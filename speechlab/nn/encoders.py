@@ -41,6 +41,10 @@ class SpeechEncoderConfig:
     dropout: float = 0.1
 
 
+def _halve(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.div(lengths + 1, 2, rounding_mode="floor")
+
+
 class ConvSubsampling(nn.Module):
     """``log2(stride)`` 3×3 stride-2 conv2d layers over (time, frequency), then a linear
     projection. ``(B, T, F) → (B, ceil(T / stride), out_dim)``."""
@@ -51,25 +55,31 @@ class ConvSubsampling(nn.Module):
             raise ValueError(f"stride must be 1, 2, 4 or 8, got {stride}")
         self.stride = stride
         n = int(math.log2(stride))
-        layers: list[nn.Module] = []
+        convs: list[nn.Module] = []
         in_ch, freq = 1, input_dim
         for _ in range(n):
-            layers += [nn.Conv2d(in_ch, channels, 3, stride=2, padding=1), nn.ReLU()]
+            convs.append(nn.Conv2d(in_ch, channels, 3, stride=2, padding=1))
             in_ch, freq = channels, (freq + 1) // 2
-        self.conv = nn.Sequential(*layers)
+        self.convs = nn.ModuleList(convs)
         self.proj = nn.Linear(in_ch * freq, out_dim)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames after subsampling: each stride-2 layer maps ``T → ceil(T / 2)``."""
-        for _ in range(int(math.log2(self.stride))):
-            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+        for _ in self.convs:
+            lengths = _halve(lengths)
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        y = x.unsqueeze(1)  # (B, 1, T, F)
+        for conv in self.convs:
+            # padded frames are zeroed after each layer, so an utterance encodes the same
+            # alone and in a padded batch
+            y, lengths = torch.relu(conv(y)), _halve(lengths)
+            valid = torch.arange(y.shape[2], device=y.device)[None, :] < lengths[:, None].to(y.device)
+            y = y * valid[:, None, :, None]
         b, c, t, f = y.shape
         y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        return y, self.output_lengths(lengths)
+        return y, lengths
 
 
 class SpeechEncoder(nn.Module):
