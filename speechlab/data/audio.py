@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,29 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message names the file and the reason."""
 
 
+# libsndfile's open log says "data : 32000 (should be 15978)" when a WAV/AIFF file holds less
+# sample data than its header declares (a truncated file); it then silently reads the shorter
+# file. 0 and 0xFFFFFFFF are the "unknown length" markers of streamed WAVs, not truncation.
+_SHORT_DATA = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
 def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
-    """Header of an audio file (sample rate, channels, frames); raises :class:`AudioError`."""
+    """Header of an audio file (sample rate, channels, frames); raises :class:`AudioError` for
+    an unreadable file and for a truncated one (less sample data than the header declares)."""
     try:
-        return sf.info(str(path))
+        info = sf.info(str(path))
     except FileNotFoundError:
         raise
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError on bad headers
         raise AudioError(f"{path}: unreadable audio ({e})") from e
+    m = _SHORT_DATA.search(getattr(info, "extra_info", "") or "")
+    if m and int(m.group(1)) not in _STREAMED_SIZES and int(m.group(2)) < int(m.group(1)):
+        raise AudioError(
+            f"{path}: truncated audio (header declares {m.group(1)} bytes of samples, "
+            f"the file holds {m.group(2)})"
+        )
+    return info
 
 
 def read_audio(
