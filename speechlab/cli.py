@@ -19,14 +19,14 @@ from collections.abc import Sequence
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-#: command -> module, or group -> {command -> module}
-TOOLS: dict[str, str | dict[str, str]] = {
+#: command -> (module, one-line help), or group -> {command -> (module, help)}
+TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "data": {
-        "synth": "speechlab.data.synth",
-        "farfield": "speechlab.data.farfield",
-        "validate": "speechlab.data.manifests",
+        "synth": ("speechlab.data.synth", "synthesize the embedded espeak-ng corpus"),
+        "farfield": ("speechlab.data.farfield", "far-field copies of a manifest (RIR + noise)"),
+        "validate": ("speechlab.data.manifests", "validate a manifest and report its problems"),
     },
-    "score": "speechlab.score",
+    "score": ("speechlab.score", "WER/CER of hypotheses against references"),
 }
 
 
@@ -34,7 +34,8 @@ class CLIError(Exception):
     """An error that the command reports in one line (no traceback) and exits 2 on."""
 
 
-def _tool_parser() -> argparse.ArgumentParser:
+def _tool_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The argparse tree; only the module of the command named in ``argv`` is imported."""
     parser = argparse.ArgumentParser(
         prog="speechlab",
         description="speechlab: train with 'speechlab fit --config RECIPE.yaml' "
@@ -43,24 +44,26 @@ def _tool_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"Lightning {name} with a recipe (--config RECIPE.yaml)", add_help=False)
+    words = list(argv[:2])
     for name, target in TOOLS.items():
-        if isinstance(target, str):
-            _add_tool(sub, name, target)
+        if isinstance(target, tuple):
+            _add_tool(sub, name, target, load=words[:1] == [name])
         else:
             group = sub.add_parser(name, help=f"{name} tools: {', '.join(target)}")
             group_sub = group.add_subparsers(dest="tool", required=True, metavar="TOOL")
-            for tool_name, module in target.items():
-                _add_tool(group_sub, tool_name, module)
+            for tool_name, tool in target.items():
+                _add_tool(group_sub, tool_name, tool, load=words == [name, tool_name])
     return parser
 
 
-def _add_tool(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
-    module = importlib.import_module(module_name)
-    doc = (module.__doc__ or "").strip().splitlines()
-    p = sub.add_parser(name, help=doc[0] if doc else None, description=module.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(p)
-    p.set_defaults(_main=module.main)
+def _add_tool(sub: argparse._SubParsersAction, name: str, tool: tuple[str, str], load: bool) -> None:
+    module_name, help_text = tool
+    p = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if load:
+        module = importlib.import_module(module_name)
+        p.description = module.__doc__
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
 
 
 def run_lightning(argv: Sequence[str] | None) -> None:
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         run_lightning(None if from_command_line else argv)
         return 0
-    args = _tool_parser().parse_args(argv)
+    args = _tool_parser(argv).parse_args(argv)
     try:
         return int(args._main(args) or 0)
     except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
