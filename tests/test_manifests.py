@@ -216,6 +216,17 @@ def test_lhotse_cut_manifest_runs_checks(tmp_path: Path, good: Path) -> None:
     ]
 
 
+def test_lhotse_relative_source_resolves_against_manifest(tmp_path: Path, monkeypatch) -> None:
+    wav(tmp_path / "d" / "wavs" / "r.wav")
+    cuts, _ = load_cuts(manifest(tmp_path / "d", [entry("wavs/r.wav")]))
+    d = cuts[0].to_dict()
+    d["recording"]["sources"][0]["source"] = "wavs/r.wav"  # relative, as lhotse recipes write
+    m = manifest(tmp_path / "d", [d], name="cuts.jsonl")
+    monkeypatch.chdir(tmp_path)
+    cuts2, report = load_cuts(m)
+    assert report.kept == 1 and cuts2[0].load_audio().shape == (1, SR)
+
+
 # ------------------------------------------------------------------------------ bad manifests
 
 
@@ -471,20 +482,9 @@ def test_manifest_not_found(tmp_path: Path) -> None:
 
 
 def run_cli(*argv: str, capsys) -> tuple[int, str, str]:
-    """``speechlab data validate ARGV`` through the same error handling as speechlab.cli.main
-    (which imports every tool module, so it is not called directly here)."""
-    import argparse
+    from speechlab.cli import main
 
-    from speechlab.data import manifests
-
-    parser = argparse.ArgumentParser()
-    manifests.add_arguments(parser)
-    args = parser.parse_args(list(argv))
-    try:
-        rc = manifests.main(args)
-    except ValueError as e:  # what speechlab.cli.main prints in one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        rc = 2
+    rc = main(["data", "validate", *argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -518,13 +518,16 @@ def test_cli_validate(tmp_path: Path, good: Path, capsys) -> None:
     assert rc == 0
 
 
-def test_cli_registration() -> None:
+def test_cli_registration_and_help(capsys) -> None:
     from speechlab import cli
     from speechlab.data import manifests
 
-    assert cli.TOOLS["data"]["validate"] == "speechlab.data.manifests"
+    assert cli.TOOLS["data"]["validate"][0] == "speechlab.data.manifests"
     assert manifests.__doc__.splitlines()[0].startswith("Validate a speech manifest")
-    assert callable(manifests.add_arguments) and callable(manifests.main)
+    with pytest.raises(SystemExit):
+        cli.main(["data", "validate", "--help"])
+    out = capsys.readouterr().out
+    assert "Validate a speech manifest" in out and "--resample" in out and "--frame-rate" in out
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="timing")
