@@ -259,6 +259,18 @@ def test_write_manifest_round_trip(tmp_path: Path, good: Path) -> None:
     assert [e for _, e in read_manifest(tmp_path / "out" / "w.jsonl")] == rows
 
 
+def test_write_manifest_gz_and_binary_manifest(tmp_path: Path, good: Path) -> None:
+    assert write_manifest(tmp_path / "w.jsonl.gz", [entry(good, id="a")]) == 1
+    cuts, _ = load_cuts(tmp_path / "w.jsonl.gz")
+    assert [c.id for c in cuts] == ["a"]
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        load_cuts(tmp_path / "bin.jsonl")
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        load_cuts(tmp_path / "bad.jsonl.gz")
+
+
 def test_missing_field(tmp_path: Path, good: Path) -> None:
     issue = check_skip(
         tmp_path, good, {"audio_filepath": str(good), "duration": 1.0}, "missing field"

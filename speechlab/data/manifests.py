@@ -49,7 +49,7 @@ from lhotse.utils import fastcopy
 
 from speechlab.data.audio import AudioError, audio_info
 from speechlab.data.text import CharVocab, normalize_text
-from speechlab.io import atomic_write_jsonl
+from speechlab.io import atomic_path, atomic_write_jsonl
 
 __all__ = [
     "ManifestError",
@@ -151,7 +151,16 @@ def _iter_entries(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     with _open_text(path) as f:
-        for lineno, raw in enumerate(f, start=1):
+        lines = enumerate(f, start=1)
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, OSError, EOFError) as e:  # binary file, bad gzip
+                raise ManifestError(
+                    f"{path}: malformed manifest, not UTF-8 JSON lines ({e})"
+                ) from e
             if not raw.strip():
                 continue
             try:
@@ -186,8 +195,16 @@ def read_manifest(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> int:
-    """Write entries as JSON lines, atomically; returns the number of lines written."""
-    return atomic_write_jsonl(path, entries)
+    """Write entries as JSON lines (gzipped for ``*.gz``), atomically; returns the number of
+    lines written."""
+    if Path(path).suffix != ".gz":
+        return atomic_write_jsonl(path, entries)
+    n = 0
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
 # ------------------------------------------------------------------------------------- checks
