@@ -16,12 +16,14 @@ from pathlib import Path
 from speechlab.io import atomic_write_text
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+# letters that have no decomposition into a-z but a conventional spelling in it
+_LIGATURES = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o"})
 _NON_WORD = re.compile(r"[^a-z' ]+")
 _SPACES = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
-    """Normalize a transcript: NFKC, ASCII-fold accents, lower-case, typographic apostrophes to
+    """Normalize a transcript: NFKD, ASCII-fold accents and ligatures (``ß`` → ``ss``), lower-case, typographic apostrophes to
     ``'``, hyphens/underscores/other punctuation to spaces, collapse whitespace.
 
     >>> normalize_text("Turn ON the Kitchen-Lights, please!")
@@ -29,7 +31,7 @@ def normalize_text(text: str) -> str:
     >>> normalize_text("Don\u2019t  stop")
     "don't stop"
     """
-    text = unicodedata.normalize("NFKD", text).translate(_APOSTROPHES)
+    text = unicodedata.normalize("NFKD", text).translate(_APOSTROPHES).translate(_LIGATURES)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = _NON_WORD.sub(" ", text)
     # apostrophes that do not sit inside a word are quotes, not contractions
