@@ -143,9 +143,14 @@ class ASRTask(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]
 
+    def asr_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the AdamW + warm-up/cosine optimizer (all of them by default; a task
+        with a second optimizer, e.g. the robust encoder's critic, leaves its own out)."""
+        return list(self.parameters())
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.asr_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
         if total is None:
             log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "

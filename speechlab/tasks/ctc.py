@@ -39,18 +39,28 @@ class CTCTask(ASRTask):
     def frame_rate(self) -> float:
         return self.encoder.frame_rate
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``features (B, T, F)`` → ``(log_probs (B, T', V), lengths (B,))``."""
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SpecAugment (training only) + encoder: ``features (B, T, F)`` →
+        ``(embeddings (B, T', D), lengths (B,))``."""
         if self.spec_augment is not None and self.training:
             features = self.spec_augment(features)
-        enc, lengths = self.encoder(features, lengths)
+        return self.encoder(features, lengths)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features (B, T, F)`` → ``(log_probs (B, T', V), lengths (B,))``."""
+        enc, lengths = self.encode(features, lengths)
         return self.head(enc).float().log_softmax(dim=-1), lengths
 
+    def ctc_loss(self, encoded: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lens: torch.Tensor) -> torch.Tensor:
+        """Mean CTC loss of the head over ``encoded (B, T', D)`` for ``targets (B, S)``."""
+        log_probs = self.head(encoded).float().log_softmax(dim=-1)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lens,
+                          blank=self.vocab.blank, reduction="mean", zero_infinity=True)
+
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        log_probs, lengths = self(batch["features"], batch["feature_lens"])
-        return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths,
-                          batch["target_lens"], blank=self.vocab.blank, reduction="mean",
-                          zero_infinity=True)
+        enc, lengths = self.encode(batch["features"], batch["feature_lens"])
+        return self.ctc_loss(enc, lengths, batch["targets"], batch["target_lens"])
 
     def transcribe(self, batch: dict[str, Any]) -> list[str]:
         log_probs, lengths = self(batch["features"], batch["feature_lens"])
