@@ -1,0 +1,387 @@
+// Gram-CTC on the CPU: lattice builder, forward (alpha) and backward (beta + posteriors),
+// parallel over the batch with at::parallel_for. See gram_ctc.h for the lattice layout.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "gram_ctc.h"
+
+namespace speechlab {
+
+// ------------------------------------------------------------------------------ checks
+void check_lattice_args(const at::Tensor& targets, const at::Tensor& target_lengths,
+                        const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                        int64_t num_chars, int64_t max_gram_len) {
+  TORCH_CHECK(targets.dim() == 2, "gram_ctc: targets must be 2-D (N, S), got ", targets.sizes());
+  TORCH_CHECK(targets.scalar_type() == at::kLong, "gram_ctc: targets must be int64");
+  TORCH_CHECK(target_lengths.dim() == 1 && target_lengths.size(0) == targets.size(0),
+              "gram_ctc: target_lengths must have shape (N,) with N = ", targets.size(0));
+  TORCH_CHECK(target_lengths.scalar_type() == at::kLong, "gram_ctc: target_lengths must be int64");
+  TORCH_CHECK(gram_keys.dim() == 1 && gram_keys.scalar_type() == at::kLong,
+              "gram_ctc: gram_keys must be a 1-D int64 tensor");
+  TORCH_CHECK(gram_ids.dim() == 1 && gram_ids.scalar_type() == at::kInt &&
+                  gram_ids.size(0) == gram_keys.size(0),
+              "gram_ctc: gram_ids must be a 1-D int32 tensor as long as gram_keys");
+  TORCH_CHECK(max_gram_len >= 1 && max_gram_len <= 30, "gram_ctc: max_gram_len must be in [1, 30]");
+  TORCH_CHECK(num_chars >= 1, "gram_ctc: num_chars must be >= 1");
+  for (const at::Tensor* t : {&target_lengths, &gram_keys, &gram_ids}) {
+    TORCH_CHECK(t->device() == targets.device(), "gram_ctc: all tensors must be on ",
+                targets.device());
+  }
+}
+
+void check_forward_args(const at::Tensor& log_probs, const at::Tensor& lattice,
+                        const at::Tensor& input_lengths, int64_t max_target_len,
+                        int64_t max_gram_len) {
+  TORCH_CHECK(log_probs.dim() == 3, "gram_ctc: log_probs must be 3-D (T, N, V), got ",
+              log_probs.sizes());
+  TORCH_CHECK(at::isFloatingType(log_probs.scalar_type()),
+              "gram_ctc: log_probs must be floating point, got ", log_probs.scalar_type());
+  const int64_t B = log_probs.size(1);
+  const LatticeLayout L(max_target_len, max_gram_len);
+  TORCH_CHECK(lattice.dim() == 2 && lattice.size(0) == B && lattice.size(1) == L.width &&
+                  lattice.scalar_type() == at::kInt,
+              "gram_ctc: lattice must be int32 (N, ", L.width, "), got ", lattice.sizes());
+  TORCH_CHECK(input_lengths.dim() == 1 && input_lengths.size(0) == B &&
+                  input_lengths.scalar_type() == at::kLong,
+              "gram_ctc: input_lengths must be int64 (N,)");
+  TORCH_CHECK(lattice.device() == log_probs.device() && input_lengths.device() == log_probs.device(),
+              "gram_ctc: all tensors must be on ", log_probs.device());
+}
+
+void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
+                         const at::Tensor& lattice, const at::Tensor& input_lengths,
+                         const at::Tensor& nll, const at::Tensor& log_alpha,
+                         int64_t max_target_len, int64_t max_gram_len) {
+  check_forward_args(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
+  const int64_t T = log_probs.size(0), B = log_probs.size(1);
+  const LatticeLayout L(max_target_len, max_gram_len);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == B, "gram_ctc: grad must have shape (N,)");
+  TORCH_CHECK(nll.dim() == 1 && nll.size(0) == B, "gram_ctc: neg_log_likelihood must be (N,)");
+  TORCH_CHECK(log_alpha.dim() == 3 && log_alpha.size(0) == B && log_alpha.size(1) == T &&
+                  log_alpha.size(2) == L.S_bound,
+              "gram_ctc: log_alpha must be (N, T, ", L.S_bound, "), got ", log_alpha.sizes());
+  TORCH_CHECK(grad.device() == log_probs.device() && nll.device() == log_probs.device() &&
+                  log_alpha.device() == log_probs.device(),
+              "gram_ctc: all tensors must be on ", log_probs.device());
+}
+
+namespace {
+
+template <typename acc_t>
+constexpr acc_t neg_inf() {
+  return -std::numeric_limits<acc_t>::infinity();
+}
+
+// log(sum_j exp(buf[idx[j]])) over P entries; -inf when all are -inf.
+template <typename acc_t, int P>
+inline acc_t lse_gather(const acc_t* buf, const int32_t* idx, int p_runtime) {
+  const int np = P > 0 ? P : p_runtime;
+  acc_t v[P > 0 ? P : 32];
+  acc_t m = neg_inf<acc_t>();
+  for (int j = 0; j < np; ++j) {
+    v[j] = buf[idx[j]];
+    m = v[j] > m ? v[j] : m;
+  }
+  if (m == neg_inf<acc_t>()) return m;
+  acc_t s = 0;
+  for (int j = 0; j < np; ++j) s += std::exp(v[j] - m);
+  return m + std::log(s);
+}
+
+// Builds one lattice row (see gram_ctc.h) for target y[0:U].
+void build_row(const int64_t* y, int64_t U, const LatticeLayout& L, int64_t num_chars,
+               const int64_t* keys, const int32_t* ids, int64_t num_keys, int32_t* row) {
+  const int N = static_cast<int>(L.max_n), P = static_cast<int>(L.P);
+  const int32_t pad = static_cast<int32_t>(L.S_bound);
+  int32_t* bidx = row + L.bidx;
+  int32_t* mask = row + L.mask;
+  int32_t* gid = row + L.gid;
+  int32_t* label = row + L.label;
+  int32_t* pred = row + L.pred;
+  int32_t* succ = row + L.succ;
+  int32_t* perm = row + L.perm;
+  int32_t* seglen = row + L.seglen;
+  std::fill(row, row + L.width, 0);
+  std::fill(gid, gid + (L.max_u + 1) * N, -1);
+  std::fill(pred, pred + L.S_bound * P, pad);
+  std::fill(succ, succ + L.S_bound * P, pad);
+
+  int err = 0;
+  for (int64_t j = 0; j < U; ++j) err |= (y[j] < 1 || y[j] > num_chars);
+  row[kHdrError] = err;
+  if (err) U = 0;  // an empty lattice; the forward returns NaN for this utterance
+  const int64_t base = num_chars + 1;
+  for (int k = 1; k <= U; ++k) {
+    int32_t m = 0;
+    for (int n = 1; n <= N && n <= k; ++n) {
+      const int32_t g = n == 1 ? static_cast<int32_t>(y[k - 1])
+                               : lookup_gram(y, k, n, base, keys, ids, num_keys);
+      gid[k * N + n - 1] = g;
+      if (g >= 0) m |= 1 << (n - 1);
+    }
+    mask[k] = m;
+  }
+  bidx[0] = 0;
+  for (int k = 1; k <= U; ++k) bidx[k] = bidx[k - 1] + popcount32(mask[k]) + 1;
+  const int S = bidx[U] + 1;
+  row[kHdrStates] = S;
+  row[kHdrU] = static_cast<int32_t>(U);
+  row[kHdrFinal] = bidx[U];
+  row[kHdrGrams] = S - static_cast<int32_t>(U) - 1;
+
+  for (int k = 0; k <= U; ++k) {
+    // blank b_k
+    {
+      const int s = bidx[k];
+      label[s] = 0;
+      int32_t* pr = pred + static_cast<int64_t>(s) * P;
+      int32_t* su = succ + static_cast<int64_t>(s) * P;
+      int np = 0, ns = 0;
+      pr[np++] = s;
+      if (k >= 1)
+        for (int q = bidx[k - 1] + 1; q < bidx[k]; ++q) pr[np++] = q;
+      su[ns++] = s;
+      for (int n = 1; n <= N && k + n <= U; ++n)
+        if (mask[k + n] & (1 << (n - 1))) su[ns++] = gram_state_index(bidx, mask, k, n);
+    }
+    // gram states ending at k, by increasing n
+    for (int n = 1; n <= N && n <= k; ++n) {
+      if (!(mask[k] & (1 << (n - 1)))) continue;
+      const int s = gram_state_index(bidx, mask, k - n, n);
+      const int32_t g = gid[k * N + n - 1];
+      const int i = k - n;
+      label[s] = g;
+      int32_t* pr = pred + static_cast<int64_t>(s) * P;
+      int32_t* su = succ + static_cast<int64_t>(s) * P;
+      int np = 0, ns = 0;
+      pr[np++] = s;
+      pr[np++] = bidx[i];
+      if (i >= 1)
+        for (int q = bidx[i - 1] + 1; q < bidx[i]; ++q)
+          if (label[q] != g) pr[np++] = q;  // states before s are labelled already
+      su[ns++] = s;
+      su[ns++] = bidx[k];
+      for (int n2 = 1; n2 <= N && k + n2 <= U; ++n2)
+        if ((mask[k + n2] & (1 << (n2 - 1))) && gid[(k + n2) * N + n2 - 1] != g)
+          su[ns++] = gram_state_index(bidx, mask, k, n2);
+    }
+  }
+  // gram states sorted by (label, index); seglen at the first state of each label
+  std::vector<std::pair<int32_t, int32_t>> order;
+  order.reserve(S);
+  for (int s = 0; s < S; ++s)
+    if (label[s] != 0) order.emplace_back(label[s], s);
+  std::sort(order.begin(), order.end());
+  const int G = static_cast<int>(order.size());
+  for (int j = 0; j < G; ++j) {
+    perm[j] = order[j].second;
+    if (j == 0 || order[j].first != order[j - 1].first) {
+      int e = j;
+      while (e < G && order[e].first == order[j].first) ++e;
+      seglen[j] = e - j;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int P>
+void forward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t T,
+                       const int32_t* row, const LatticeLayout& L, acc_t* alpha_out,
+                       acc_t* nll_out, std::vector<acc_t>& buf) {
+  const int64_t Sb = L.S_bound;
+  const int p = static_cast<int>(L.P);
+  const int S = row[kHdrStates];
+  const int32_t* label = row + L.label;
+  const int32_t* pred = row + L.pred;
+  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  acc_t* prev = buf.data();
+  acc_t* cur = prev + (Sb + 1);
+  prev[0] = 0;  // virtual frame t = -1: only b_0
+  for (int64_t t = 0; t < Tn; ++t) {
+    const scalar_t* lpt = lp + t * lp_t_stride;
+    acc_t* out = alpha_out + t * Sb;
+    for (int s = 0; s < S; ++s) {
+      const acc_t a = lse_gather<acc_t, P>(prev, pred + static_cast<int64_t>(s) * p, p) +
+                      static_cast<acc_t>(lpt[label[s]]);
+      cur[s] = a;
+      out[s] = a;
+    }
+    std::fill(out + S, out + Sb, neg_inf<acc_t>());
+    std::swap(prev, cur);
+  }
+  std::fill(alpha_out + Tn * Sb, alpha_out + T * Sb, neg_inf<acc_t>());
+  // log p: the final states are exactly the predecessors of b_U
+  const int fin = row[kHdrFinal];
+  const acc_t logp = lse_gather<acc_t, P>(prev, pred + static_cast<int64_t>(fin) * p, p);
+  *nll_out = row[kHdrError] ? std::numeric_limits<acc_t>::quiet_NaN() : -logp;
+}
+
+template <typename scalar_t, typename acc_t, int P>
+void backward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t V,
+                        const int32_t* row, const LatticeLayout& L, const acc_t* alpha,
+                        acc_t nll, acc_t g, bool zero_infinity, scalar_t* grad_out,
+                        std::vector<acc_t>& buf, std::vector<acc_t>& acc_row) {
+  const int64_t Sb = L.S_bound;
+  const int p = static_cast<int>(L.P);
+  const int S = row[kHdrStates];
+  const int32_t* label = row + L.label;
+  const int32_t* succ = row + L.succ;
+  if (std::isinf(nll) || std::isnan(nll)) {
+    const scalar_t fill =
+        zero_infinity && std::isinf(nll) ? scalar_t(0) : std::numeric_limits<scalar_t>::quiet_NaN();
+    for (int64_t t = 0; t < Tn; ++t)
+      std::fill(grad_out + t * lp_t_stride, grad_out + t * lp_t_stride + V, fill);
+    return;
+  }
+  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  acc_row.assign(V, acc_t(0));
+  acc_t* next = buf.data();
+  acc_t* cur = next + (Sb + 1);
+  next[row[kHdrFinal]] = 0;  // virtual frame t = Tn: only b_U
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const scalar_t* lpt = lp + t * lp_t_stride;
+    const acc_t* at = alpha + t * Sb;
+    for (int s = 0; s < S; ++s) {
+      // beta without this frame's emission; alpha carries it once
+      const acc_t b = lse_gather<acc_t, P>(next, succ + static_cast<int64_t>(s) * p, p);
+      cur[s] = b + static_cast<acc_t>(lpt[label[s]]);
+      acc_row[label[s]] -= g * std::exp(at[s] + b + nll);
+    }
+    scalar_t* gt = grad_out + t * lp_t_stride;
+    for (int64_t c = 0; c < V; ++c) {
+      gt[c] = static_cast<scalar_t>(acc_row[c]);
+      acc_row[c] = 0;
+    }
+    std::swap(next, cur);
+  }
+}
+
+template <typename F>
+void dispatch_P(int64_t P, F&& f) {
+  switch (P) {
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ ops
+at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& target_lengths,
+                                const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                                int64_t num_chars, int64_t max_gram_len) {
+  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
+  const at::Tensor y = targets.contiguous();
+  const at::Tensor tl = target_lengths.contiguous();
+  const at::Tensor keys = gram_keys.contiguous();
+  const at::Tensor ids = gram_ids.contiguous();
+  const int64_t B = y.size(0), max_u = y.size(1);
+  const LatticeLayout L(max_u, max_gram_len);
+  const int64_t* tl_p = tl.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(tl_p[b] >= 0 && tl_p[b] <= max_u, "gram_ctc: target_lengths[", b, "] = ",
+                tl_p[b], " is outside [0, ", max_u, "]");
+  at::Tensor lattice = at::empty({B, L.width}, y.options().dtype(at::kInt));
+  const int64_t* y_p = y.data_ptr<int64_t>();
+  int32_t* lat = lattice.data_ptr<int32_t>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      build_row(y_p + b * max_u, tl_p[b], L, num_chars, keys.data_ptr<int64_t>(),
+                ids.data_ptr<int32_t>(), keys.size(0), lat + b * L.width);
+  });
+  return lattice;
+}
+
+std::tuple<at::Tensor, at::Tensor> gram_ctc_forward_cpu(const at::Tensor& log_probs,
+                                                        const at::Tensor& lattice,
+                                                        const at::Tensor& input_lengths,
+                                                        int64_t max_target_len,
+                                                        int64_t max_gram_len, bool zero_infinity) {
+  (void)zero_infinity;  // used by the backward; the raw nll is returned
+  check_forward_args(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
+  const at::Tensor lp = log_probs.contiguous();
+  const at::Tensor lat = lattice.contiguous();
+  const at::Tensor il = input_lengths.contiguous();
+  const int64_t T = lp.size(0), B = lp.size(1), V = lp.size(2);
+  const LatticeLayout L(max_target_len, max_gram_len);
+  const int64_t* il_p = il.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(il_p[b] >= 0 && il_p[b] <= T, "gram_ctc: input_lengths[", b, "] = ", il_p[b],
+                " is outside [0, ", T, "]");
+  const at::ScalarType acc_type =
+      lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor nll = at::empty({B}, lp.options().dtype(acc_type));
+  at::Tensor log_alpha = at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_forward_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* lp_p = lp.data_ptr<scalar_t>();
+    const int32_t* lat_p = lat.data_ptr<int32_t>();
+    acc_t* alpha_p = log_alpha.data_ptr<acc_t>();
+    acc_t* nll_p = nll.data_ptr<acc_t>();
+    dispatch_P(L.P, [&](auto PC) {
+      constexpr int P = decltype(PC)::value;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<acc_t> buf;
+        for (int64_t b = b0; b < b1; ++b)
+          forward_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, il_p[b], T,
+                                                lat_p + b * L.width, L,
+                                                alpha_p + b * T * L.S_bound, nll_p + b, buf);
+      });
+    });
+  });
+  return {nll, log_alpha};
+}
+
+at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_probs,
+                                 const at::Tensor& lattice, const at::Tensor& input_lengths,
+                                 const at::Tensor& nll, const at::Tensor& log_alpha,
+                                 int64_t max_target_len, int64_t max_gram_len,
+                                 bool zero_infinity) {
+  check_backward_args(grad, log_probs, lattice, input_lengths, nll, log_alpha, max_target_len,
+                      max_gram_len);
+  const at::Tensor lp = log_probs.contiguous();
+  const at::Tensor lat = lattice.contiguous();
+  const at::Tensor il = input_lengths.contiguous();
+  const at::Tensor la = log_alpha.contiguous();
+  const int64_t T = lp.size(0), B = lp.size(1), V = lp.size(2);
+  const LatticeLayout L(max_target_len, max_gram_len);
+  const at::ScalarType acc_type = la.scalar_type();
+  const at::Tensor g = grad.to(acc_type).contiguous();
+  const at::Tensor nl = nll.to(acc_type).contiguous();
+  at::Tensor grad_lp = at::zeros_like(lp);
+  const int64_t* il_p = il.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_backward_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    TORCH_CHECK(la.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
+                "gram_ctc: log_alpha has the wrong dtype ", la.scalar_type());
+    const scalar_t* lp_p = lp.data_ptr<scalar_t>();
+    const int32_t* lat_p = lat.data_ptr<int32_t>();
+    const acc_t* alpha_p = la.data_ptr<acc_t>();
+    const acc_t* nll_p = nl.data_ptr<acc_t>();
+    const acc_t* g_p = g.data_ptr<acc_t>();
+    scalar_t* out_p = grad_lp.data_ptr<scalar_t>();
+    dispatch_P(L.P, [&](auto PC) {
+      constexpr int P = decltype(PC)::value;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<acc_t> buf, acc_row;
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t Tn = std::min<int64_t>(std::max<int64_t>(il_p[b], 0), T);
+          backward_utterance<scalar_t, acc_t, P>(
+              lp_p + b * V, B * V, Tn, V, lat_p + b * L.width, L, alpha_p + b * T * L.S_bound,
+              nll_p[b], g_p[b], zero_infinity, out_p + b * V, buf, acc_row);
+        }
+      });
+    });
+  });
+  return grad_lp;
+}
+
+}  // namespace speechlab

@@ -1,0 +1,118 @@
+"""Python side of the compiled Gram-CTC operators (``torch.ops.speechlab.*``).
+
+The schemas and the CPU/CUDA kernels live in ``csrc/``; this module registers their fake
+(meta) kernels, for ``torch.compile`` and ``opcheck``, and the autograd formula, as
+pytorch/extension-cpp does. Import it only through :func:`speechlab.ops.load_extension`, which
+loads the library first.
+
+Operators (lattice layout: ``csrc/gram_ctc.h``):
+
+- ``gram_ctc_lattice(targets (N,S) int64, target_lengths (N,) int64, gram_keys (G,) int64,
+  gram_ids (G,) int32, num_chars, max_gram_len) -> lattice (N, W) int32``
+- ``gram_ctc_forward(log_probs (T,N,V), lattice, input_lengths (N,) int64, max_target_len,
+  max_gram_len, zero_infinity) -> (nll (N,), log_alpha (N,T,S_bound))``; both fp32
+  (fp64 for fp64 inputs). Differentiable in ``log_probs``.
+- ``gram_ctc_backward(grad (N,), log_probs, lattice, input_lengths, nll, log_alpha,
+  max_target_len, max_gram_len, zero_infinity) -> grad_log_probs (T,N,V)``: the gradient of
+  ``sum_n grad[n] * nll[n]`` with respect to ``log_probs`` as free variables,
+  ``-grad[n] * gamma_t(c)`` (see ``speechlab.functional.gram_ctc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_HEADER = 8
+
+
+def state_bound(max_target_len: int, max_gram_len: int) -> int:
+    """Upper bound on the lattice states of a target of ``max_target_len`` characters:
+    ``(U+1) + sum_{n<=N} (U-n+1)``."""
+    u = max_target_len
+    return (u + 1) + sum(max(u - n + 1, 0) for n in range(1, max_gram_len + 1))
+
+
+def lattice_width(max_target_len: int, max_gram_len: int) -> int:
+    """Ints per lattice row (mirrors ``LatticeLayout`` in csrc/gram_ctc.h)."""
+    u, n = max_target_len, max_gram_len
+    sb = state_bound(u, n)
+    p = n + 2
+    return _HEADER + 2 * (u + 1) + (u + 1) * n + sb * (1 + 2 * p + 2)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_lattice(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len):
+    n, u = targets.shape
+    return targets.new_empty((n, lattice_width(u, max_gram_len)), dtype=torch.int32)
+
+
+def _fake_forward(log_probs, lattice, input_lengths, max_target_len, max_gram_len, zero_infinity):
+    t, n, _ = log_probs.shape
+    acc = _acc_dtype(log_probs.dtype)
+    nll = log_probs.new_empty((n,), dtype=acc)
+    alpha = log_probs.new_empty((n, t, state_bound(max_target_len, max_gram_len)), dtype=acc)
+    return nll, alpha
+
+
+def _fake_backward(
+    grad,
+    log_probs,
+    lattice,
+    input_lengths,
+    nll,
+    log_alpha,
+    max_target_len,
+    max_gram_len,
+    zero_infinity,
+):
+    return torch.empty_like(log_probs)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    log_probs, lattice, input_lengths, max_target_len, max_gram_len, zero_infinity = inputs
+    nll, log_alpha = output
+    ctx.save_for_backward(log_probs, lattice, input_lengths, nll, log_alpha)
+    ctx.max_target_len = max_target_len
+    ctx.max_gram_len = max_gram_len
+    ctx.zero_infinity = zero_infinity
+    ctx.mark_non_differentiable(log_alpha)
+
+
+def _backward(ctx: Any, grad_nll: torch.Tensor | None, grad_alpha: torch.Tensor | None):
+    log_probs, lattice, input_lengths, nll, log_alpha = ctx.saved_tensors
+    if grad_nll is None:
+        grad_nll = torch.zeros_like(nll)
+    grad = torch.ops.speechlab.gram_ctc_backward(
+        grad_nll.contiguous(),
+        log_probs,
+        lattice,
+        input_lengths,
+        nll,
+        log_alpha,
+        ctx.max_target_len,
+        ctx.max_gram_len,
+        ctx.zero_infinity,
+    )
+    return grad, None, None, None, None, None
+
+
+_registered = False
+
+
+def register() -> None:
+    """Register fake kernels and autograd for the loaded ``speechlab`` library (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    torch.library.register_fake("speechlab::gram_ctc_lattice")(_fake_lattice)
+    torch.library.register_fake("speechlab::gram_ctc_forward")(_fake_forward)
+    torch.library.register_fake("speechlab::gram_ctc_backward")(_fake_backward)
+    torch.library.register_autograd(
+        "speechlab::gram_ctc_forward", _backward, setup_context=_setup_context
+    )
+    _registered = True
