@@ -190,6 +190,30 @@ def collate_lm(sentences: Sequence[Sequence[int]], texts: Sequence[str] | None =
     }
 
 
+def teacher_forcing_pairs(targets: torch.Tensor, target_lens: torch.Tensor, eos: int = EOS
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder inputs and outputs from padded speech targets.
+
+    Args:
+        targets: ``(B, S)`` ids padded with 0 (SpeechDataModule's ``targets``).
+        target_lens: ``(B,)``.
+
+    Returns:
+        ``(inputs (B, S+1), outputs (B, S+1))``: ``[eos, y_1..y_n]`` padded with ``eos`` and
+        ``[y_1..y_n, eos]`` padded with :data:`IGNORE_INDEX`.
+    """
+    b, s = targets.shape
+    boundary = targets.new_full((b, 1), eos)
+    inputs = torch.cat([boundary, targets], dim=1)
+    pos = torch.arange(s + 1, device=targets.device)[None, :]
+    lens = target_lens.to(targets.device)[:, None]
+    outputs = torch.cat([targets, targets.new_zeros(b, 1)], dim=1)
+    outputs = torch.where(pos < lens, outputs, torch.full_like(outputs, IGNORE_INDEX))
+    outputs = torch.where(pos == lens, torch.full_like(outputs, eos), outputs)
+    inputs = torch.where(pos <= lens, inputs, torch.full_like(inputs, eos))
+    return inputs, outputs
+
+
 def bucket_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0
                    ) -> list[list[int]]:
     """Group sentence indices into batches of similar length.

@@ -1,0 +1,1 @@
+"""Decoders: batched seq2seq beam search (and CTC prefix beam search)."""

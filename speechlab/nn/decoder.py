@@ -1,0 +1,251 @@
+"""Attention decoder (LSTM with input feeding) with optional LM fusion (deep or cold).
+
+One step, for a batch of hypotheses ``(N,)`` (``N`` = utterances × beams in beam search)::
+
+    x_t   = [E y_{t-1}; c_{t-1}]                      # input feeding
+    q_t   = LSTM(x_t, state)                          # top-layer output
+    c_t, α_t = Attention(q_t, memory, α_{t-1})        # location-aware or content
+    s_t   = [q_t; c_t]                                # decoder state: output ⊕ context
+    s'_t  = s_t | ColdFusion(s_t, ℓ_t) | DeepFusion(s_t, h^LM_t)
+    P(y_t) = softmax(W_2 ReLU(W_1 s'_t + b_1) + b_2)  # output DNN
+
+Token ids follow :mod:`speechlab.data.textlm`: id 0 is ``<sos>``/``<eos>``. The LM is not a
+submodule (it is frozen and owned by the caller); :func:`lm_step` runs it on batch-first state so
+that every decoding state can be reordered along dim 0 with :func:`select_state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from speechlab.nn.attention import Attention, frame_mask
+from speechlab.nn.fusion import ColdFusion, DeepFusion
+from speechlab.nn.lm import RNNLanguageModel
+
+FusionKind = Literal["none", "shallow", "deep", "cold"]
+FUSION_KINDS: tuple[str, ...] = ("none", "shallow", "deep", "cold")
+State = dict[str, object]
+
+
+@dataclass
+class AttentionDecoderConfig:
+    """Decoder hyper-parameters.
+
+    Attributes:
+        embed_dim: token embedding size.
+        hidden_size: LSTM units per layer.
+        num_layers: stacked LSTM cells.
+        attention: ``"location"`` (location-aware) or ``"content"``.
+        attention_dim: attention energy size.
+        location_channels, location_kernel: location-aware conv over the previous alignment.
+        output_dim: hidden size of the output DNN.
+        fusion_dim: cold fusion's LM feature / gate size.
+        dropout: on embeddings, between LSTM layers and in the output DNN.
+    """
+
+    embed_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 1
+    attention: Literal["location", "content"] = "location"
+    attention_dim: int = 128
+    location_channels: int = 10
+    location_kernel: int = 15
+    output_dim: int = 256
+    fusion_dim: int = 128
+    dropout: float = 0.1
+
+
+class Memory(NamedTuple):
+    """Encoder outputs prepared for attention: ``values (N, T, D)``, ``keys (N, T, A)``,
+    ``mask (N, T)``, ``lengths (N,)``."""
+
+    values: torch.Tensor
+    keys: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+    def repeat(self, k: int) -> Memory:
+        """Each utterance ``k`` times in a row (``(B, …) → (B·k, …)``), for beam search."""
+        return Memory(*(t.repeat_interleave(k, dim=0) for t in self))
+
+
+class DecoderOutput(NamedTuple):
+    """Teacher-forced outputs: ``logits (B, U, V)``, ``alignments (B, U, T)``, ``gates
+    (B, U, G)`` (None without deep/cold fusion)."""
+
+    logits: torch.Tensor
+    alignments: torch.Tensor
+    gates: torch.Tensor | None
+
+
+def select_state(state: object, index: torch.Tensor) -> object:
+    """Reorder every tensor of a (nested dict/tuple) decoding state along dim 0."""
+    if isinstance(state, torch.Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {k: select_state(v, index) for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return type(state)(select_state(v, index) for v in state)
+    if state is None:
+        return None
+    raise TypeError(f"cannot reorder decoding state of type {type(state).__name__}")
+
+
+def _time_major(state: object) -> object:
+    if isinstance(state, torch.Tensor):
+        return state.transpose(0, 1).contiguous()
+    if isinstance(state, tuple):
+        return tuple(_time_major(s) for s in state)
+    return state
+
+
+def lm_step(lm: RNNLanguageModel, tokens: torch.Tensor, state: object | None
+            ) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """One LM step with **batch-first** state (``(N, layers, H)`` tensors, reorderable with
+    :func:`select_state`): ``tokens (N,)`` → ``(logits (N, V), hidden (N, H), state)``. Runs
+    without gradients (the fused LM is frozen)."""
+    with torch.no_grad():
+        logits, hidden, new_state = lm.step(tokens, _time_major(state))
+    return logits, hidden, _time_major(new_state)
+
+
+class AttentionDecoder(nn.Module):
+    """LSTM attention decoder with optional deep/cold fusion (see the module docstring).
+
+    Args:
+        vocab_size: outputs ``V`` (id 0 = ``<eos>``/``<sos>``).
+        memory_dim: encoder output size.
+        config: hyper-parameters.
+        fusion: ``none``/``shallow`` (no LM inside the decoder), ``deep`` or ``cold``.
+        lm_hidden_size: the LM's hidden size (deep fusion).
+    """
+
+    def __init__(self, vocab_size: int, memory_dim: int, config: AttentionDecoderConfig | None = None,
+                 fusion: FusionKind = "none", lm_hidden_size: int | None = None) -> None:
+        super().__init__()
+        if fusion not in FUSION_KINDS:
+            raise ValueError(f"fusion must be one of {FUSION_KINDS}, got {fusion!r}")
+        self.config = c = config or AttentionDecoderConfig()
+        self.vocab_size = vocab_size
+        self.fusion = fusion
+        self.embedding = nn.Embedding(vocab_size, c.embed_dim)
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(c.embed_dim + memory_dim if i == 0 else c.hidden_size, c.hidden_size)
+            for i in range(c.num_layers))
+        self.attention = Attention(memory_dim, c.hidden_size, c.attention_dim, c.attention,
+                                   c.location_channels, c.location_kernel)
+        self.dropout = nn.Dropout(c.dropout)
+        self.state_dim = c.hidden_size + memory_dim
+        self.fusion_layer: ColdFusion | DeepFusion | None = None
+        if fusion == "cold":
+            self.fusion_layer = ColdFusion(self.state_dim, vocab_size, c.fusion_dim)
+        elif fusion == "deep":
+            if lm_hidden_size is None:
+                raise ValueError("deep fusion needs lm_hidden_size")
+            self.fusion_layer = DeepFusion(self.state_dim, lm_hidden_size)
+        fused_dim = self.fusion_layer.out_dim if self.fusion_layer is not None else self.state_dim
+        self.output = nn.Sequential(nn.Linear(fused_dim, c.output_dim), nn.ReLU(),
+                                    nn.Dropout(c.dropout), nn.Linear(c.output_dim, vocab_size))
+
+    @property
+    def uses_lm(self) -> bool:
+        """Whether each step needs the LM's outputs (deep and cold fusion)."""
+        return self.fusion_layer is not None
+
+    def prepare_memory(self, encoded: torch.Tensor, lengths: torch.Tensor) -> Memory:
+        """``encoded (B, T, D)``, ``lengths (B,)`` → :class:`Memory` (keys projected once)."""
+        lengths = lengths.to(encoded.device)
+        return Memory(encoded, self.attention.precompute(encoded),
+                      frame_mask(lengths, encoded.shape[1]), lengths)
+
+    def init_state(self, memory: Memory) -> State:
+        """Zero LSTM state and context; the first alignment is uniform over valid frames."""
+        n, t, d = memory.values.shape
+        zeros = memory.values.new_zeros(n, len(self.cells), self.config.hidden_size)
+        align = memory.mask.to(memory.values.dtype) / memory.lengths.clamp(min=1)[:, None].to(memory.values.dtype)
+        return {"h": zeros, "c": zeros.clone(), "context": memory.values.new_zeros(n, d),
+                "alignment": align}
+
+    def step(self, tokens: torch.Tensor, state: State, memory: Memory,
+             lm_logits: torch.Tensor | None = None, lm_hidden: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """One step for ``N`` hypotheses.
+
+        Args:
+            tokens: ``(N,)`` previous tokens (``<sos>`` = 0 at the start).
+            state: from :meth:`init_state` or the previous step.
+            memory: :class:`Memory` with ``N`` rows.
+            lm_logits: ``(N, V)`` LM logits for this position (cold fusion).
+            lm_hidden: ``(N, H)`` LM top hidden state for this position (deep fusion).
+
+        Returns:
+            ``(logits (N, V), new state, gate (N, G) or None)``; the new state's ``alignment``
+            ``(N, T)`` is this step's attention.
+        """
+        x = torch.cat([self.dropout(self.embedding(tokens)), state["context"]], dim=-1)
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
+            hs.append(h)
+            cs.append(c)
+            x = self.dropout(h) if i + 1 < len(self.cells) else h
+        context, alignment = self.attention(x, memory.values, memory.keys, memory.mask,
+                                            state["alignment"])
+        s = torch.cat([x, context], dim=-1)
+        gate = None
+        if self.fusion_layer is not None:
+            if (lm_logits if self.fusion == "cold" else lm_hidden) is None:
+                raise ValueError(f"{self.fusion} fusion needs the LM's outputs at every step")
+            s, gate = self.fusion_layer(s, lm_logits, lm_hidden)
+        logits = self.output(s)
+        new_state = {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "context": context,
+                     "alignment": alignment}
+        return logits, new_state, gate
+
+    def forward(self, memory: Memory, inputs: torch.Tensor, lm: RNNLanguageModel | None = None,
+                sampling_prob: float = 0.0) -> DecoderOutput:
+        """Teacher forcing over ``inputs (B, U)`` (``<sos>`` + target ids), with scheduled
+        sampling: with probability ``sampling_prob`` (per utterance and step) the previous
+        token is the model's own argmax instead of the reference. With deep/cold fusion ``lm``
+        (frozen) is run on the same previous tokens.
+
+        Returns:
+            :class:`DecoderOutput` with ``logits (B, U, V)``.
+        """
+        if self.uses_lm and lm is None:
+            raise ValueError(f"{self.fusion} fusion needs the language model")
+        b, u = inputs.shape
+        state = self.init_state(memory)
+        lm_all = None
+        if self.uses_lm and sampling_prob == 0.0:
+            assert lm is not None
+            with torch.no_grad():  # the whole reference prefix at once: faster than per step
+                lm_logits_all, lm_hidden_all, _ = lm(inputs)
+            lm_all = (lm_logits_all, lm_hidden_all)
+        lm_state = None
+        logits_out, aligns, gates = [], [], []
+        prev = inputs[:, 0]
+        for t in range(u):
+            if t > 0:
+                prev = inputs[:, t]
+                if sampling_prob > 0:
+                    sampled = logits_out[-1].detach().argmax(dim=-1)
+                    use = torch.rand(b, device=inputs.device) < sampling_prob
+                    prev = torch.where(use, sampled, prev)
+            lm_logits = lm_hidden = None
+            if lm_all is not None:
+                lm_logits, lm_hidden = lm_all[0][:, t], lm_all[1][:, t]
+            elif self.uses_lm:
+                assert lm is not None
+                lm_logits, lm_hidden, lm_state = lm_step(lm, prev, lm_state)
+            logits, state, gate = self.step(prev, state, memory, lm_logits, lm_hidden)
+            logits_out.append(logits)
+            aligns.append(state["alignment"])  # type: ignore[arg-type]
+            if gate is not None:
+                gates.append(gate)
+        return DecoderOutput(torch.stack(logits_out, dim=1), torch.stack(aligns, dim=1),
+                             torch.stack(gates, dim=1) if gates else None)
