@@ -15,13 +15,36 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 
 def _data_overrides(recipe: Path, corpus: dict[str, Path]) -> list[str]:
     """Point a recipe's manifests at the test corpus (keys it does not have are left out)."""
-    init = (yaml.safe_load(recipe.read_text()).get("data") or {}).get("init_args", {})
+    config = yaml.safe_load(recipe.read_text())
+    init = (config.get("data") or {}).get("init_args", {})
     out = []
     for key, split in [("train_manifest", "train"), ("dev_manifest", "dev"),
-                       ("test_manifest", "test"), ("paired_clean_manifest", "train")]:
+                       ("test_manifest", "test"), ("paired_clean_manifest", "train"),
+                       ("train_text", "train"), ("dev_text", "dev"), ("test_text", "test")]:
         if key in init:
             out.append(f"--data.init_args.{key}={corpus[split]}")
+    model = (config.get("model") or {}).get("init_args", {})
+    if model.get("lm_checkpoint"):  # LM-fusion recipes: a small random LM stands in for the trained one
+        out.append(f"--model.init_args.lm_checkpoint={_tiny_lm(corpus['train'].parent)}")
+    if model.get("init_checkpoint"):  # deep fusion starts from a trained baseline: none here
+        out.append("--model.init_args.init_checkpoint=null")
     return out
+
+
+def _tiny_lm(folder: Path) -> Path:
+    """A randomly initialized character LM saved in the RNNLMTask checkpoint format."""
+    import torch
+
+    from speechlab.data.text import CharVocab
+    from speechlab.nn.lm import RNNLanguageModel
+    from speechlab.tasks.rnnlm import lm_bundle
+
+    path = folder / "tiny_lm.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        config = {"vocab_size": len(CharVocab()), "embed_dim": 16, "hidden_size": 32, "num_layers": 1}
+        torch.save(lm_bundle(RNNLanguageModel(**config), config, CharVocab()), path)
+    return path
 
 
 def test_there_are_recipes():
