@@ -1,0 +1,222 @@
+"""GAN-robust speech encoder (Sriram et al., 2017): the CTC model of :class:`CTCTask` trained on
+paired clean ``x`` and far-field ``x̃`` views of the same utterances, with a WGAN-GP critic that
+separates the clean from the far-field embeddings and an encoder that learns to fool it.
+
+Encoder/head objective per step (``views="both"``)::
+
+    L = L_ctc(x̃) + L_ctc(x) + lambda_adv · (−mean f(e(x̃))) + lambda_l1 · |e(x) − e(x̃)|₁
+
+with ``e(x)`` detached in both penalties (the clean embeddings are targets). Critic objective,
+``n_critic`` updates per encoder update on the batch's detached embeddings::
+
+    L_f = mean f(e(x̃)) − mean f(e(x)) + gp_weight · GP
+
+Baselines are configurations of the same task:
+
+========================  ==========  ============  ===========
+recipe                    views       lambda_adv    lambda_l1
+========================  ==========  ============  ===========
+clean-only                ``clean``   0             0
+augmentation-only         ``both``    0             0
+paired L1 penalty         ``both``    0             > 0
+GAN (+ optional L1)       ``both``    > 0           ≥ 0
+========================  ==========  ============  ===========
+
+(``views="noisy"`` trains on the far-field view alone.) The critic exists only when
+``lambda_adv > 0``.
+
+Optimisation is manual (two optimizers). Critic updates are *inner* steps: they go through the
+strategy's ``optimizer_step`` (precision plugin, ``on_before_optimizer_step`` hooks) but not
+through ``LightningOptimizer.step``, so ``trainer.global_step`` — and with it ``max_steps``, the
+learning-rate schedule and checkpoint intervals — counts encoder updates only, the same in every
+mode. Gradient clipping of the encoder/head is done here (``grad_clip``): Lightning's
+``trainer.gradient_clip_val`` does not apply to manual optimization, and recipes must not set it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from speechlab.data.text import DEFAULT_CHARS
+from speechlab.functional.adversarial import (
+    generator_loss,
+    gradient_penalty,
+    masked_l1_distance,
+    wasserstein_critic_loss,
+)
+from speechlab.nn.critic import CriticConfig, SequenceCritic
+from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.tasks.ctc import CTCTask
+
+log = logging.getLogger("speechlab.tasks")
+
+Views = Literal["clean", "noisy", "both"]
+
+
+def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad ``(B, T, F)`` features to ``(B, length, F)`` (``length >= T``)."""
+    return F.pad(x, (0, 0, 0, length - x.shape[1]))
+
+
+class RobustASRTask(CTCTask):
+    """CTC model with a clean/far-field embedding critic (see the module docstring).
+
+    Args:
+        vocab, encoder, spec_augment: as :class:`CTCTask` (SpecAugment masks are drawn
+            independently for the two views).
+        views: ``"both"`` (paired batches: CTC on the far-field and the clean view),
+            ``"clean"`` (the clean view only: the batch's ``clean_features`` when paired, else
+            its ``features``) or ``"noisy"`` (the batch's ``features`` only).
+        lambda_adv: weight of the encoder's adversarial loss; ``> 0`` builds and trains the
+            critic. Needs ``views="both"``.
+        lambda_l1: weight of the masked L1 distance between clean (detached) and far-field
+            embeddings. Needs ``views="both"``.
+        critic: critic hyper-parameters.
+        n_critic: critic updates per encoder update.
+        gp_weight: weight of the WGAN-GP gradient penalty.
+        critic_lr: critic Adam learning rate (constant).
+        critic_betas: critic Adam betas (WGAN-GP uses ``(0.5, 0.9)`` or ``(0, 0.9)``).
+        grad_clip: max global L2 norm of the encoder/head gradients (``None``: no clipping).
+        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`; the
+            schedule applies to the encoder/head optimizer.
+    """
+
+    def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
+                 encoder: SpeechEncoderConfig | None = None, spec_augment: bool = True,
+                 views: Views = "both", lambda_adv: float = 0.0, lambda_l1: float = 0.0,
+                 critic: CriticConfig | None = None, n_critic: int = 5, gp_weight: float = 10.0,
+                 critic_lr: float = 5e-4, critic_betas: tuple[float, float] = (0.5, 0.9),
+                 grad_clip: float | None = 2.0, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 200, total_steps: int | None = None,
+                 output_dir: str | None = None) -> None:
+        super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
+                         total_steps, output_dir)
+        self.save_hyperparameters()
+        if views not in ("clean", "noisy", "both"):
+            raise ValueError(f"views must be 'clean', 'noisy' or 'both', got {views!r}")
+        if views != "both" and (lambda_adv > 0 or lambda_l1 > 0):
+            raise ValueError(f"lambda_adv/lambda_l1 compare the two views: they need "
+                             f"views='both' (got views={views!r})")
+        if lambda_adv < 0 or lambda_l1 < 0 or n_critic < 1:
+            raise ValueError("lambda_adv and lambda_l1 must be >= 0 and n_critic >= 1")
+        self.automatic_optimization = False
+        self.critic = (SequenceCritic(self.encoder.output_dim, critic or CriticConfig())
+                       if lambda_adv > 0 else None)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def asr_parameters(self) -> list[torch.nn.Parameter]:
+        """Encoder + head parameters (the critic has its own optimizer)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("critic.")]
+
+    def configure_optimizers(self) -> Any:
+        cfg = super().configure_optimizers()
+        if self.critic is None:
+            return cfg
+        hp = self.hparams
+        critic_opt = torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr,
+                                      betas=tuple(hp.critic_betas))
+        return [cfg["optimizer"], critic_opt], [cfg["lr_scheduler"]]
+
+    def _inner_step(self, optimizer: Any) -> None:
+        """``optimizer.step()`` through the strategy, without counting a global step."""
+        raw = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
+        self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
+
+    # -- the two views ----------------------------------------------------------------------
+    def encode_pair(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor,
+                                                            torch.Tensor, torch.Tensor]:
+        """Encode both views in one encoder call (padding-invariant, so stacking is exact).
+
+        Returns:
+            ``(noisy (B, T', D), noisy_lens (B,), clean (B, T', D), clean_lens (B,))``.
+        """
+        if "clean_features" not in batch:
+            raise ValueError("views='both' needs paired batches: set data.init_args."
+                             "paired_clean_manifest (and a far-field train manifest with clean_id)")
+        noisy, clean = batch["features"], batch["clean_features"]
+        t = max(noisy.shape[1], clean.shape[1])
+        enc, lens = self.encode(torch.cat([pad_time(noisy, t), pad_time(clean, t)]),
+                                torch.cat([batch["feature_lens"], batch["clean_feature_lens"]]))
+        b = noisy.shape[0]
+        return enc[:b], lens[:b], enc[b:], lens[b:]
+
+    # -- the two steps ----------------------------------------------------------------------
+    def critic_losses(self, clean: torch.Tensor, clean_lens: torch.Tensor, noisy: torch.Tensor,
+                      noisy_lens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Critic loss terms on detached ``(B, T', D)`` embeddings: ``loss`` (= −W +
+        gp_weight·GP), ``wasserstein`` (W) and ``gp``."""
+        assert self.critic is not None
+        clean, noisy = clean.detach(), noisy.detach()
+        neg_w, w = wasserstein_critic_loss(self.critic(clean, clean_lens),
+                                           self.critic(noisy, noisy_lens))
+        gp = gradient_penalty(self.critic, clean, noisy, torch.maximum(clean_lens, noisy_lens))
+        return {"loss": neg_w + self.hparams.gp_weight * gp, "wasserstein": w, "gp": gp}
+
+    def critic_step(self, optimizer: Any, clean: torch.Tensor, clean_lens: torch.Tensor,
+                    noisy: torch.Tensor, noisy_lens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One critic update (encoder untouched: embeddings are detached and only the critic's
+        parameters require grad meanwhile)."""
+        with self.toggled_optimizer(optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            out = self.critic_losses(clean, clean_lens, noisy, noisy_lens)
+            self.manual_backward(out["loss"])
+            self._inner_step(optimizer)
+        return {k: v.detach() for k, v in out.items()}
+
+    def encoder_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Encoder/head loss terms of a training batch (``loss`` is the total); in
+        ``views="both"`` also the detached embeddings for the critic."""
+        hp = self.hparams
+        targets, target_lens = batch["targets"], batch["target_lens"]
+        if hp.views != "both":
+            key = "clean_features" if hp.views == "clean" and "clean_features" in batch else "features"
+            enc, lens = self.encode(batch[key], batch[key.replace("features", "feature_lens")])
+            loss = self.ctc_loss(enc, lens, targets, target_lens)
+            return {"loss": loss, f"ctc_{hp.views}": loss.detach()}
+        noisy, noisy_lens, clean, clean_lens = self.encode_pair(batch)
+        ctc_noisy = self.ctc_loss(noisy, noisy_lens, targets, target_lens)
+        ctc_clean = self.ctc_loss(clean, clean_lens, targets, target_lens)
+        l1 = masked_l1_distance(clean.detach(), noisy, torch.minimum(clean_lens, noisy_lens))
+        out = {"ctc_noisy": ctc_noisy, "ctc_clean": ctc_clean, "l1": l1,
+               "emb": (noisy, noisy_lens, clean, clean_lens)}
+        loss = ctc_noisy + ctc_clean
+        if hp.lambda_l1 > 0:
+            loss = loss + hp.lambda_l1 * l1
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        n = len(batch["ids"])
+        opts = self.optimizers()
+        enc_opt, critic_opt = opts if isinstance(opts, list) else (opts, None)
+
+        out = self.encoder_losses(batch)
+        if critic_opt is not None:
+            noisy, noisy_lens, clean, clean_lens = out["emb"]
+            for _ in range(hp.n_critic):
+                stats = self.critic_step(critic_opt, clean, clean_lens, noisy, noisy_lens)
+            self.log_dict({"train/critic_loss": stats["loss"], "train/wasserstein":
+                           stats["wasserstein"], "train/gp": stats["gp"]}, batch_size=n)
+        with self.toggled_optimizer(enc_opt):  # the critic's parameters get no gradient
+            if critic_opt is not None:
+                out["adv"] = generator_loss(self.critic(noisy, noisy_lens))
+                out["loss"] = out["loss"] + hp.lambda_adv * out["adv"]
+            enc_opt.zero_grad(set_to_none=True)
+            self.manual_backward(out["loss"])
+            if hp.grad_clip:
+                self.clip_gradients(enc_opt, gradient_clip_val=hp.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            enc_opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        out.pop("emb", None)
+        loss = out.pop("loss").detach()
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, batch_size=n)
+        return loss
