@@ -1,0 +1,430 @@
+"""Synthesize a speech corpus with espeak-ng (the embedded default data set).
+
+Sentences come from speechlab's own generator (``speechlab.data.sentences``: home-automation
+commands and spoken numbers/dates) or from a text file (one sentence per line). Each utterance
+gets a voice, a voice variant, a speed (words per minute) and a pitch (0-99) drawn from a random
+generator seeded by (seed, utterance index), so any utterance is reproducible on its own and the
+output does not depend on --jobs. espeak-ng speaks at 22.05 kHz; the audio is resampled to
+--sample-rate and written as 16-bit PCM WAV under OUT/wavs/, with NeMo-style manifests
+OUT/train.jsonl, OUT/dev.jsonl and OUT/test.jsonl (paths relative to OUT).
+
+Re-running into the same folder resumes: a WAV that exists is finished (writes are atomic) and
+is kept. The same seed gives byte-identical files. A sentence text never occurs in two splits,
+so the dev and test sets measure generalization to unseen sentences.
+
+examples:
+  speechlab data synth --out data/tiny --utterances 1800 --seed 0
+  speechlab data synth --out data/books --text sentences.txt --utterances 500 --jobs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import multiprocessing
+import random
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speechlab.cli import CLIError
+from speechlab.data.sentences import Sentence, available_domains, generate_sentences
+from speechlab.data.text import normalize_text
+from speechlab.io import atomic_write_jsonl
+
+log = logging.getLogger(__name__)
+
+ESPEAK_MISSING = (
+    "espeak-ng not found on PATH: install it (apt-get install espeak-ng; `make demo` does this)"
+)
+#: English espeak-ng voices (language names as ``espeak-ng --voices=en`` lists them).
+DEFAULT_VOICES: tuple[str, ...] = (
+    "en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
+    "en-029", "en-us-nyc",
+)
+#: Voice variants (``espeak-ng --voices=variant``): seven male, five female.
+DEFAULT_VARIANTS: tuple[str, ...] = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+)
+ESPEAK_SAMPLE_RATE = 22050
+SPLITS = ("train", "dev", "test")
+
+
+# --------------------------------------------------------------------------- espeak-ng
+
+def find_espeak() -> str:
+    """Path of ``espeak-ng``; raises :class:`~speechlab.cli.CLIError` with install advice."""
+    path = shutil.which("espeak-ng")
+    if path is None:
+        raise CLIError(ESPEAK_MISSING)
+    return path
+
+
+def espeak_voices(espeak: str) -> tuple[set[str], set[str]]:
+    """``(languages, variants)`` that this espeak-ng installation offers."""
+    def listing(arg: str) -> str:
+        r = subprocess.run([espeak, arg], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise CLIError(f"{espeak} {arg} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    languages = set()
+    for line in listing("--voices=en").splitlines()[1:]:
+        cols = line.split()
+        # mbrola voices (file mb/...) need separately installed mbrola databases
+        if len(cols) >= 5 and cols[1] != "variant" and not cols[4].startswith("mb/"):
+            languages.add(cols[1])
+    variants = set(re.findall(r"!v/(\S+)", listing("--voices=variant")))
+    return languages, variants
+
+
+@dataclass(frozen=True)
+class UtteranceSpec:
+    """Everything that determines one synthesized utterance.
+
+    ``speed`` is espeak-ng's ``-s`` (words per minute), ``pitch`` its ``-p`` (0-99).
+    """
+
+    index: int
+    id: str
+    text: str
+    domain: str
+    voice: str
+    variant: str
+    speed: int
+    pitch: int
+
+    @property
+    def speaker(self) -> str:
+        return f"{self.voice}+{self.variant}"
+
+    def wav_name(self, sample_rate: int) -> str:
+        """File name under ``wavs/``: the id plus a hash of the synthesis parameters, so that a
+        changed sentence or voice is never mistaken for a finished file on resume."""
+        key = f"{self.text}|{self.speaker}|{self.speed}|{self.pitch}|{sample_rate}"
+        return f"{self.id}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.wav"
+
+
+def utterance_spec(
+    index: int,
+    sentence: Sentence,
+    seed: int,
+    voices: Sequence[str] = DEFAULT_VOICES,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    speed_range: tuple[int, int] = (130, 190),
+    pitch_range: tuple[int, int] = (30, 70),
+    id_prefix: str = "tts",
+) -> UtteranceSpec:
+    """Voice, variant, speed and pitch of utterance ``index``, drawn from an RNG seeded by
+    ``(seed, index)`` only (ranges inclusive)."""
+    rng = random.Random(f"speechlab.synth:{seed}:{index}")
+    return UtteranceSpec(
+        index=index,
+        id=f"{id_prefix}{index:06d}",
+        text=sentence.text,
+        domain=sentence.domain,
+        voice=rng.choice(list(voices)),
+        variant=rng.choice(list(variants)),
+        speed=rng.randint(*speed_range),
+        pitch=rng.randint(*pitch_range),
+    )
+
+
+def synthesize(spec: UtteranceSpec, espeak: str, sample_rate: int = 16000) -> np.ndarray:
+    """Speak ``spec`` with espeak-ng; mono float32 samples at ``sample_rate`` Hz."""
+    import soundfile as sf
+
+    from speechlab.data.audio import resample
+
+    cmd = [espeak, "-v", spec.speaker, "-s", str(spec.speed), "-p", str(spec.pitch), "--stdout",
+           spec.text]
+    r = subprocess.run(cmd, capture_output=True, check=False)
+    if r.returncode != 0 or len(r.stdout) <= 44:
+        raise RuntimeError(
+            f"espeak-ng failed on utterance {spec.id} ({spec.text!r}, voice {spec.speaker}): "
+            f"{r.stderr.decode(errors='replace').strip() or 'no audio'}"
+        )
+    # --stdout writes a streamed WAV (placeholder sizes); libsndfile reads it to the end
+    samples, sr = sf.read(io.BytesIO(r.stdout), dtype="float32", always_2d=True)
+    return resample(np.ascontiguousarray(samples[:, 0]), sr, sample_rate).astype(np.float32)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _render(task: tuple[UtteranceSpec, str, int, str]) -> tuple[int, int]:
+    """Synthesize one utterance and write it; returns ``(index, num_samples)``."""
+    from speechlab.data.audio import write_audio
+
+    spec, espeak, sample_rate, path = task
+    samples = synthesize(spec, espeak, sample_rate)
+    write_audio(path, samples, sample_rate)
+    return spec.index, len(samples)
+
+
+# --------------------------------------------------------------------------- corpus
+
+def read_sentences(path: str | Path) -> tuple[list[Sentence], list[int]]:
+    """Sentences of a text file, one per line, normalized with
+    :func:`~speechlab.data.text.normalize_text`; returns ``(sentences, skipped line numbers)``
+    where skipped lines are those that normalize to nothing (blank, punctuation only)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CLIError(f"{path}: text file not found") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path}: not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise CLIError(f"{path}: cannot read text file ({e.strerror or e})") from None
+    sentences, skipped = [], []
+    for lineno, line in enumerate(lines, 1):
+        text = normalize_text(line)
+        if text:
+            sentences.append(Sentence(text, "text"))
+        else:
+            skipped.append(lineno)
+    return sentences, skipped
+
+
+def split_corpus(
+    specs: Sequence[UtteranceSpec], seed: int, dev_fraction: float = 0.1, test_fraction: float = 0.1
+) -> dict[str, list[UtteranceSpec]]:
+    """Deterministic train/dev/test split that keeps every text in one split.
+
+    Distinct texts are visited in an order fixed by a hash of (seed, text); a text's
+    utterances go to test while test holds fewer than ``round(test_fraction * N)`` utterances
+    and the whole group fits, then likewise to dev, else to train. Within a split utterances
+    keep their index order.
+    """
+    if dev_fraction < 0 or test_fraction < 0 or dev_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"split fractions must be >= 0 and sum to < 1 (dev {dev_fraction}, test {test_fraction})"
+        )
+    groups: dict[str, list[UtteranceSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.text, []).append(spec)
+    order = sorted(groups, key=lambda t: hashlib.sha1(f"{seed}\n{t}".encode()).digest())
+    targets = {"test": round(test_fraction * len(specs)), "dev": round(dev_fraction * len(specs))}
+    out: dict[str, list[UtteranceSpec]] = {s: [] for s in SPLITS}
+    for text in order:
+        group = groups[text]
+        split = next(
+            (s for s in ("test", "dev") if len(out[s]) + len(group) <= targets[s]), "train"
+        )
+        out[split].extend(group)
+    return {s: sorted(v, key=lambda u: u.index) for s, v in out.items()}
+
+
+def _resolve_voices(
+    espeak: str, voices: Sequence[str] | None, variants: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    have_voices, have_variants = espeak_voices(espeak)
+    resolved = []
+    for wanted, have, default, what in (
+        (voices, have_voices, DEFAULT_VOICES, "voice"),
+        (variants, have_variants, DEFAULT_VARIANTS, "variant"),
+    ):
+        missing = [v for v in (wanted or default) if v not in have]
+        if wanted and missing:
+            raise CLIError(f"espeak-ng has no {what} {', '.join(missing)} (see espeak-ng --voices)")
+        if missing:
+            log.warning("espeak-ng lacks the %ss %s; using the others", what, ", ".join(missing))
+        ok = [v for v in (wanted or default) if v in have]
+        if not ok:
+            raise CLIError(f"espeak-ng offers none of the {what}s {', '.join(wanted or default)}")
+        resolved.append(ok)
+    return resolved[0], resolved[1]
+
+
+def _remove_stray_temps(wav_dir: Path) -> None:
+    """Remove temporary files left by an interrupted run (see :func:`speechlab.io.atomic_path`)."""
+    for tmp in wav_dir.glob(".*.wav.*.tmp.wav"):
+        tmp.unlink(missing_ok=True)
+
+
+def run_parallel(
+    tasks: Sequence[Any],
+    fn: Callable[[Any], Any],
+    jobs: int,
+    desc: str,
+    total: int,
+    initial: int = 0,
+    progress: bool = True,
+    initializer: Callable[..., None] | None = _init_worker,
+    initargs: tuple = (),
+) -> Iterator[Any]:
+    """Run ``fn`` over ``tasks`` in a pool of ``jobs`` processes, yielding results as they
+    finish (in-process, without ``initializer``, when ``jobs <= 1`` or there is at most one
+    task), with a tqdm bar over ``total`` items of which ``initial`` are already done.
+
+    The pool uses the ``spawn`` start method: forking a process that holds torch's or tqdm's
+    threads is unsafe. A script that calls this must guard its entry point with
+    ``if __name__ == "__main__":``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="utt", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        if jobs <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield fn(task)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(jobs, len(tasks)), initializer, initargs) as pool:
+                chunk = max(1, min(16, len(tasks) // (4 * jobs)))
+                for result in pool.imap_unordered(fn, tasks, chunksize=chunk):
+                    yield result
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def synthesize_corpus(
+    out_dir: str | Path,
+    sentences: Sequence[Sentence],
+    seed: int = 0,
+    jobs: int = 2,
+    sample_rate: int = 16000,
+    dev_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    voices: Sequence[str] | None = None,
+    variants: Sequence[str] | None = None,
+    speed_range: tuple[int, int] = (130, 190),
+    pitch_range: tuple[int, int] = (30, 70),
+    id_prefix: str = "tts",
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Synthesize ``sentences`` (utterance ``i`` speaks ``sentences[i]``) into ``out_dir``.
+
+    Writes ``out_dir/wavs/*.wav`` (16-bit PCM, mono, ``sample_rate`` Hz) and the manifests
+    ``train.jsonl``, ``dev.jsonl``, ``test.jsonl``; returns ``{split: manifest path}``. Existing
+    WAVs are kept (resume). ``voices``/``variants`` default to those of :data:`DEFAULT_VOICES`
+    and :data:`DEFAULT_VARIANTS` that espeak-ng has; ``speed_range`` is in words per minute,
+    ``pitch_range`` in espeak-ng's 0-99 units, both inclusive.
+    """
+    from speechlab.data.audio import audio_info
+
+    espeak = find_espeak()
+    if not sentences:
+        raise ValueError("synthesize_corpus: no sentences to synthesize")
+    voices, variants = _resolve_voices(espeak, voices, variants)
+    out_dir = Path(out_dir)
+    wav_dir = out_dir / "wavs"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stray_temps(wav_dir)
+
+    specs = [
+        utterance_spec(i, s, seed, voices, variants, speed_range, pitch_range, id_prefix)
+        for i, s in enumerate(sentences)
+    ]
+    paths = {spec.index: wav_dir / spec.wav_name(sample_rate) for spec in specs}
+    num_samples: dict[int, int] = {}
+    todo = []
+    for spec in specs:
+        path = paths[spec.index]
+        if path.is_file():
+            num_samples[spec.index] = audio_info(path).frames
+        else:
+            todo.append((spec, espeak, sample_rate, str(path)))
+    if num_samples:
+        log.info("resuming: %d of %d utterances already synthesized", len(num_samples), len(specs))
+    for index, n in run_parallel(todo, _render, jobs, "synth", len(specs), len(num_samples),
+                                 progress):
+        num_samples[index] = n
+
+    manifests = {}
+    splits = split_corpus(specs, seed, dev_fraction, test_fraction)
+    for split, members in splits.items():
+        rows = (
+            {
+                "id": u.id,
+                "audio_filepath": paths[u.index].relative_to(out_dir).as_posix(),
+                "duration": round(num_samples[u.index] / sample_rate, 4),
+                "text": u.text,
+                "speaker": u.speaker,
+                "domain": u.domain,
+                "voice": u.voice,
+                "variant": u.variant,
+                "speed": u.speed,
+                "pitch": u.pitch,
+            }
+            for u in members
+        )
+        manifests[split] = out_dir / f"{split}.jsonl"
+        atomic_write_jsonl(manifests[split], rows)
+    hours = sum(num_samples.values()) / sample_rate / 3600
+    log.info(
+        "%d utterances (%.2f h) in %s: %s", len(specs), hours, out_dir,
+        ", ".join(f"{s} {len(m)}" for s, m in splits.items()),
+    )
+    return manifests
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--utterances", type=int, default=None,
+        help="number of utterances (default 1800; with --text, one per line; more than the "
+        "file's lines cycles through them with new voices)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="text file, one sentence per line, instead of the generator")
+    parser.add_argument("--domains", nargs="+", default=list(available_domains()),
+                        choices=available_domains(),
+                        help="generator domains, interleaved (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    parser.add_argument("--dev-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument("--sample-rate", type=int, default=16000, help="output rate in Hz")
+    parser.add_argument("--voices", nargs="+", default=None,
+                        help=f"espeak-ng voices (default: {' '.join(DEFAULT_VOICES)})")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"voice variants (default: {' '.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--speed-range", nargs=2, type=int,
+                        default=[130, 190], metavar=("LO", "HI"),
+                        help="espeak-ng speed in words per minute, inclusive (default 130 190)")
+    parser.add_argument("--pitch-range", nargs=2, type=int,
+                        default=[30, 70], metavar=("LO", "HI"),
+                        help="espeak-ng pitch 0-99, inclusive (default 30 70)")
+    parser.add_argument("--id-prefix", default="tts", help="utterance id prefix (default tts)")
+
+
+def main(args: argparse.Namespace) -> int:
+    find_espeak()  # fail before reading anything
+    if args.utterances is not None and args.utterances <= 0:
+        raise CLIError(f"--utterances must be positive, got {args.utterances}")
+    if args.text is not None:
+        lines, skipped = read_sentences(args.text)
+        if skipped:
+            shown = ", ".join(map(str, skipped[:20])) + (" ..." if len(skipped) > 20 else "")
+            log.warning("%s: skipped %d line(s) that normalize to empty text: line %s",
+                        args.text, len(skipped), shown)
+        if not lines:
+            raise CLIError(f"{args.text}: no sentences (every line is empty after normalization)")
+        n = len(lines) if args.utterances is None else args.utterances
+        sentences = [lines[i % len(lines)] for i in range(n)]
+    else:
+        n = 1800 if args.utterances is None else args.utterances
+        sentences = generate_sentences(n, args.seed, args.domains)
+    synthesize_corpus(
+        args.out, sentences, seed=args.seed, jobs=args.jobs, sample_rate=args.sample_rate,
+        dev_fraction=args.dev_fraction, test_fraction=args.test_fraction, voices=args.voices,
+        variants=args.variants, speed_range=tuple(args.speed_range),
+        pitch_range=tuple(args.pitch_range), id_prefix=args.id_prefix,
+    )
+    return 0
