@@ -397,13 +397,13 @@ def corrupt(
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(state: dict[str, Any], threads: int | None = 1) -> None:
+def _init_worker(state: dict[str, Any], pool: bool = True) -> None:
+    from speechlab.data.synth import _init_worker as one_thread
+
     _STATE.clear()
     _STATE.update(state)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    if pool:
+        one_thread()
 
 
 def _render(index: int) -> tuple[int, dict[str, Any]]:
@@ -470,6 +470,8 @@ def read_manifest(path: str | Path) -> list[Entry]:
             raise ValueError(f"{path}: line {lineno}: no \"audio_filepath\"")
         audio = Path(row["audio_filepath"])
         audio = Path(os.path.abspath(audio if audio.is_absolute() else path.parent / audio))
+        if not audio.is_file():
+            raise ValueError(f"{path}: line {lineno}: {audio}: audio file not found")
         clean_id = str(row.get("id") or Path(row["audio_filepath"]).with_suffix("").as_posix())
         if clean_id in seen:
             raise ValueError(f"{path}: line {lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
@@ -569,7 +571,7 @@ def farfield_corpus(
     state = {"entries": entries, "config": config, "out_dir": out_dir,
              "manifest": str(manifest), "keys": keys}
     if jobs <= 1 or len(todo) <= 1:
-        _init_worker(state, threads=None)
+        _init_worker(state, pool=False)
     for index, row in run_parallel(todo, _render, jobs, "farfield", len(entries), len(rows),
                                    progress, initializer=_init_worker, initargs=(state,)):
         rows[index] = row

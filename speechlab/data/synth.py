@@ -24,10 +24,12 @@ import hashlib
 import io
 import logging
 import multiprocessing
+import os
 import random
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,9 +160,11 @@ def synthesize(spec: UtteranceSpec, espeak: str, sample_rate: int = 16000) -> np
 
 
 def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    """Pool workers compute with one thread each (torch reads ``OMP_NUM_THREADS`` when it is
+    first imported, which is only when resampling is needed)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _render(task: tuple[UtteranceSpec, str, int, str]) -> tuple[int, int]:
