@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +39,21 @@ def tiny_corpus(tmp_path_factory, espeak) -> dict[str, Path]:
     from corpus import synth_tiny_corpus
 
     return synth_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_farfield(tiny_corpus) -> dict[str, Path]:
+    """Far-field copies of the tiny corpus's train and dev splits (``speechlab data farfield``:
+    simulated rooms, white/pink noise, SNR 0-20 dB), by split; each line has ``clean_id``."""
+    from speechlab.cli import main
+
+    out = tiny_corpus["train"].parent / "farfield"
+    manifests = {}
+    for split in ("train", "dev"):
+        manifests[split] = out / split / f"{split}.jsonl"
+        if not manifests[split].exists():
+            rc = main(["data", "farfield", "--in", str(tiny_corpus[split]), "--out",
+                       str(out / split), "--snr-range", "0", "20", "--seed", "0", "--jobs", "1",
+                       "--max-order", "20", "--noise-type", "white", "pink"])
+            assert rc == 0
+    return manifests

@@ -3,6 +3,7 @@ on the tiny espeak-ng corpus."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,21 @@ from speechlab.cli import main
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 
 
-def _data_overrides(recipe: Path, corpus: dict[str, Path]) -> list[str]:
-    """Point a recipe's manifests at the test corpus (keys it does not have are left out)."""
+def _data_overrides(recipe: Path, corpus: dict[str, Path],
+                    farfield: Callable[[], dict[str, Path]] | None = None) -> list[str]:
+    """Point a recipe's manifests at the test corpus (keys it does not have are left out).
+    A paired recipe (``paired_clean_manifest``) trains on ``farfield()``'s far-field copies of
+    the corpus's train split, whose lines name their clean source."""
     config = yaml.safe_load(recipe.read_text())
     init = (config.get("data") or {}).get("init_args", {})
+    paired = "paired_clean_manifest" in init
     out = []
     for key, split in [("train_manifest", "train"), ("dev_manifest", "dev"),
                        ("test_manifest", "test"), ("paired_clean_manifest", "train"),
                        ("train_text", "train"), ("dev_text", "dev"), ("test_text", "test")]:
         if key in init:
-            out.append(f"--data.init_args.{key}={corpus[split]}")
+            source = farfield() if paired and key == "train_manifest" and farfield else corpus
+            out.append(f"--data.init_args.{key}={source[split]}")
     model = (config.get("model") or {}).get("init_args", {})
     if model.get("lm_checkpoint"):  # LM-fusion recipes: a small random LM stands in for the trained one
         out.append(f"--model.init_args.lm_checkpoint={_tiny_lm(corpus['train'].parent)}")
@@ -61,8 +67,9 @@ def test_recipe_print_config(recipe, capsys):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path):
-    main(["fit", "--config", str(recipe), *_data_overrides(recipe, tiny_corpus),
+def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path, request):
+    farfield = lambda: request.getfixturevalue("tiny_farfield")  # noqa: E731 (only paired recipes)
+    main(["fit", "--config", str(recipe), *_data_overrides(recipe, tiny_corpus, farfield),
           "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]",
           "--trainer.enable_progress_bar=false"])
