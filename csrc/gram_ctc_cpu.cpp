@@ -292,7 +292,7 @@ at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& tar
   at::Tensor lattice = at::empty({B, L.width}, y.options().dtype(at::kInt));
   const int64_t* y_p = y.data_ptr<int64_t>();
   int32_t* lat = lattice.data_ptr<int32_t>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, 32, [&](int64_t b0, int64_t b1) {  // cheap: parallel only for big batches
     for (int64_t b = b0; b < b1; ++b)
       build_row(y_p + b * max_u, tl_p[b], L, num_chars, keys.data_ptr<int64_t>(),
                 ids.data_ptr<int32_t>(), keys.size(0), lat + b * L.width);
