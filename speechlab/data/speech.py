@@ -16,7 +16,6 @@ In paired mode (``paired_clean_manifest`` set; the train manifest holds far-fiel
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,8 +29,6 @@ from torch.utils.data import DataLoader, Dataset
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
 from speechlab.data.manifests import ManifestError, load_cuts
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
-
-log = logging.getLogger("speechlab.data")
 
 
 class SpeechBatchDataset(Dataset):
@@ -126,13 +123,12 @@ class SpeechDataModule(pl.LightningDataModule):
     def _load(self, split: str, path: str | None) -> None:
         if path is None or split in self._cuts:
             return
-        cuts, report = load_cuts(
+        # load_cuts logs its summary and each skipped entry (counted, never silent)
+        self._cuts[split], _ = load_cuts(
             path, vocab=self.vocab, sample_rate=self.hparams.sample_rate,
             resample=self.hparams.resample, output_frame_rate=self.hparams.output_frame_rate,
             check_samples=self.hparams.check_samples, on_error="skip",
         )
-        log.info("%s", report.summary())
-        self._cuts[split] = cuts
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -141,10 +137,9 @@ class SpeechDataModule(pl.LightningDataModule):
                 raise ManifestError("data.train_manifest is not set (needed to fit)")
             self._load("train", hp.train_manifest)
             if hp.paired_clean_manifest is not None and self._clean_cuts is None:
-                clean, report = load_cuts(
+                clean, _ = load_cuts(
                     hp.paired_clean_manifest, vocab=self.vocab, sample_rate=hp.sample_rate,
                     resample=hp.resample, check_samples=hp.check_samples, on_error="skip")
-                log.info("%s", report.summary())
                 self._clean_cuts = {c.id: c for c in clean}
                 self._check_pairs()
         if stage in (None, "fit", "validate"):
