@@ -350,9 +350,11 @@ def corrupt(
     reverberant = reverberate(speech, rir)
 
     # noise
-    sources = [("file", f) for f in config.noise_files] + [("type", t) for t in config.noise_types]
-    kind, name = sources[int(noise_rng.integers(len(sources)))]
+    # recordings (as one category) and each generated type are equally likely
+    sources = (["file"] if config.noise_files else []) + list(config.noise_types)
+    kind = name = sources[int(noise_rng.integers(len(sources)))]
     if kind == "file":
+        name = config.noise_files[int(noise_rng.integers(len(config.noise_files)))]
         full = _load_mono(str(Path(config.noise_dir or ".") / name), sample_rate)
         noise = loop_segment(full, int(noise_rng.integers(len(full))), n)
         for _ in range(10):  # a silent stretch of a recording: try another place
@@ -437,7 +439,9 @@ def _output_row(entry: Entry, wav: Path, out_dir: Path, duration: float,
         "duration": round(duration, 4),
         **row,
         "clean_id": entry.id,
-        "clean_audio_filepath": Path(os.path.relpath(entry.path, out_dir)).as_posix(),
+        "clean_audio_filepath": (entry.path.as_posix()
+                                 if Path(entry.row["audio_filepath"]).is_absolute()
+                                 else Path(os.path.relpath(entry.path, out_dir)).as_posix()),
         **({"clean_offset": entry.offset} if entry.offset else {}),
         **meta,
     }
@@ -591,8 +595,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of noise recordings (searched recursively)")
     parser.add_argument("--noise-type", nargs="+", choices=NOISE_TYPES, default=None,
                         help="generated noise, one drawn per utterance (default: white pink "
-                        "babble when there is no --noise-dir; with --noise-dir, files and these "
-                        "types are drawn from together)")
+                        "babble when there is no --noise-dir; with --noise-dir, the recordings "
+                        "count as one more type, all equally likely)")
     parser.add_argument("--rir-dir", type=Path, default=None,
                         help="folder of real room impulse responses (default: simulate rooms)")
     snr = parser.add_mutually_exclusive_group()
