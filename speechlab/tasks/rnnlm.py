@@ -46,8 +46,8 @@ class Perplexity(Metric):
         self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, nll_sum: torch.Tensor, tokens: torch.Tensor | int) -> None:
-        self.nll += nll_sum.detach().double()
-        self.tokens += int(tokens)
+        self.nll = self.nll + nll_sum.detach().double()  # not in place: states may be inference tensors
+        self.tokens = self.tokens + int(tokens)
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self.nll / self.tokens.clamp(min=1)).float()
