@@ -27,6 +27,11 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "validate": ("speechlab.data.manifests", "validate a manifest and report its problems"),
     },
     "score": ("speechlab.score", "WER/CER of hypotheses against references"),
+    "tcnlm": {
+        "generate": ("speechlab.tcnlm.generate", "sample sentences conditioned on a topic (mixture)"),
+        "topics": ("speechlab.tcnlm.topics", "top words of each topic of a TCNLM"),
+        "coherence": ("speechlab.tcnlm.coherence", "NPMI topic coherence of a TCNLM (and of LDA)"),
+    },
 }
 
 

@@ -1,0 +1,292 @@
+"""TCNLM and its LSTM baselines in one task (Wang et al., AISTATS 2018).
+
+``lm_type: tcnlm``: a :class:`~speechlab.nn.topic.NeuralTopicModel` reads each sentence's
+document-minus-sentence bag of words and gives topic proportions ``t`` (sampled in training, the
+mean in evaluation) to a :class:`~speechlab.nn.factorized_lstm.TopicCompositionalLM`; the loss
+is the joint negative log-likelihood ``LM NLL + ntm_weight * (bow NLL + KL)``, per target token.
+
+``lm_type: lstm``: the plain :class:`~speechlab.nn.lm.RNNLanguageModel` on the same data and
+metrics, of the same hidden size (``lstm_hidden_size: null``), or of the same number of
+parameters as the TCNLM with this task's settings (``match_params: true``; topic model counted).
+
+Metrics: ``{train,val,test}/ppl`` = exp(summed token NLL / target tokens), ``</s>`` included
+and ``<unk>`` counted as a token. ``speechlab test`` writes ``results.json`` (perplexity, and
+for TCNLM each topic's top words and its NPMI on the test documents) to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechlab.data.corpus import WordVocab
+from speechlab.functional.topic import topic_npmi
+from speechlab.io import atomic_write_text
+from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
+from speechlab.nn.lm import RNNLanguageModel
+from speechlab.nn.topic import NeuralTopicModel
+from speechlab.tasks.asr import warmup_cosine
+from speechlab.tasks.rnnlm import Perplexity
+
+log = logging.getLogger("speechlab.tasks")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def lstm_hidden_for_params(target: int, vocab_size: int, embed_dim: int, num_layers: int = 1) -> int:
+    """Hidden size ``H`` of a :class:`RNNLanguageModel` (LSTM) whose parameter count is closest
+    to ``target``."""
+    def params(h: int) -> int:
+        with torch.device("meta"):
+            return count_parameters(RNNLanguageModel(vocab_size, embed_dim, h, num_layers, "lstm", 0.0))
+
+    lo, hi = 1, 1
+    while params(hi) < target:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda h: abs(params(h) - target))
+
+
+class TopicLMTask(pl.LightningModule):
+    """TCNLM (``lm_type: tcnlm``) or a plain LSTM LM baseline (``lm_type: lstm``) on a
+    :class:`~speechlab.data.corpus.DocumentDataModule`.
+
+    Args:
+        lm_type: ``"tcnlm"`` or ``"lstm"``.
+        num_topics: topics ``T`` of the topic model (also the experts of the TC-LSTM).
+        embed_dim, hidden_size, num_layers, dropout: the LM (TCNLM and equal-size LSTM).
+        factor_size: rank ``F`` of the TC-LSTM's factorized weights.
+        topic_init_std: initial spread of the TC-LSTM's topic factors (see
+            :class:`~speechlab.nn.factorized_lstm.TCLSTMLayer`).
+        topic_hidden, topic_layers, topic_dropout: the topic model's inference MLP.
+        topic_decoder: ``"product"`` (ProdLDA-style, default) or ``"mixture"`` (the paper's);
+            see :mod:`speechlab.nn.topic`.
+        ntm_weight: weight of the topic model's negative ELBO in the loss.
+        lstm_hidden_size: hidden size of the ``lstm`` baseline (default ``hidden_size``).
+        match_params: ``lstm`` only: choose ``lstm_hidden_size`` so that the baseline has as
+            many parameters as the TCNLM (LM + topic model) with these settings.
+        lr, weight_decay, warmup_steps, total_steps: AdamW with warm-up + cosine decay.
+        compile: ``torch.compile`` the TC-LSTM step functions (CUDA only; ignored on CPU).
+        top_k: words per topic for the topic lists and NPMI.
+        output_dir: where ``test`` writes ``results.json``; default the logger's folder.
+        lm_vocab_size, topic_vocab_size: set from the data at ``setup`` (and saved, so that a
+            checkpoint rebuilds the model); give them only to build a model without data.
+    """
+
+    def __init__(self, lm_type: Literal["tcnlm", "lstm"] = "tcnlm", num_topics: int = 50,
+                 embed_dim: int = 300, hidden_size: int = 600, factor_size: int = 600,
+                 num_layers: int = 1, dropout: float = 0.4, topic_init_std: float = 1.5,
+                 topic_hidden: int = 256,
+                 topic_layers: int = 2, topic_dropout: float = 0.2,
+                 topic_decoder: Literal["product", "mixture"] = "product", ntm_weight: float = 1.0,
+                 lstm_hidden_size: int | None = None, match_params: bool = False,
+                 lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
+                 total_steps: int | None = None, compile: bool = False, top_k: int = 10,
+                 output_dir: str | None = None, lm_vocab_size: int | None = None,
+                 topic_vocab_size: int | None = None) -> None:
+        super().__init__()
+        if lm_type not in ("tcnlm", "lstm"):
+            raise ValueError(f"lm_type must be 'tcnlm' or 'lstm', got {lm_type!r}")
+        if match_params and lm_type != "lstm":
+            raise ValueError("match_params applies to lm_type: lstm only")
+        self.save_hyperparameters()
+        self.lm: nn.Module | None = None
+        self.topic_model: NeuralTopicModel | None = None
+        self.lm_vocab: WordVocab | None = None
+        self.topic_vocab: WordVocab | None = None
+        self.ppl = nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
+        if lm_vocab_size is not None and (lm_type == "lstm" or topic_vocab_size is not None):
+            self.build(lm_vocab_size, topic_vocab_size)
+
+    # -- model -------------------------------------------------------------------------------
+    @property
+    def is_tcnlm(self) -> bool:
+        return self.hparams.lm_type == "tcnlm"
+
+    def _tcnlm_modules(self, lm_vocab_size: int, topic_vocab_size: int
+                       ) -> tuple[TopicCompositionalLM, NeuralTopicModel]:
+        hp = self.hparams
+        return (TopicCompositionalLM(lm_vocab_size, hp.num_topics, hp.embed_dim, hp.hidden_size,
+                                     hp.factor_size, hp.num_layers, hp.dropout, hp.topic_init_std),
+                NeuralTopicModel(topic_vocab_size, hp.num_topics, hp.topic_hidden, hp.topic_layers,
+                                 dropout=hp.topic_dropout, decoder=hp.topic_decoder))
+
+    def build(self, lm_vocab_size: int, topic_vocab_size: int | None) -> None:
+        """Create the modules for the given vocabulary sizes (recorded in ``hparams``)."""
+        hp = self.hparams
+        hp.lm_vocab_size, hp.topic_vocab_size = lm_vocab_size, topic_vocab_size
+        if self.is_tcnlm:
+            if topic_vocab_size is None:
+                raise ValueError("TCNLM needs topic_vocab_size")
+            self.lm, self.topic_model = self._tcnlm_modules(lm_vocab_size, topic_vocab_size)
+            return
+        if hp.lstm_hidden_size is None:
+            if hp.match_params:
+                if topic_vocab_size is None:
+                    raise ValueError("match_params needs topic_vocab_size")
+                with torch.device("meta"):
+                    target = sum(map(count_parameters, self._tcnlm_modules(lm_vocab_size, topic_vocab_size)))
+                hp.lstm_hidden_size = lstm_hidden_for_params(target, lm_vocab_size, hp.embed_dim,
+                                                             hp.num_layers)
+                log.info("equal-parameter LSTM: hidden %d for the TCNLM's %d parameters",
+                         hp.lstm_hidden_size, target)
+            else:
+                hp.lstm_hidden_size = hp.hidden_size
+        self.lm = RNNLanguageModel(lm_vocab_size, hp.embed_dim, hp.lstm_hidden_size, hp.num_layers,
+                                   "lstm", hp.dropout)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "lm_vocab"):
+            if self.lm is None:
+                raise ValueError("TopicLMTask needs a DocumentDataModule (or lm_vocab_size and "
+                                 "topic_vocab_size)")
+            return
+        if dm.lm_vocab is None:
+            dm.setup(stage)
+        self.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+
+    def set_vocabularies(self, lm_vocab: WordVocab, topic_vocab: WordVocab) -> None:
+        """Adopt the data's vocabularies: build the model, or check that they fit it."""
+        hp = self.hparams
+        if self.lm is None:
+            self.build(len(lm_vocab), len(topic_vocab))
+        elif hp.lm_vocab_size != len(lm_vocab) or (self.is_tcnlm and hp.topic_vocab_size != len(topic_vocab)):
+            raise ValueError(f"data/model mismatch: the model has LM/topic vocabularies of "
+                             f"{hp.lm_vocab_size}/{hp.topic_vocab_size} words, the data "
+                             f"{len(lm_vocab)}/{len(topic_vocab)}")
+        if self.lm_vocab is not None and self.lm_vocab != lm_vocab:
+            raise ValueError("data/model mismatch: the LM vocabulary differs from the checkpoint's")
+        self.lm_vocab, self.topic_vocab = lm_vocab, topic_vocab
+
+    def on_fit_start(self) -> None:
+        if self.hparams.compile and self.device.type == "cuda" and self.is_tcnlm:
+            compile_steps(True)
+
+    # -- forward -----------------------------------------------------------------------------
+    def topics(self, bow: torch.Tensor) -> torch.Tensor:
+        """``bow (B, V_topic)`` → topic proportions ``(B, T)`` (mean of q(z|d); eval mode)."""
+        assert self.topic_model is not None
+        return self.topic_model(bow, sample=False).topics
+
+    def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Summed LM NLL, target tokens, and (TCNLM) summed topic-model NLL and KL of a batch;
+        ``loss`` is their per-token total."""
+        assert self.lm is not None
+        tokens, targets = batch["tokens"], batch["targets"]
+        out: dict[str, torch.Tensor] = {}
+        if self.is_tcnlm:
+            assert self.topic_model is not None
+            ntm = self.topic_model(batch["bow"])
+            logits, _, _ = self.lm(tokens, ntm.topics)
+            out["ntm_nll"], out["kl"] = ntm.nll.sum(), ntm.kl.sum()
+        else:
+            logits, _, _ = self.lm(tokens)
+        n_tokens = (targets != -100).sum()
+        lm_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+        loss = lm_nll
+        if self.is_tcnlm:
+            loss = loss + self.hparams.ntm_weight * (out["ntm_nll"] + out["kl"])
+        out.update(lm_nll=lm_nll, tokens=n_tokens, loss=loss / n_tokens.clamp(min=1))
+        return out
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.compute(batch)
+        n = len(batch["tokens"])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
+        self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"]), prog_bar=True, batch_size=n)
+        if self.is_tcnlm:
+            self.log("train/kl", out["kl"].detach() / n, batch_size=n)
+            self.log("train/bow_nll", out["ntm_nll"].detach() / n, batch_size=n)
+        return out["loss"]
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        out = self.compute(batch)
+        metric = self.ppl[split]
+        metric.update(out["lm_nll"], out["tokens"])
+        self.log(f"{split}/ppl", metric, prog_bar=split == "val", batch_size=len(batch["tokens"]))
+        self.log(f"{split}/loss", out["loss"], batch_size=len(batch["tokens"]), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        ppl = float(self.ppl["test"].compute())
+        if not self.trainer.is_global_zero:
+            return
+        results: dict[str, Any] = {"lm_type": self.hparams.lm_type, "perplexity": ppl,
+                                   "tokens": int(self.ppl["test"].tokens),
+                                   "parameters": count_parameters(self)}
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.is_tcnlm:
+            results["topics"] = self.topic_words(self.hparams.top_k)
+            if dm is not None and getattr(dm, "splits", None):
+                npmi = self.npmi(dm.splits["test"].doc_term_matrix(len(self.topic_vocab), binary=True))
+                results["npmi"] = npmi.tolist()
+                results["npmi_mean"] = float(npmi.mean())
+        out = self.output_dir() / "results.json"
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+        print(f"\ntest perplexity {ppl:.2f} over {results['tokens']} tokens"
+              + (f"; NPMI {results['npmi_mean']:.4f}" if "npmi_mean" in results else "")
+              + f"\nresults: {out}")
+
+    def output_dir(self) -> Path:
+        if self.hparams.get("output_dir"):
+            return Path(self.hparams.output_dir)
+        if self.trainer.log_dir is not None:
+            return Path(self.trainer.log_dir)
+        return Path(self.trainer.default_root_dir)
+
+    # -- topics ------------------------------------------------------------------------------
+    def topic_words(self, k: int = 10) -> list[list[str]]:
+        """The ``k`` most probable words of each topic (rows of beta)."""
+        if self.topic_model is None or self.topic_vocab is None:
+            raise ValueError("topic words need a TCNLM with its topic vocabulary")
+        return [self.topic_vocab.decode(row) for row in self.topic_model.top_words(k).tolist()]
+
+    def npmi(self, doc_word: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """``(T,)`` NPMI of each topic's top ``k`` words on a ``(D, V_topic)`` reference corpus."""
+        assert self.topic_model is not None
+        top = self.topic_model.top_words(k or self.hparams.top_k).cpu()
+        return topic_npmi(top, doc_word.cpu())
+
+    # -- optimization and checkpoints --------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
+        if total is None:
+            log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
+                        "after warm-up")
+            total = 10**12
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, hp.warmup_steps, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lm_vocab is not None:
+            checkpoint["speechlab_lm_vocab"] = self.lm_vocab.to_dict()
+        if self.topic_vocab is not None:
+            checkpoint["speechlab_topic_vocab"] = self.topic_vocab.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "speechlab_lm_vocab" in checkpoint:
+            self.lm_vocab = WordVocab.from_dict(checkpoint["speechlab_lm_vocab"])
+        if "speechlab_topic_vocab" in checkpoint:
+            self.topic_vocab = WordVocab.from_dict(checkpoint["speechlab_topic_vocab"])
+
