@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 CSRC = "csrc"
 
@@ -59,7 +59,11 @@ def get_extensions() -> tuple[list, dict]:
     else:
         ext = CppExtension("speechlab._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     options = {"bdist_wheel": {"py_limited_api": "cp310"}} if limited else {}
-    return [ext], {"cmdclass": {"build_ext": BuildExtension}, "options": options}
+    # speechlab._decode: the CTC/Gram-CTC prefix beam search (plain C ABI, loaded with ctypes)
+    decode = Extension("speechlab._decode", [f"{CSRC}/prefix_beam_search.cpp"],
+                       extra_compile_args=["-O3", "-std=c++17"] + [f for f in cxx if f.startswith("-DPy_")],
+                       py_limited_api=limited)
+    return [ext, decode], {"cmdclass": {"build_ext": BuildExtension}, "options": options}
 
 
 ext_modules, extra = get_extensions()

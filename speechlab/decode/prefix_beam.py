@@ -1,0 +1,382 @@
+"""CTC / Gram-CTC prefix beam search with an optional KenLM n-gram LM.
+
+Hypotheses are *strings*: every frame path that spells the same prefix is merged into one
+hypothesis, whatever grams spelled it (``"ab"`` from ``a,b`` or from the bigram ``ab``). Per
+prefix ℓ the search carries the log-probability of the paths whose current frame is the blank
+and, for each ``n``, of those whose current frame repeats the last emitted gram (ℓ's suffix of
+length ``n``) — which is what decides whether the next equal gram merges or extends. With a
+unigram-only gram set this is the usual CTC prefix beam search.
+
+Score of a hypothesis: ``ln P_acoustic(ℓ) + α·ln P_LM(words of ℓ) + β·|words|``. Word LM
+(``lm_unit="word"``): a word is scored when a space follows it; the last partial word and
+``</s>`` are scored at the end. Character LM (``lm_unit="char"``): every character is an LM
+token, the space written ``|`` (``speechlab lm ngram --unit char``). LM scores are cached per
+trie node (each prefix is scored once) and per (LM state, word).
+
+The hot loop is C++ (``csrc/prefix_beam_search.cpp``, the module ``speechlab._decode``, called
+through ctypes; the LM is reached through a callback that only runs on cache misses). A pure
+Python implementation of the same algorithm (``backend="python"``) is the fallback when the
+extension is not built, and a cross-check in the tests.
+
+    >>> dec = PrefixBeamSearch(chars="ab", grams=["a", "b", "ab"], beam_size=8)
+    >>> import torch; lp = torch.tensor([[0.1, 0.1, 0.1, 0.7]]).log()
+    >>> dec.decode(lp)[0].text
+    'ab'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LN10 = math.log(10.0)
+CHAR_SPACE = "|"
+_LM_FN = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32),
+                          ctypes.c_int32, ctypes.POINTER(ctypes.c_int32))
+
+
+@dataclass
+class BeamHypothesis:
+    """One decoded hypothesis: ``text``; ``score = am_score + lm_score``; ``am_score`` the
+    acoustic log-probability (nats) of all paths spelling ``text``; ``lm_score`` the LM part
+    ``α·ln P_LM + β·words``; ``words`` the words counted for β."""
+
+    text: str
+    score: float
+    am_score: float
+    lm_score: float
+    words: int
+
+
+class KenLMScorer:
+    """A KenLM model (ARPA or binary) for the beam search: natural-log scores, interned states.
+
+    Args:
+        path: the model file (``speechlab lm ngram``); a file that is not a KenLM model raises
+            ``ValueError`` naming it.
+        unit: ``"word"`` (words separated by spaces) or ``"char"`` (every character a token,
+            the space written ``|``).
+    """
+
+    def __init__(self, path: str | os.PathLike, unit: str = "word") -> None:
+        from speechlab.lm.ngram import load_model
+
+        import kenlm
+
+        if unit not in ("word", "char"):
+            raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+        self.path = Path(path)
+        self.unit = unit
+        self.model = load_model(path)
+        self._kenlm = kenlm
+        self.states: list[Any] = []
+        self._ids: dict[Any, int] = {}
+        begin = kenlm.State()
+        self.model.BeginSentenceWrite(begin)
+        self._intern(begin)
+
+    @property
+    def order(self) -> int:
+        return int(self.model.order)
+
+    def _intern(self, state: Any) -> int:
+        i = self._ids.get(state)
+        if i is None:
+            i = len(self.states)
+            self._ids[state] = i
+            self.states.append(state)
+        return i
+
+    def score(self, state: int, word: str | None) -> tuple[float, int]:
+        """``(ln P(word | state), next state)``; ``word=None`` scores ``</s>``."""
+        out = self._kenlm.State()
+        w = "</s>" if word is None else word
+        s = self.model.BaseScore(self.states[state], w, out)
+        return s * LN10, self._intern(out)
+
+    def sentence_score(self, text: str) -> float:
+        """``ln P`` of a whole sentence with ``<s>``/``</s>`` (the beam search's LM total)."""
+        if self.unit == "char":
+            text = " ".join(CHAR_SPACE if c == " " else c for c in text)
+        return self.model.score(text, bos=True, eos=True) * LN10
+
+
+def _load_library() -> ctypes.CDLL | None:
+    if os.environ.get("SPEECHLAB_DECODE_BACKEND", "") == "python":
+        return None
+    spec = importlib.util.find_spec("speechlab._decode")
+    if spec is None or spec.origin is None:
+        return None
+    lib = ctypes.CDLL(spec.origin)
+    f = lib.slpbs_decode
+    i32, dbl = ctypes.c_int32, ctypes.c_double
+    p = ctypes.c_void_p
+    f.argtypes = [p, i32, i32, p, p, i32, i32, i32, dbl, dbl, dbl, dbl, i32, i32, _LM_FN, i32,
+                  i32, p, p, p, p]
+    f.restype = i32
+    return lib
+
+
+_LIB: ctypes.CDLL | None | bool = False
+
+
+def native_available() -> bool:
+    """Whether the C++ search (``speechlab._decode``) is built and loadable."""
+    global _LIB
+    if _LIB is False:
+        _LIB = _load_library()
+    return _LIB is not None
+
+
+class PrefixBeamSearch:
+    """Prefix beam search over gram (or character) outputs.
+
+    Args:
+        chars: the character vocabulary in id order (ids ``1..|Σ|``; blank = 0).
+        grams: the gram strings of output ids ``1..V-1`` in id order (default ``chars``: CTC).
+        beam_size: hypotheses kept per frame.
+        token_beam: at most this many non-blank tokens tried per frame (``0``: all).
+        token_threshold: skip tokens whose log-prob is below the frame's best minus this.
+        beam_threshold: drop hypotheses scoring below the best minus this.
+        lm: a :class:`KenLMScorer`, a model path, or ``None``.
+        lm_weight: α (on natural-log LM probabilities).
+        word_score: β, added per word.
+        lm_unit: ``"word"`` or ``"char"`` when ``lm`` is a path.
+        backend: ``"auto"`` (C++ when built), ``"native"`` or ``"python"``.
+    """
+
+    def __init__(self, chars: Sequence[str], grams: Sequence[str] | None = None,
+                 beam_size: int = 16, token_beam: int = 0, token_threshold: float = math.inf,
+                 beam_threshold: float = math.inf, lm: KenLMScorer | str | os.PathLike | None = None,
+                 lm_weight: float = 0.5, word_score: float = 0.0, lm_unit: str = "word",
+                 backend: str = "auto") -> None:
+        self.chars = list(chars)
+        self.grams = list(grams) if grams is not None else list(self.chars)
+        index = {c: i + 1 for i, c in enumerate(self.chars)}
+        for g in self.grams:
+            if not g or len(g) > 7 or any(c not in index for c in g):
+                raise ValueError(f"gram {g!r}: 1-7 characters of the vocabulary expected")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self.beam_size, self.token_beam = beam_size, token_beam
+        self.token_threshold, self.beam_threshold = token_threshold, beam_threshold
+        if lm is not None and not isinstance(lm, KenLMScorer):
+            lm = KenLMScorer(lm, lm_unit)
+        self.lm = lm
+        self.lm_weight, self.word_score = lm_weight, word_score
+        self.space_id = index.get(" ", -1)
+        offsets = [0, 0]
+        flat: list[int] = []
+        for g in self.grams:
+            flat += [index[c] for c in g]
+            offsets.append(len(flat))
+        self._gram_chars = np.asarray(flat or [0], dtype=np.int32)
+        self._gram_offsets = np.asarray(offsets, dtype=np.int32)
+        self._gram_ids = [[index[c] for c in g] for g in self.grams]
+        self.max_n = max(len(g) for g in self.grams)
+        if backend not in ("auto", "native", "python"):
+            raise ValueError(f"backend must be auto, native or python, got {backend!r}")
+        if backend == "native" and not native_available():
+            raise RuntimeError("the C++ prefix beam search (speechlab._decode) is not built; "
+                               "reinstall with pip install --no-build-isolation -e .")
+        self.backend = "native" if backend != "python" and native_available() else "python"
+        self._error: BaseException | None = None
+        self._callback = _LM_FN(self._lm_callback)
+
+    @classmethod
+    def from_gramset(cls, grams: Any, **kwargs: Any) -> PrefixBeamSearch:
+        """From a :class:`speechlab.data.grams.GramSet` (or a ``CharVocab``: plain CTC)."""
+        vocab = getattr(grams, "vocab", grams)
+        return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.grams) + 1
+
+    # ------------------------------------------------------------------ LM glue
+    def _lm_mode(self) -> int:
+        if self.lm is None:
+            return 0
+        return 2 if self.lm.unit == "char" else 1
+
+    def _lm_word(self, ids: Sequence[int]) -> str:
+        if self.lm is not None and self.lm.unit == "char":
+            c = self.chars[ids[0] - 1]
+            return CHAR_SPACE if c == " " else c
+        return "".join(self.chars[i - 1] for i in ids)
+
+    def _lm_callback(self, state: int, chars: Any, n: int, next_state: Any) -> float:
+        try:
+            assert self.lm is not None
+            word = None if n < 0 else self._lm_word([chars[i] for i in range(n)])
+            s, nxt = self.lm.score(state, word)
+            next_state[0] = nxt
+            return s
+        except BaseException as e:  # never let an exception cross the C frame
+            self._error = e
+            return math.nan
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, log_probs: torch.Tensor, nbest: int = 1) -> list[BeamHypothesis]:
+        """Decode one utterance.
+
+        Args:
+            log_probs: ``(T, V)`` log-probabilities (natural log), ``V = 1 + len(grams)``.
+            nbest: hypotheses returned, best first.
+
+        Returns:
+            Up to ``nbest`` hypotheses (at least one: the empty string for ``T = 0``).
+        """
+        if log_probs.dim() != 2 or log_probs.shape[1] != self.num_outputs:
+            raise ValueError(f"log_probs must be (T, {self.num_outputs}), got {tuple(log_probs.shape)}")
+        lp = np.ascontiguousarray(log_probs.detach().float().cpu().numpy())
+        if self.backend == "native":
+            return self._decode_native(lp, nbest)
+        return self._decode_python(lp, nbest)
+
+    def decode_batch(self, log_probs: torch.Tensor, lengths: torch.Tensor | Sequence[int]) -> list[str]:
+        """Best transcript of each utterance of ``log_probs (B, T, V)`` with ``lengths (B,)``."""
+        lens = [int(x) for x in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+        lp = log_probs.detach().float().cpu()
+        return [self.decode(lp[b, : lens[b]])[0].text for b in range(lp.shape[0])]
+
+    def _decode_native(self, lp: np.ndarray, nbest: int) -> list[BeamHypothesis]:
+        assert isinstance(_LIB, ctypes.CDLL)
+        t, v = lp.shape
+        max_len = max(1, t * self.max_n)
+        out_chars = np.zeros((nbest, max_len), dtype=np.int32)
+        out_lens = np.zeros(nbest, dtype=np.int32)
+        out_words = np.zeros(nbest, dtype=np.int32)
+        out_scores = np.zeros((nbest, 3), dtype=np.float64)
+        self._error = None
+        k = _LIB.slpbs_decode(
+            lp.ctypes.data, t, v, self._gram_chars.ctypes.data, self._gram_offsets.ctypes.data,
+            len(self.chars), self.beam_size, self.token_beam, float(self.token_threshold),
+            float(self.beam_threshold), float(self.lm_weight), float(self.word_score),
+            self._lm_mode(), self.space_id, self._callback, nbest, max_len, out_chars.ctypes.data,
+            out_lens.ctypes.data, out_words.ctypes.data, out_scores.ctypes.data)
+        if k == -1:
+            raise RuntimeError(f"LM scoring failed: {self._error!r}") from self._error
+        if k < 0:
+            raise ValueError("prefix beam search: invalid arguments")
+        return [BeamHypothesis("".join(self.chars[c - 1] for c in out_chars[i, : out_lens[i]]),
+                               float(out_scores[i, 0]), float(out_scores[i, 1]),
+                               float(out_scores[i, 2]), int(out_words[i])) for i in range(k)]
+
+    # ------------------------------------------------------------------ Python fallback
+    def _decode_python(self, lp: np.ndarray, nbest: int) -> list[BeamHypothesis]:
+        """The same algorithm as the C++ search, in Python (slow; fallback and cross-check)."""
+        ninf = -math.inf
+        mode = self._lm_mode()
+        gram_by_str = {g: i + 1 for i, g in enumerate(self.grams)}
+        # trie nodes: [parent, char id, depth, word_start, lm_state, lm_score, words, text]
+        nodes: list[list[Any]] = [[-1, 0, 0, 0, 0, 0.0, 0, ""]]
+        children: dict[tuple[int, int], int] = {}
+        cache: dict[tuple[int, Any], tuple[float, int]] = {}
+
+        def lm_call(state: int, word: tuple[int, ...] | None) -> tuple[float, int]:
+            key = (state, word)
+            if key not in cache:
+                assert self.lm is not None
+                cache[key] = self.lm.score(state, None if word is None else self._lm_word(word))
+            return cache[key]
+
+        def score_word(n: list[Any], text: str, start: int) -> None:
+            n[6] += 1
+            n[5] += self.word_score
+            if mode == 1:
+                word = tuple(self.chars.index(c) + 1 for c in text[start:])
+                s, n[4] = lm_call(n[4], word)
+                n[5] += self.lm_weight * s
+
+        def child(node: int, c: int) -> int:
+            key = (node, c)
+            if key in children:
+                return children[key]
+            p = nodes[node]
+            n = [node, c, p[2] + 1, p[3], p[4], p[5], p[6], p[7] + self.chars[c - 1]]
+            if mode == 2:
+                s, n[4] = lm_call(p[4], (c,))
+                n[5] += self.lm_weight * s
+                if c == self.space_id:
+                    n[6] += 1
+                    n[5] += self.word_score
+            elif c == self.space_id:
+                n[3] = n[2]
+                if p[2] > p[3]:
+                    score_word(n, p[7], p[3])
+            children[key] = len(nodes)
+            nodes.append(n)
+            return len(nodes) - 1
+
+        def suffix_gram(node: int, n: int) -> int:
+            text = nodes[node][7]
+            return gram_by_str.get(text[-n:], -1) if len(text) >= n else -1
+
+        def lse(*xs: float) -> float:
+            m = max(xs)
+            return m if m == ninf else m + math.log(sum(math.exp(x - m) for x in xs))
+
+        beam = [(0, 0.0, [ninf] * (self.max_n + 1))]  # (node, pb, pg[0..max_n])
+        for row in lp.astype(np.float64):
+            nonblank = row[1:]
+            best = nonblank.max() if len(nonblank) else ninf
+            cand = [g for g in range(1, len(row)) if row[g] > ninf and row[g] >= best - self.token_threshold]
+            if 0 < self.token_beam < len(cand):
+                cand = sorted(cand, key=lambda g: (-row[g], g))[: self.token_beam]
+            nxt: dict[int, list[Any]] = {}
+            order: list[int] = []
+
+            def slot(node: int) -> list[Any]:
+                if node not in nxt:
+                    nxt[node] = [ninf, [ninf] * (self.max_n + 1)]
+                    order.append(node)
+                return nxt[node]
+
+            for node, pb, pg in beam:
+                tot = lse(pb, *pg[1:])
+                sg = [-1] + [suffix_gram(node, n) for n in range(1, self.max_n + 1)]
+                s = slot(node)
+                s[0] = lse(s[0], tot + row[0])
+                for n in range(1, self.max_n + 1):
+                    if pg[n] > ninf:
+                        s[1][n] = lse(s[1][n], pg[n] + row[sg[n]])
+                for g in cand:
+                    m = len(self.grams[g - 1])
+                    src = lse(pb, *[pg[n] for n in range(1, self.max_n + 1)
+                                    if pg[n] > ninf and not (n == m and sg[n] == g)])
+                    if src == ninf:
+                        continue
+                    c = node
+                    for ch in self._gram_ids[g - 1]:
+                        c = child(c, ch)
+                    s = slot(c)
+                    s[1][m] = lse(s[1][m], src + row[g])
+            ranked = sorted(((lse(v[0], *v[1][1:]) + nodes[k][5], k) for k, v in nxt.items()),
+                            key=lambda x: (-x[0], x[1]))[: self.beam_size]
+            floor = ranked[0][0] - self.beam_threshold if ranked else 0.0
+            beam = [(k, nxt[k][0], nxt[k][1]) for sc, k in ranked if sc > ninf and sc >= floor]
+        out = []
+        for node, pb, pg in beam:
+            n = list(nodes[node])
+            if mode != 2 and n[2] > n[3]:
+                score_word(n, n[7], n[3])
+            if mode != 0:
+                s, _ = lm_call(n[4], None)
+                n[5] += self.lm_weight * s
+            am = lse(pb, *pg[1:])
+            out.append(BeamHypothesis(n[7], float(am + n[5]), float(am), float(n[5]), int(n[6])))
+        out.sort(key=lambda h: -h.score)
+        return out[:nbest]
+
+
+__all__ = ["BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "native_available"]
