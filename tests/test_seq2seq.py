@@ -1,0 +1,241 @@
+"""Seq2SeqTask and the fusion layers: the LM stays frozen through ``trainer.fit`` (bitwise, no
+grad, eval mode even while Lightning puts the task in train mode), each fusion mode's loss falls
+on tiny data, deep fusion starts exactly at its baseline, cold fusion's gate starts at bias −1,
+checkpoints embed the LM and a test-time LM swap needs no retraining."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from speechlab.data.speech import SpeechDataModule
+from speechlab.data.text import CharVocab
+from speechlab.functional.fusion import cold_fusion_state, deep_fusion_state
+from speechlab.nn.decoder import AttentionDecoderConfig
+from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.nn.fusion import COLD_GATE_BIAS_INIT, ColdFusion, DeepFusion
+from speechlab.nn.lm import RNNLanguageModel
+from speechlab.tasks.rnnlm import LMCheckpointError, lm_bundle
+from speechlab.tasks.seq2seq import Seq2SeqTask, scheduled_sampling_prob
+
+ENC = SpeechEncoderConfig(hidden_size=48, num_layers=1, dropout=0.0)
+DEC = AttentionDecoderConfig(embed_dim=16, hidden_size=64, attention_dim=32, location_channels=4,
+                             location_kernel=7, output_dim=64, fusion_dim=32, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save_lm(path, seed=0, hidden=32, vocab=None):
+    torch.manual_seed(seed)
+    vocab = vocab or CharVocab()
+    config = {"vocab_size": len(vocab), "embed_dim": 16, "hidden_size": hidden, "num_layers": 1,
+              "dropout": 0.0}
+    torch.save(lm_bundle(RNNLanguageModel(**config), config, vocab), path)
+    return str(path)
+
+
+def _task(fusion="none", lm=None, seed=0, **kw):
+    torch.manual_seed(seed)
+    return Seq2SeqTask(encoder=ENC, decoder=DEC, fusion=fusion, lm_checkpoint=lm,
+                       spec_augment=False, label_smoothing=0.0, warmup_steps=1, lr=3e-3,
+                       weight_decay=0.0, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_corpus):
+    dm = SpeechDataModule(str(tiny_corpus["all"]), max_duration=11, num_workers=0, dither=0.0,
+                          num_buckets=2)
+    dm.setup("fit")
+    return min(dm.train_dataloader(), key=lambda b: b["features"].shape[1])
+
+
+def test_fusion_math_and_gate_init():
+    torch.manual_seed(0)
+    cold = ColdFusion(state_dim=6, vocab_size=5, fusion_dim=4)
+    assert torch.equal(cold.gate.bias, torch.full((4,), COLD_GATE_BIAS_INIT))
+    assert COLD_GATE_BIAS_INIT == -1.0
+    s, lm_logits = torch.randn(3, 6), torch.randn(3, 5) + 7.0  # offset: must not matter
+    out, g = cold(s, lm_logits)
+    h = cold.lm_proj(lm_logits.log_softmax(-1))
+    g_ref = torch.sigmoid(torch.cat([s, h], -1) @ cold.gate.weight.T + cold.gate.bias)
+    assert torch.allclose(g, g_ref, atol=1e-6)
+    assert torch.allclose(out, torch.cat([s, g_ref * h], -1), atol=1e-6)
+    assert torch.allclose(cold(s, lm_logits - 7.0)[0], out, atol=1e-5)  # normalized logits
+    # a fresh gate sits near sigmoid(-1) when the weights are small
+    w0 = torch.zeros(4, 10)
+    assert torch.allclose(cold_fusion_state(s, h, w0, cold.gate.bias)[1],
+                          torch.full((3, 4), torch.sigmoid(torch.tensor(-1.0)).item()))
+    deep = DeepFusion(state_dim=6, lm_hidden_size=8)
+    hid = torch.randn(3, 8)
+    out, g = deep(s, None, hid)
+    assert g.shape == (3, 1)
+    g_ref = torch.sigmoid(hid @ deep.gate.weight.T + deep.gate.bias)
+    assert torch.allclose(out, torch.cat([s, g_ref * hid], -1), atol=1e-6)
+    assert torch.equal(deep_fusion_state(s, hid, deep.gate.weight, deep.gate.bias)[0], out)
+
+
+def test_scheduled_sampling_schedule():
+    assert scheduled_sampling_prob(5, 0.0, 0, 10) == 0.0
+    assert scheduled_sampling_prob(4, 0.4, 5, 10) == 0.0
+    assert scheduled_sampling_prob(9, 0.4, 5, 10) == pytest.approx(0.2)
+    assert scheduled_sampling_prob(100, 0.4, 5, 10) == pytest.approx(0.4)
+
+
+class _RecordLMMode(pl.Callback):
+    """Records the LM's mode at every forward call made during training batches."""
+
+    def __init__(self, lm: RNNLanguageModel) -> None:
+        self.modes: list[bool] = []
+        self.task_modes: list[bool] = []
+        lm.register_forward_pre_hook(lambda module, args: self.modes.append(module.training))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.task_modes.append(pl_module.training)
+
+
+def test_lm_stays_frozen_through_fit(tiny_corpus, tmp_path):
+    lm_path = _save_lm(tmp_path / "lm.pt")
+    task = _task("cold", lm_path, scheduled_sampling=0.5, scheduled_sampling_ramp=1)
+    lm = task.lm
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in task.decoder.state_dict().items()}
+    recorder = _RecordLMMode(lm)
+    dm = SpeechDataModule(str(tiny_corpus["train"]), max_duration=20, num_workers=0,
+                          num_buckets=2)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(task, datamodule=dm)
+    assert recorder.task_modes and all(recorder.task_modes)  # Lightning trained the task...
+    assert recorder.modes and not any(recorder.modes)  # ...while the LM ran in eval mode
+    assert not lm.training and task.lm is lm
+    assert all(not p.requires_grad for p in lm.parameters())
+    for k, v in lm.state_dict().items():
+        assert torch.equal(v, before[k]), f"LM tensor {k} changed"
+    lm_ids = {id(p) for p in lm.parameters()}
+    optimized = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+    assert not lm_ids & {id(p) for p in optimized}
+    assert not any(k.startswith("lm.") or "._lm" in k for k in task.state_dict())
+    changed = [k for k, v in task.decoder.state_dict().items() if not torch.equal(v, decoder_before[k])]
+    assert "decoder.fusion_layer.gate.weight"[len("decoder."):] in changed  # the task did train
+
+
+def _fit_steps(task, batch, steps):
+    opt = torch.optim.Adam([p for p in task.parameters() if p.requires_grad], lr=3e-3)
+    task.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        task.compute_loss(batch).backward()
+        opt.step()
+    task.eval()
+
+
+def _eval_loss(task, batch):
+    task.eval()
+    with torch.no_grad():
+        return task.compute_loss(batch).item()
+
+
+@pytest.mark.parametrize("fusion", ["none", "shallow", "cold"])
+def test_each_fusion_mode_trains_from_scratch(fusion, tiny_batch, tmp_path):
+    lm_path = None if fusion == "none" else _save_lm(tmp_path / "lm.pt")
+    task = _task(fusion, lm_path, lm_weight=0.3 if fusion == "shallow" else 0.0)
+    before = _eval_loss(task, tiny_batch)
+    _fit_steps(task, tiny_batch, 30)
+    after = _eval_loss(task, tiny_batch)
+    assert after < 0.6 * before, (before, after)
+    hyps = task.search(tiny_batch, beam_size=2)  # the fused search runs end to end
+    assert len(hyps) == len(tiny_batch["ids"])
+
+
+def test_deep_fusion_starts_at_the_baseline_and_trains_gate_and_output(tiny_batch, tmp_path):
+    baseline = _task("none")
+    _fit_steps(baseline, tiny_batch, 10)
+    ckpt = tmp_path / "baseline.ckpt"
+    torch.save({"state_dict": baseline.state_dict(), "speechlab_vocab": baseline.vocab.to_dict()}, ckpt)
+    deep = _task("deep", _save_lm(tmp_path / "lm.pt"), init_checkpoint=str(ckpt),
+                 freeze_seq2seq=True)
+    baseline.eval()
+    deep.eval()
+    with torch.no_grad():
+        m1 = baseline.encode(tiny_batch["features"], tiny_batch["feature_lens"])
+        m2 = deep.encode(tiny_batch["features"], tiny_batch["feature_lens"])
+        inputs = torch.zeros(len(tiny_batch["ids"]), 5, dtype=torch.long)
+        assert torch.allclose(baseline.decoder(m1, inputs).logits,
+                              deep.decoder(m2, inputs, lm=deep.lm).logits, atol=1e-5)
+    trainable = {n for n, p in deep.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("decoder.fusion_layer.", "decoder.output.")) for n in trainable)
+    encoder_before = {k: v.clone() for k, v in deep.encoder.state_dict().items()}
+    before = _eval_loss(deep, tiny_batch)
+    _fit_steps(deep, tiny_batch, 30)
+    after = _eval_loss(deep, tiny_batch)
+    assert after < 0.8 * before, (before, after)
+    for k, v in deep.encoder.state_dict().items():
+        assert torch.equal(v, encoder_before[k])
+
+
+def test_checkpoint_embeds_lm_and_lm_swaps_at_test_time(tiny_batch, tmp_path):
+    lm_a = _save_lm(tmp_path / "a.pt", seed=1)
+    lm_b = _save_lm(tmp_path / "b.pt", seed=2)
+    task = _task("cold", lm_a)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, max_steps=0, enable_progress_bar=False)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "cold.ckpt")
+    ckpt = torch.load(tmp_path / "cold.ckpt", weights_only=False)
+    assert "speechlab_lm" in ckpt and not any("lm" in k.split(".")[0] for k in ckpt["state_dict"])
+
+    (tmp_path / "a.pt").unlink()  # the embedded copy is enough to test
+    again = Seq2SeqTask.load_from_checkpoint(tmp_path / "cold.ckpt", lm_checkpoint=lm_b,
+                                             weights_only=False)
+    for k, v in again.lm.state_dict().items():
+        assert torch.equal(v, task.lm.state_dict()[k])
+    swapped = Seq2SeqTask.load_from_checkpoint(tmp_path / "cold.ckpt", lm_checkpoint=lm_b,
+                                               test_lm_checkpoint=lm_b, weights_only=False)
+    lm_b_state = torch.load(lm_b, weights_only=False)["state_dict"]
+    for k, v in swapped.lm.state_dict().items():
+        assert torch.equal(v, lm_b_state[k])
+    assert all(torch.equal(v, task.state_dict()[k]) for k, v in swapped.state_dict().items())
+    assert not swapped.lm.training and not any(p.requires_grad for p in swapped.lm.parameters())
+    swapped.eval()
+    task.eval()
+    with torch.no_grad():
+        m = task.encode(tiny_batch["features"], tiny_batch["feature_lens"])
+        inputs = torch.zeros(len(tiny_batch["ids"]), 4, dtype=torch.long)
+        inputs[:, 1:] = 5
+        out_a = task.decoder(m, inputs, lm=task.lm).logits
+        out_b = swapped.decoder(m, inputs, lm=swapped.lm).logits
+    assert not torch.allclose(out_a, out_b)  # the swapped LM is really used
+
+    bad = _save_lm(tmp_path / "abc.pt", vocab=CharVocab(list("abc '")))
+    with pytest.raises(LMCheckpointError, match=r"abc\.pt: LM vocabulary .* does not match"):
+        task.swap_language_model(bad)
+    deep = _task("deep", lm_a if (tmp_path / "a.pt").exists() else lm_b)
+    with pytest.raises(LMCheckpointError, match="hidden size 32"):
+        deep.swap_language_model(_save_lm(tmp_path / "wide.pt", hidden=48))
+
+
+def test_task_decoding_is_batch_invariant(tiny_batch, tmp_path):
+    task = _task("cold", _save_lm(tmp_path / "lm.pt"), max_len_ratio=0.3)
+    _fit_steps(task, tiny_batch, 10)
+    task.eval()
+    with torch.no_grad():
+        batched = task.search(tiny_batch, beam_size=3)
+        for i, hyp in enumerate(batched):
+            n = int(tiny_batch["feature_lens"][i])
+            one = {"features": tiny_batch["features"][i : i + 1, :n],
+                   "feature_lens": tiny_batch["feature_lens"][i : i + 1]}
+            assert task.search(one, beam_size=3)[0].tokens == hyp.tokens
+
+
+def test_recipe_mismatch_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="fusion='cold' needs model.init_args.lm_checkpoint"):
+        _task("cold")
+    with pytest.raises(LMCheckpointError, match="missing.ckpt: LM checkpoint not found"):
+        _task("cold", str(tmp_path / "missing.ckpt"))
