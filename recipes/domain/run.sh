@@ -22,8 +22,14 @@ speechlab data synth --out $D/numbers --domains numbers --utterances "$N" --seed
 python recipes/domain/make_text.py $D
 
 echo "== language models"
-speechlab fit --config recipes/domain/lm_home.yaml $P > $E.lm_home.log 2>&1 &
-speechlab fit --config recipes/domain/lm_numbers.yaml $P > $E.lm_numbers.log 2>&1
+fit() {  # name config: train unless the run already finished (its last.ckpt exists)
+  if [ -f $E/"$1"/checkpoints/last.ckpt ]; then echo "$1: trained already ($E/$1)"; return; fi
+  rm -rf "${E:?}/$1"
+  speechlab fit --config "$2" $P > $E."$1".log 2>&1
+}
+mkdir -p $E
+fit lm_home recipes/domain/lm_home.yaml &
+fit lm_numbers recipes/domain/lm_numbers.yaml
 wait
 for d in home numbers; do
   speechlab validate --config recipes/domain/lm_$d.yaml --ckpt_path $E/lm_$d/checkpoints/last.ckpt \
@@ -33,10 +39,10 @@ for d in home numbers; do
 done
 
 echo "== seq2seq on domain A (none and cold side by side, then deep from the baseline)"
-speechlab fit --config recipes/domain/seq2seq_none.yaml $P > $E.none.log 2>&1 &
-speechlab fit --config recipes/domain/seq2seq_cold.yaml $P > $E.cold.log 2>&1
+fit none recipes/domain/seq2seq_none.yaml &
+fit cold recipes/domain/seq2seq_cold.yaml
 wait
-speechlab fit --config recipes/domain/seq2seq_deep.yaml $P > $E.deep.log 2>&1
+fit deep recipes/domain/seq2seq_deep.yaml
 
 run_test() {  # name config checkpoint test_manifest [overrides...]
   local name=$1 cfg=$2 ckpt=$3 manifest=$4
@@ -60,10 +66,10 @@ for d in home numbers; do
 done
 
 echo "== fine-tuning on 10% of domain-B speech"
-speechlab fit --config recipes/domain/finetune_none.yaml $P > $E.ft_none.log 2>&1 &
-speechlab fit --config recipes/domain/finetune_cold.yaml $P > $E.ft_cold.log 2>&1
+fit ft_none recipes/domain/finetune_none.yaml &
+fit ft_cold recipes/domain/finetune_cold.yaml
 wait
-speechlab fit --config recipes/domain/finetune_deep.yaml $P > $E.ft_deep.log 2>&1
+fit ft_deep recipes/domain/finetune_deep.yaml
 LM=$E/lm_numbers/checkpoints/last.ckpt
 run_test ft_none_numbers recipes/domain/finetune_none.yaml $E/ft_none/checkpoints/best.ckpt $D/numbers/test.jsonl
 run_test ft_shallow_numbers recipes/domain/finetune_none.yaml $E/ft_none/checkpoints/best.ckpt $D/numbers/test.jsonl \
