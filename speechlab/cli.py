@@ -27,6 +27,14 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "validate": ("speechlab.data.manifests", "validate a manifest and report its problems"),
     },
     "score": ("speechlab.score", "WER/CER of hypotheses against references"),
+    "grams": {
+        "select": ("speechlab.tasks.gram_select", "handpicked GramSet: unigrams + frequent n-grams"),
+        "refine": ("speechlab.tasks.gram_refine", "GramSet of the grams a trained model emits"),
+    },
+    "lm": {
+        "ngram": ("speechlab.lm.ngram", "train a KenLM n-gram LM (builds lmplz on first use)"),
+    },
+    "decode": ("speechlab.tasks.decode_cli", "CTC/Gram-CTC greedy or beam (+KenLM) decoding"),
     "tcnlm": {
         "generate": ("speechlab.tcnlm.generate", "sample sentences conditioned on a topic (mixture)"),
         "topics": ("speechlab.tcnlm.topics", "top words of each topic of a TCNLM"),

@@ -1,0 +1,166 @@
+"""Train, decode and tabulate the Gram-CTC vs CTC comparison (docs/gram_ctc_asr.md's tables).
+
+For each recipe of a suite, sequentially: ``speechlab fit`` (wall time measured), then the best
+checkpoint decodes dev and test: greedy, beam without LM, and beam + word KenLM with α/β picked
+on dev (grid). The candidates recipe is followed by ``speechlab grams refine``. Results go to
+``exp/results_<suite>.json`` and a markdown table is printed.
+
+  python recipes/run_gram_ctc.py --suite fsdd            # FSDD spoken digits (real speech)
+  python recipes/run_gram_ctc.py --suite tiny            # embedded espeak-ng corpus
+  python recipes/run_gram_ctc.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = {
+    "fsdd": {
+        "recipes": ["ctc", "gram_ctc", "gram_ctc_joint", "gram_ctc_candidates", "gram_ctc_refined",
+                    "ctc_stride2", "gram_ctc_stride2", "ctc_stride8", "gram_ctc_stride8"],
+        "folder": "recipes/fsdd", "data": "data/fsdd", "resample": True, "lm_order": 2,
+        "refine_keep": 20,
+    },
+    "tiny": {
+        "recipes": ["ctc", "gram_ctc", "ctc_stride8", "gram_ctc_stride8"],
+        "folder": "recipes/tiny", "data": "data/tiny", "resample": False, "lm_order": 3,
+        "refine_keep": 50,
+    },
+    "synth": {
+        "recipes": ["ctc", "gram_ctc", "gram_ctc_joint", "ctc_stride8", "gram_ctc_stride8"],
+        "folder": "recipes/synth", "data": "data/synth", "resample": False, "lm_order": 3,
+        "refine_keep": 100,
+    },
+}
+ALPHAS = [0.2, 0.5, 1.0]
+BETAS = [0.0, 1.0, 2.0]
+
+
+def sh(cmd: list[str], log: Path | None = None) -> None:
+    print("$", " ".join(cmd), flush=True)
+    if log is None:
+        subprocess.run(cmd, check=True, cwd=REPO)
+        return
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"command failed ({rc}), log {log}:\n{tail}")
+
+
+def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json: Path) -> list[dict]:
+    cmd = [sys.executable, "-m", "speechlab.cli", "decode", "--checkpoint", ckpt, "--manifest",
+           manifest, "--json", str(out_json), *extra]
+    if resample:
+        cmd.append("--resample")
+    sh(cmd)
+    return json.loads(out_json.read_text())["results"]
+
+
+def run_recipe(name: str, suite: dict, lm: Path, max_time: str | None, results: dict) -> None:
+    cfg = REPO / suite["folder"] / f"{name}.yaml"
+    conf = yaml.safe_load(cfg.read_text())
+    exp = Path(conf["trainer"]["default_root_dir"])
+    (REPO / exp).mkdir(parents=True, exist_ok=True)
+    key = cfg.stem
+    fit = [sys.executable, "-m", "speechlab.cli", "fit", "--config", str(cfg.relative_to(REPO)),
+           "--trainer.enable_progress_bar=false"]
+    data = suite["data"]
+    fit += [f"--data.init_args.train_manifest={data}/train.jsonl",
+            f"--data.init_args.dev_manifest={data}/dev.jsonl",
+            f"--data.init_args.test_manifest={data}/test.jsonl"]
+    if max_time:
+        fit.append(f"--trainer.max_time={max_time}")
+    t0 = time.time()
+    sh(fit, REPO / exp / "fit.log")
+    train_s = time.time() - t0
+    ckpt = str(exp / "checkpoints" / "best.ckpt")
+    import torch
+
+    meta = torch.load(REPO / exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps = int(meta.get("global_step", 0))
+    rs = suite["resample"]
+    row: dict = {"recipe": str(cfg.relative_to(REPO)), "train_seconds": round(train_s, 1),
+                 "steps": steps, "epochs": int(meta.get("epoch", 0))}
+    row["test_greedy"] = decode(ckpt, f"{data}/test.jsonl", rs, [], REPO / exp / "test_greedy.json")[0]
+    row["test_beam"] = decode(ckpt, f"{data}/test.jsonl", rs, ["--method", "beam"],
+                              REPO / exp / "test_beam.json")[0]
+    grid = ["--method", "beam", "--lm", str(lm), "--lm-weight", *map(str, ALPHAS),
+            "--word-score", *map(str, BETAS)]
+    dev = decode(ckpt, f"{data}/dev.jsonl", rs, grid, REPO / exp / "dev_lm_grid.json")
+    best = min(dev, key=lambda r: (r["wer"], r["cer"]))
+    row["lm_weight"], row["word_score"] = best["lm_weight"], best["word_score"]
+    row["test_beam_lm"] = decode(ckpt, f"{data}/test.jsonl", rs,
+                                 ["--method", "beam", "--lm", str(lm), "--lm-weight",
+                                  str(best["lm_weight"]), "--word-score", str(best["word_score"])],
+                                 REPO / exp / "test_beam_lm.json")[0]
+    results[key] = row
+    if cfg.stem.endswith("candidates"):
+        refined = exp / "refined.json"
+        cmd = [sys.executable, "-m", "speechlab.cli", "grams", "refine", "--checkpoint", ckpt,
+               "--manifest", f"{data}/train.jsonl", "--keep", str(suite["refine_keep"]),
+               "--out", str(refined), "--force"]
+        if rs:
+            cmd.append("--resample")
+        sh(cmd, REPO / exp / "refine.log")
+        print((REPO / exp / "refine.log").read_text())
+
+
+def table(results: dict) -> str:
+    lines = ["| recipe | frames/s | train time (steps) | greedy WER / CER | beam WER / CER | "
+             "beam+LM WER / CER (α, β) |", "|---|---|---|---|---|---|"]
+    for row in results.values():
+        if not isinstance(row, dict) or "test_greedy" not in row:
+            continue
+        g, b, lm = row["test_greedy"], row["test_beam"], row["test_beam_lm"]
+        lines.append(
+            f"| `{row['recipe']}` | {g['frames_per_second']:.1f} | {row['train_seconds'] / 60:.1f} min "
+            f"({row['steps']}) | {100 * g['wer']:.1f} / {100 * g['cer']:.1f} | "
+            f"{100 * b['wer']:.1f} / {100 * b['cer']:.1f} | {100 * lm['wer']:.1f} / "
+            f"{100 * lm['cer']:.1f} ({row['lm_weight']:g}, {row['word_score']:g}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--only", nargs="*", help="recipe names of the suite to run")
+    p.add_argument("--max-time", help="override every recipe's trainer.max_time (DD:HH:MM:SS)")
+    p.add_argument("--table", action="store_true", help="only print the table of saved results")
+    args = p.parse_args()
+    suite = SUITES[args.suite]
+    out = REPO / "exp" / f"results_{args.suite}.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if args.table:
+        print(table(results))
+        return
+    os.chdir(REPO)
+    if args.suite == "fsdd" and not (REPO / "data/fsdd/train.jsonl").exists():
+        sh([sys.executable, "recipes/fsdd/prepare.py"])
+    lm = REPO / "exp" / "lm" / f"{args.suite}_{suite['lm_order']}gram.arpa"
+    if not lm.exists():
+        sh([sys.executable, "-m", "speechlab.cli", "lm", "ngram", "--manifest",
+            f"{suite['data']}/train.jsonl", "--order", str(suite["lm_order"]), "--out", str(lm)])
+    results["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"load average at start {os.getloadavg()[0]:.1f}")
+    for name in suite["recipes"]:
+        if args.only and name not in args.only and name.split("/")[-1] not in args.only:
+            continue
+        run_recipe(name, suite, lm, args.max_time, results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

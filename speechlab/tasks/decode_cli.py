@@ -1,0 +1,137 @@
+"""Decode a manifest with a trained CTC or Gram-CTC checkpoint: greedy, or prefix beam search
+over grams with an optional KenLM; prints WER/CER (speechlab's scorer), output frames per
+second of audio and decoding time. Several ``--lm-weight``/``--word-score`` values decode the
+same network outputs once per pair (a grid: tune on dev, then decode test with the best pair).
+
+  speechlab decode --checkpoint exp/tiny_gram_ctc/checkpoints/best.ckpt --manifest data/tiny/test.jsonl
+  speechlab decode --checkpoint C --manifest M --method beam --beam-size 16 \\
+      --lm exp/lm/tiny_3gram.bin --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
+
+CTC checkpoints (``CTCTask``) decode as unigram Gram-CTC, which is the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from speechlab.data.speech import SpeechDataModule
+from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch
+from speechlab.functional.gram_decode import gram_greedy_decode
+from speechlab.io import atomic_write_jsonl
+from speechlab.score import edit_counts
+from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
+
+
+@dataclass
+class Outputs:
+    """Network outputs of a manifest: ids, reference texts, ``(T_i, V)`` log-probs, seconds of
+    audio, and the seconds the network took."""
+
+    ids: list[str]
+    texts: list[str]
+    log_probs: list[torch.Tensor]
+    audio_seconds: float
+    network_seconds: float
+
+    @property
+    def frames(self) -> int:
+        return sum(int(lp.shape[0]) for lp in self.log_probs)
+
+
+def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
+                    resample: bool = False, max_duration: float = 60.0) -> Outputs:
+    """Run ``model`` (eval, no grad) over every utterance of ``manifest``."""
+    dm = SpeechDataModule(test_manifest=manifest, vocab="".join(model.vocab.chars),
+                          sample_rate=sample_rate, resample=resample, max_duration=max_duration,
+                          output_frame_rate=None, num_workers=0, dither=0.0)
+    dm.setup("test")
+    ids, texts, lps = [], [], []
+    seconds, net = 0.0, 0.0
+    model.eval()
+    with torch.inference_mode():
+        for batch in dm.test_dataloader():
+            t0 = time.perf_counter()
+            lp, lens = model(batch["features"], batch["feature_lens"])
+            net += time.perf_counter() - t0
+            seconds += float(batch["feature_lens"].sum()) * dm.frame_shift_ms / 1000
+            ids += batch["ids"]
+            texts += batch["texts"]
+            lps += [lp[b, : int(lens[b])].clone() for b in range(lp.shape[0])]
+    return Outputs(ids, texts, lps, seconds, net)
+
+
+def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
+    assert model.grams is not None
+    sym = model.grams.symbols()
+    return [gram_greedy_decode(lp[None], torch.tensor([lp.shape[0]]), sym)[0] for lp in out.log_probs]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="CTCTask or GramCTCTask checkpoint")
+    p.add_argument("--manifest", required=True, help="utterances to decode (with references)")
+    p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
+    p.add_argument("--beam-size", type=int, default=16)
+    p.add_argument("--token-beam", type=int, default=0, help="tokens tried per frame (0: all)")
+    p.add_argument("--token-threshold", type=float, default=12.0)
+    p.add_argument("--beam-threshold", type=float, default=30.0)
+    p.add_argument("--lm", help="KenLM model (speechlab lm ngram)")
+    p.add_argument("--lm-unit", choices=("word", "char"), default="word")
+    p.add_argument("--lm-weight", type=float, nargs="+", default=[0.5], help="α value(s)")
+    p.add_argument("--word-score", type=float, nargs="+", default=[0.0], help="β value(s)")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
+    p.add_argument("--out", help="hypotheses JSONL ({id, ref, hyp}) of the best grid point")
+    p.add_argument("--json", help="write the results (all grid points) as JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    model = load_gram_ctc(args.checkpoint)
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample)
+    fps = out.frames / max(out.audio_seconds, 1e-9)
+    print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "
+          f"{len(out.ids)} utterances, {out.audio_seconds:.1f} s audio, {out.frames} frames "
+          f"({fps:.1f}/s); network {out.network_seconds:.1f} s")
+    results = []
+    grid = [(a, b) for a in args.lm_weight for b in args.word_score] if args.method == "beam" \
+        else [(0.0, 0.0)]
+    lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
+    best_hyps: list[str] = []
+    for alpha, beta in grid:
+        t0 = time.perf_counter()
+        if args.method == "greedy":
+            hyps = greedy(model, out)
+            label = "greedy"
+        else:
+            dec = PrefixBeamSearch.from_gramset(
+                model.grams, beam_size=args.beam_size, token_beam=args.token_beam,
+                token_threshold=args.token_threshold, beam_threshold=args.beam_threshold, lm=lm,
+                lm_weight=alpha, word_score=beta)
+            hyps = [dec.decode(lp)[0].text for lp in out.log_probs]
+            label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")
+        dt = time.perf_counter() - t0
+        w = edit_counts(out.texts, hyps, unit="word")
+        c = edit_counts(out.texts, hyps, unit="char")
+        row = {"decoding": label, "lm_weight": alpha, "word_score": beta, "wer": w.rate,
+               "cer": c.rate, "word_errors": w.errors, "words": w.ref_len, "decode_seconds": dt,
+               "frames_per_second": fps, "utterances": len(hyps)}
+        results.append((row, hyps))
+        print(f"{label:32s} WER {100 * w.rate:6.2f}%  CER {100 * c.rate:6.2f}%  "
+              f"decode {dt:6.2f} s ({1000 * dt / max(len(hyps), 1):.2f} ms/utt)")
+    best_row, best_hyps = min(results, key=lambda r: (r[0]["wer"], r[0]["cer"]))
+    if len(results) > 1:
+        print(f"best: {best_row['decoding']}  WER {100 * best_row['wer']:.2f}%  "
+              f"CER {100 * best_row['cer']:.2f}%")
+    if args.out:
+        atomic_write_jsonl(args.out, ({"id": i, "ref": r, "hyp": h}
+                                      for i, r, h in zip(out.ids, out.texts, best_hyps, strict=True)))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "manifest": args.manifest,
+                                               "results": [r for r, _ in results]}, indent=1) + "\n")
+    return 0

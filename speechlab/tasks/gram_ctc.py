@@ -1,0 +1,277 @@
+"""Gram-CTC acoustic model (Liu et al., ICML 2017): the CTC baseline's encoder with an output
+layer over a :class:`~speechlab.data.grams.GramSet` (blank + characters + longer n-grams),
+trained with :func:`speechlab.functional.gram_ctc_loss`.
+
+Options of the paper: the gram set is handpicked (``speechlab grams select``) or automatically
+refined (``speechlab grams refine``); joint training adds ``λ·CTC`` on a second, unigram head
+(``ctc_weight``, with a schedule); the encoder's frame ``stride`` (2/4/8) tests the claim that
+multi-character outputs allow fewer frames. Decoding: greedy (argmax, collapse over gram ids) or
+prefix beam search over grams with an optional KenLM (``decoding``), in ``test``/``predict``;
+validation always decodes greedily.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from speechlab.data.grams import GramSet
+from speechlab.data.text import DEFAULT_CHARS
+from speechlab.decode.prefix_beam import PrefixBeamSearch
+from speechlab.functional.gram_ctc import gram_ctc_loss
+from speechlab.functional.gram_decode import gram_greedy_decode
+from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.tasks.ctc import CTCTask
+
+log = logging.getLogger("speechlab.tasks")
+
+CKPT_KEY = "speechlab_grams"
+
+
+@dataclass
+class GramDecoding:
+    """How ``test``/``predict`` decode (validation is always greedy).
+
+    Attributes:
+        method: ``"greedy"`` or ``"beam"`` (prefix beam search over grams).
+        beam_size: hypotheses kept per frame.
+        token_beam: non-blank tokens tried per frame (0: all).
+        token_threshold: skip tokens more than this below the frame's best log-prob.
+        beam_threshold: drop hypotheses more than this below the best.
+        lm: KenLM model (``speechlab lm ngram``) or None.
+        lm_unit: ``"word"`` or ``"char"`` LM.
+        lm_weight: α (natural-log LM scores).
+        word_score: β per word.
+    """
+
+    method: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = 16
+    token_beam: int = 0
+    token_threshold: float = 12.0
+    beam_threshold: float = 30.0
+    lm: str | None = None
+    lm_unit: Literal["word", "char"] = "word"
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+
+
+def ctc_weight_at(step: int, weight: float, schedule: str, steps: int) -> float:
+    """λ of the joint CTC loss at ``step``: ``constant``; ``linear`` decay to 0 over ``steps``;
+    ``step``: λ until ``steps``, then 0."""
+    if weight == 0.0:
+        return 0.0
+    if schedule == "constant":
+        return weight
+    if schedule == "linear":
+        return weight * max(0.0, 1.0 - step / max(1, steps))
+    if schedule == "step":
+        return weight if step < steps else 0.0
+    raise ValueError(f"ctc_weight_schedule must be constant, linear or step, got {schedule!r}")
+
+
+class GramCTCTask(CTCTask):
+    """Gram-CTC: :class:`CTCTask`'s encoder (and SpecAugment, optimizer, metrics) with a gram head.
+
+    Args:
+        vocab: output characters (blank = 0 implicit); the gram set's characters must match.
+        grams: a GramSet JSON file (``speechlab grams select|refine``), or ``None``: the
+            handpicked default — all unigrams + the ``default_top_k`` most frequent n-grams
+            (``n <= default_max_n``) of the training manifest's text, built at set-up.
+        default_max_n, default_top_k: the default set's parameters.
+        ctc_weight: λ of the joint unigram CTC loss (0: Gram-CTC alone; no CTC head is built).
+        ctc_weight_schedule: ``constant``, ``linear`` (decay to 0 over ``ctc_weight_steps``) or
+            ``step`` (λ for ``ctc_weight_steps`` steps, then 0).
+        ctc_weight_steps: see ``ctc_weight_schedule``.
+        encoder: encoder hyper-parameters (``stride`` 1/2/4/8).
+        spec_augment: SpecAugment on training batches.
+        decoding: decoding of ``test``/``predict`` (:class:`GramDecoding`).
+        loss_backend: ``gram_ctc_loss`` backend (``auto``, ``cuda``, ``cpu``, ``reference``).
+        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`.
+
+    Shapes: ``forward(features (B, T, F), lengths (B,))`` → ``(log_probs (B, T', |V|), (B,))``
+    with ``T' = ceil(T / stride)`` and ``|V| = len(grams)``.
+    """
+
+    def __init__(self, vocab: str = "".join(DEFAULT_CHARS), grams: str | None = None,
+                 default_max_n: int = 2, default_top_k: int = 50, ctc_weight: float = 0.0,
+                 ctc_weight_schedule: Literal["constant", "linear", "step"] = "constant",
+                 ctc_weight_steps: int = 0, encoder: SpeechEncoderConfig | None = None,
+                 spec_augment: bool = True, decoding: GramDecoding | None = None,
+                 loss_backend: str = "auto", lr: float = 2e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 200, total_steps: int | None = None,
+                 output_dir: str | None = None) -> None:
+        super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
+                         total_steps, output_dir)
+        self.save_hyperparameters()
+        ctc_weight_at(0, ctc_weight, ctc_weight_schedule, ctc_weight_steps)  # validates
+        if ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
+        if ctc_weight == 0.0:
+            self.head = None  # type: ignore[assignment]  # CTCTask's unigram head: joint only
+        self.decoding = decoding or GramDecoding()
+        self.grams: GramSet | None = None
+        self.gram_head: torch.nn.Linear | None = None
+        self._beam: PrefixBeamSearch | None = None
+        if grams is not None:
+            self.set_grams(self.load_grams(grams))
+
+    # -- gram set --------------------------------------------------------------------------
+    def load_grams(self, path: str | Path) -> GramSet:
+        """Read a GramSet file and check its characters against the model's vocabulary."""
+        gs = GramSet.load(path)
+        if gs.vocab != self.vocab:
+            raise ValueError(f"{path}: the GramSet's characters {''.join(gs.vocab.chars)!r} are not "
+                             f"the model's vocabulary {''.join(self.vocab.chars)!r}")
+        return gs
+
+    def set_grams(self, grams: GramSet) -> None:
+        """Use ``grams`` as the output set; (re)builds the gram head when its size changes."""
+        if grams.vocab != self.vocab:
+            raise ValueError(f"GramSet characters {grams.vocab} differ from the model's {self.vocab}")
+        if self.gram_head is None or self.gram_head.out_features != len(grams):
+            self.gram_head = torch.nn.Linear(self.encoder.output_dim, len(grams))
+            if self.grams is not None:
+                log.info("gram head rebuilt for %d outputs", len(grams))
+        self.grams = grams
+        self._beam = None
+
+    def default_grams(self) -> GramSet:
+        """The handpicked default set from the training manifest of the trainer's data module."""
+        from speechlab.tasks.gram_select import manifest_texts, select_grams
+
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        path = getattr(getattr(dm, "hparams", None), "train_manifest", None)
+        if path is None:
+            raise ValueError("GramCTCTask: model.init_args.grams is null and the data module has "
+                             "no train_manifest to pick the default grams from; give a GramSet "
+                             "file (speechlab grams select)")
+        hp = self.hparams
+        gs = select_grams(manifest_texts(path), self.vocab, hp.default_max_n, hp.default_top_k)
+        log.info("default GramSet from %s: %d grams (max_n=%d, top_k=%d)", path, len(gs) - 1,
+                 hp.default_max_n, hp.default_top_k)
+        return gs
+
+    def setup(self, stage: str) -> None:
+        if self.grams is None:
+            self.set_grams(self.default_grams())
+            self.gram_head.to(self.device)  # type: ignore[union-attr]
+        super().setup(stage)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.grams is not None:
+            checkpoint[CKPT_KEY] = self.grams.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if CKPT_KEY not in checkpoint:
+            return
+        saved = GramSet.from_dict(checkpoint[CKPT_KEY], source="checkpoint GramSet")
+        if self.grams is not None and saved != self.grams:
+            if self.hparams.grams is not None:
+                raise ValueError(
+                    f"{self.hparams.grams}: this GramSet ({len(self.grams)} outputs) does not match "
+                    f"the checkpoint's gram head ({len(saved)} outputs, the set it was trained "
+                    f"with); use the GramSet file of the training run")
+            log.info("using the checkpoint's GramSet (%d outputs)", len(saved))
+        self.set_grams(saved)
+
+    # -- model -------------------------------------------------------------------------------
+    def _head(self) -> torch.nn.Linear:
+        if self.gram_head is None:
+            raise RuntimeError("GramCTCTask: no gram set yet (grams: null is resolved at set-up "
+                               "from the training manifest)")
+        return self.gram_head
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features (B, T, F)`` → ``(gram log-probs (B, T', |V|), lengths (B,))``."""
+        enc, lengths = self.encode(features, lengths)
+        return self._head()(enc).float().log_softmax(dim=-1), lengths
+
+    def ctc_weight(self) -> float:
+        hp = self.hparams
+        return ctc_weight_at(self.global_step, hp.ctc_weight, hp.ctc_weight_schedule,
+                             hp.ctc_weight_steps)
+
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        enc, lengths = self.encode(batch["features"], batch["feature_lens"])
+        log_probs = self._head()(enc).float().log_softmax(dim=-1)
+        assert self.grams is not None
+        loss = gram_ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths,
+                             batch["target_lens"], self.grams, reduction="mean",
+                             zero_infinity=True, backend=self.hparams.loss_backend)
+        lam = self.ctc_weight() if self.head is not None else 0.0
+        if lam > 0.0:
+            ctc = self.ctc_loss(enc, lengths, batch["targets"], batch["target_lens"])
+            if self.training:
+                n = len(batch["ids"])
+                self.log("train/gram_ctc", loss.detach(), batch_size=n)
+                self.log("train/ctc", ctc.detach(), batch_size=n)
+                self.log("train/ctc_weight", lam, batch_size=n)
+            loss = loss + lam * ctc
+        return loss
+
+    # -- decoding ----------------------------------------------------------------------------
+    def beam_search(self) -> PrefixBeamSearch:
+        """The prefix beam search of :attr:`decoding` (built once)."""
+        if self._beam is None:
+            d = self.decoding
+            assert self.grams is not None
+            self._beam = PrefixBeamSearch.from_gramset(
+                self.grams, beam_size=d.beam_size, token_beam=d.token_beam,
+                token_threshold=d.token_threshold, beam_threshold=d.beam_threshold, lm=d.lm,
+                lm_weight=d.lm_weight, word_score=d.word_score, lm_unit=d.lm_unit)
+        return self._beam
+
+    def _use_beam(self) -> bool:
+        trainer = self._trainer
+        evaluating = trainer is not None and (trainer.testing or trainer.predicting)
+        return self.decoding.method == "beam" and (evaluating or trainer is None)
+
+    def transcribe(self, batch: dict[str, Any]) -> list[str]:
+        log_probs, lengths = self(batch["features"], batch["feature_lens"])
+        if self._use_beam():
+            return self.beam_search().decode_batch(log_probs, lengths)
+        assert self.grams is not None
+        return gram_greedy_decode(log_probs, lengths, self.grams.symbols())
+
+
+def _configs(hp: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters saved as plain dicts back into their dataclasses."""
+    if isinstance(hp.get("encoder"), dict):
+        hp["encoder"] = SpeechEncoderConfig(**hp["encoder"])
+    if isinstance(hp.get("decoding"), dict):
+        hp["decoding"] = GramDecoding(**hp["decoding"])
+    return hp
+
+
+def load_gram_ctc(path: str | Path, map_location: str = "cpu") -> GramCTCTask:
+    """A trained :class:`GramCTCTask` (or, for comparison, a :class:`CTCTask` turned into the
+    equivalent unigram Gram-CTC model) from a checkpoint, in eval mode, with its GramSet."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    if CKPT_KEY not in ckpt:
+        if "gram_head.weight" in ckpt.get("state_dict", {}):
+            raise ValueError(f"{path}: Gram-CTC checkpoint without its GramSet")
+        # a CTCTask checkpoint: unigram Gram-CTC is CTC with the same ids
+        keep = {k: hp[k] for k in ("vocab", "encoder", "spec_augment") if k in hp}
+        model = GramCTCTask(**_configs(keep), ctc_weight=0.0)
+        model.set_grams(GramSet.unigrams(model.vocab))
+        sd = ckpt["state_dict"]
+        sd = {("gram_head." + k[5:] if k.startswith("head.") else k): v for k, v in sd.items()}
+        model.load_state_dict(sd)
+        return model.eval()
+    keep = {k: v for k, v in hp.items() if k not in ("grams", "_instantiator", "decoding")}
+    model = GramCTCTask(**_configs(keep))
+    model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+__all__ = ["GramCTCTask", "GramDecoding", "ctc_weight_at", "load_gram_ctc"]
