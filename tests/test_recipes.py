@@ -34,6 +34,8 @@ def _data_overrides(recipe: Path, corpus: dict[str, Path],
         out.append(f"--model.init_args.lm_checkpoint={_tiny_lm(corpus['train'].parent)}")
     if model.get("init_checkpoint"):  # deep fusion starts from a trained baseline: none here
         out.append("--model.init_args.init_checkpoint=null")
+    if model.get("grams"):  # Gram-CTC on a GramSet file (grams select|refine): the default set stands in
+        out.append("--model.init_args.grams=null")
     return out
 
 
