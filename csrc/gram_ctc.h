@@ -37,7 +37,10 @@ constexpr int kHdrStates = 0;      // S: number of states
 constexpr int kHdrU = 1;           // U: target length
 constexpr int kHdrFinal = 2;       // index of b_U
 constexpr int kHdrGrams = 3;       // number of gram (non-blank) states
-constexpr int kHdrError = 4;       // 1 when a target id is outside [1, num_chars]
+constexpr int kHdrError = 4;       // bit set of the kErr* below; the utterance's nll is NaN
+constexpr int kErrTargetId = 1;      // a target id outside [1, num_chars]
+constexpr int kErrTargetLength = 2;  // target length outside [0, max_target_len]
+constexpr int kErrInputLength = 4;   // input length outside [0, T]
 
 // Offsets of the tables inside one lattice row, for targets padded to max_u characters and
 // grams of up to max_n characters.
@@ -96,9 +99,13 @@ SL_HD int32_t lookup_gram(const int64_t* y, int k, int n, int64_t base, const in
 void check_lattice_args(const at::Tensor& targets, const at::Tensor& target_lengths,
                         const at::Tensor& gram_keys, const at::Tensor& gram_ids,
                         int64_t num_chars, int64_t max_gram_len);
-void check_forward_args(const at::Tensor& log_probs, const at::Tensor& lattice,
-                        const at::Tensor& input_lengths, int64_t max_target_len,
-                        int64_t max_gram_len);
+void check_forward_args(const at::Tensor& log_probs, const at::Tensor& targets,
+                        const at::Tensor& input_lengths, const at::Tensor& target_lengths,
+                        const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                        int64_t num_chars, int64_t max_gram_len);
+void check_lattice_input(const at::Tensor& log_probs, const at::Tensor& lattice,
+                         const at::Tensor& input_lengths, int64_t max_target_len,
+                         int64_t max_gram_len);
 void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
                          const at::Tensor& lattice, const at::Tensor& input_lengths,
                          const at::Tensor& nll, const at::Tensor& log_alpha,

@@ -37,9 +37,27 @@ void check_lattice_args(const at::Tensor& targets, const at::Tensor& target_leng
   }
 }
 
-void check_forward_args(const at::Tensor& log_probs, const at::Tensor& lattice,
-                        const at::Tensor& input_lengths, int64_t max_target_len,
-                        int64_t max_gram_len) {
+void check_forward_args(const at::Tensor& log_probs, const at::Tensor& targets,
+                        const at::Tensor& input_lengths, const at::Tensor& target_lengths,
+                        const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                        int64_t num_chars, int64_t max_gram_len) {
+  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
+  TORCH_CHECK(log_probs.dim() == 3, "gram_ctc: log_probs must be 3-D (T, N, V), got ",
+              log_probs.sizes());
+  TORCH_CHECK(at::isFloatingType(log_probs.scalar_type()),
+              "gram_ctc: log_probs must be floating point, got ", log_probs.scalar_type());
+  const int64_t B = log_probs.size(1);
+  TORCH_CHECK(targets.size(0) == B, "gram_ctc: targets must have N = ", B, " rows");
+  TORCH_CHECK(input_lengths.dim() == 1 && input_lengths.size(0) == B &&
+                  input_lengths.scalar_type() == at::kLong,
+              "gram_ctc: input_lengths must be int64 (N,)");
+  TORCH_CHECK(targets.device() == log_probs.device() && input_lengths.device() == log_probs.device(),
+              "gram_ctc: all tensors must be on ", log_probs.device());
+}
+
+void check_lattice_input(const at::Tensor& log_probs, const at::Tensor& lattice,
+                         const at::Tensor& input_lengths, int64_t max_target_len,
+                         int64_t max_gram_len) {
   TORCH_CHECK(log_probs.dim() == 3, "gram_ctc: log_probs must be 3-D (T, N, V), got ",
               log_probs.sizes());
   TORCH_CHECK(at::isFloatingType(log_probs.scalar_type()),
@@ -60,7 +78,7 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
                          const at::Tensor& lattice, const at::Tensor& input_lengths,
                          const at::Tensor& nll, const at::Tensor& log_alpha,
                          int64_t max_target_len, int64_t max_gram_len) {
-  check_forward_args(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
+  check_lattice_input(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
   const int64_t T = log_probs.size(0), B = log_probs.size(1);
   const LatticeLayout L(max_target_len, max_gram_len);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == B, "gram_ctc: grad must have shape (N,)");
@@ -97,8 +115,9 @@ inline acc_t lse_gather(const acc_t* buf, const int32_t* idx, int p_runtime) {
 }
 
 // Builds one lattice row (see gram_ctc.h) for target y[0:U].
-void build_row(const int64_t* y, int64_t U, const LatticeLayout& L, int64_t num_chars,
-               const int64_t* keys, const int32_t* ids, int64_t num_keys, int32_t* row) {
+void build_row(const int64_t* y, int64_t U, int64_t Tn, int64_t T, const LatticeLayout& L,
+               int64_t num_chars, const int64_t* keys, const int32_t* ids, int64_t num_keys,
+               int32_t* row) {
   const int N = static_cast<int>(L.max_n), P = static_cast<int>(L.P);
   const int32_t pad = static_cast<int32_t>(L.S_bound);
   int32_t* bidx = row + L.bidx;
@@ -115,7 +134,13 @@ void build_row(const int64_t* y, int64_t U, const LatticeLayout& L, int64_t num_
   std::fill(succ, succ + L.S_bound * P, pad);
 
   int err = 0;
-  for (int64_t j = 0; j < U; ++j) err |= (y[j] < 1 || y[j] > num_chars);
+  if (U < 0 || U > L.max_u) {
+    err |= kErrTargetLength;
+    U = 0;
+  }
+  for (int64_t j = 0; j < U; ++j)
+    if (y[j] < 1 || y[j] > num_chars) err |= kErrTargetId;
+  if (Tn < 0 || Tn > T) err |= kErrInputLength;
   row[kHdrError] = err;
   if (err) U = 0;  // an empty lattice; the forward returns NaN for this utterance
   const int64_t base = num_chars + 1;
@@ -275,49 +300,58 @@ void dispatch_P(int64_t P, F&& f) {
 }  // namespace
 
 // ------------------------------------------------------------------------------ ops
-at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& target_lengths,
-                                const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-                                int64_t num_chars, int64_t max_gram_len) {
-  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
+namespace {
+
+// Lattice rows of a batch; input_lengths may be undefined (no input-length check).
+at::Tensor build_lattice(const at::Tensor& targets, const at::Tensor& target_lengths,
+                         const at::Tensor& input_lengths, int64_t T, const at::Tensor& gram_keys,
+                         const at::Tensor& gram_ids, int64_t num_chars, int64_t max_gram_len) {
   const at::Tensor y = targets.contiguous();
   const at::Tensor tl = target_lengths.contiguous();
+  const at::Tensor il = input_lengths.defined() ? input_lengths.contiguous() : at::Tensor();
   const at::Tensor keys = gram_keys.contiguous();
   const at::Tensor ids = gram_ids.contiguous();
   const int64_t B = y.size(0), max_u = y.size(1);
   const LatticeLayout L(max_u, max_gram_len);
-  const int64_t* tl_p = tl.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(tl_p[b] >= 0 && tl_p[b] <= max_u, "gram_ctc: target_lengths[", b, "] = ",
-                tl_p[b], " is outside [0, ", max_u, "]");
   at::Tensor lattice = at::empty({B, L.width}, y.options().dtype(at::kInt));
   const int64_t* y_p = y.data_ptr<int64_t>();
+  const int64_t* tl_p = tl.data_ptr<int64_t>();
+  const int64_t* il_p = il.defined() ? il.data_ptr<int64_t>() : nullptr;
   int32_t* lat = lattice.data_ptr<int32_t>();
-  at::parallel_for(0, B, 32, [&](int64_t b0, int64_t b1) {  // cheap: parallel only for big batches
+  at::parallel_for(0, B, 32, [&](int64_t b0, int64_t b1) {  // cheap: parallel for big batches
     for (int64_t b = b0; b < b1; ++b)
-      build_row(y_p + b * max_u, tl_p[b], L, num_chars, keys.data_ptr<int64_t>(),
-                ids.data_ptr<int32_t>(), keys.size(0), lat + b * L.width);
+      build_row(y_p + b * max_u, tl_p[b], il_p ? il_p[b] : 0, T, L, num_chars,
+                keys.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), keys.size(0),
+                lat + b * L.width);
   });
   return lattice;
 }
 
-std::tuple<at::Tensor, at::Tensor> gram_ctc_forward_cpu(const at::Tensor& log_probs,
-                                                        const at::Tensor& lattice,
-                                                        const at::Tensor& input_lengths,
-                                                        int64_t max_target_len,
-                                                        int64_t max_gram_len, bool zero_infinity) {
+}  // namespace
+
+at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& target_lengths,
+                                const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                                int64_t num_chars, int64_t max_gram_len) {
+  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
+  return build_lattice(targets, target_lengths, at::Tensor(), 0, gram_keys, gram_ids, num_chars,
+                       max_gram_len);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
+    const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
+    const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
   (void)zero_infinity;  // used by the backward; the raw nll is returned
-  check_forward_args(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
+  check_forward_args(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
+                     num_chars, max_gram_len);
   const at::Tensor lp = log_probs.contiguous();
-  const at::Tensor lat = lattice.contiguous();
   const at::Tensor il = input_lengths.contiguous();
   const int64_t T = lp.size(0), B = lp.size(1), V = lp.size(2);
-  const LatticeLayout L(max_target_len, max_gram_len);
+  const at::Tensor lat = build_lattice(targets, target_lengths, il, T, gram_keys, gram_ids,
+                                       num_chars, max_gram_len);
+  const LatticeLayout L(targets.size(1), max_gram_len);
   const int64_t* il_p = il.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(il_p[b] >= 0 && il_p[b] <= T, "gram_ctc: input_lengths[", b, "] = ", il_p[b],
-                " is outside [0, ", T, "]");
-  const at::ScalarType acc_type =
-      lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc_type = lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor nll = at::empty({B}, lp.options().dtype(acc_type));
   at::Tensor log_alpha = at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_forward_cpu", [&] {
@@ -330,14 +364,16 @@ std::tuple<at::Tensor, at::Tensor> gram_ctc_forward_cpu(const at::Tensor& log_pr
       constexpr int P = decltype(PC)::value;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         std::vector<acc_t> buf;
-        for (int64_t b = b0; b < b1; ++b)
-          forward_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, il_p[b], T,
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t Tn = std::min<int64_t>(std::max<int64_t>(il_p[b], 0), T);
+          forward_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, Tn, T,
                                                 lat_p + b * L.width, L,
                                                 alpha_p + b * T * L.S_bound, nll_p + b, buf);
+        }
       });
     });
   });
-  return {nll, log_alpha};
+  return {nll, log_alpha, lat};
 }
 
 at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_probs,

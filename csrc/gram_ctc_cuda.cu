@@ -1,20 +1,22 @@
 // Gram-CTC on CUDA. Lattice layout and transitions: gram_ctc.h.
 //
 // Kernels, in launch order:
-//   lattice_kernel   one block per utterance: gram lookups (binary search in the sorted gram
-//                    keys), a block scan for the state offsets, predecessor/successor tables,
-//                    and the label-sorted list of gram states used by grad_kernel.
+//   lattice_kernel   one block per utterance: input checks (error bits), gram lookups (binary
+//                    search in the sorted gram keys), a block scan for the state offsets,
+//                    predecessor/successor tables, and the label-sorted list of gram states
+//                    used by grad_kernel. Small tables are staged in shared memory.
 //   alpha_kernel     one block per utterance, R lattice states per thread; alpha double-
 //                    buffered in shared memory, one barrier per frame, emissions of the next
-//                    D frames prefetched into registers. Writes log_alpha and nll.
-//   beta_kernel      the same sweep backwards; for every (t, s) it stores the scaled state
-//                    posterior -g * exp(alpha + beta - emission - log p). No atomics.
-//   grad_kernel      one block per (t, utterance): assembles the dense |V| gradient row from
-//                    the posteriors, summing the states of each label in a fixed order, so the
-//                    gradient is bitwise repeatable.
-//   *_generic        the same sweeps for lattices of more than kMaxFastStates states: any
-//                    number of states per thread, alpha/beta in shared memory when they fit,
-//                    else in a global scratch buffer.
+//                    kPrefetch frames prefetched into registers. Writes log_alpha and nll.
+//   beta_kernel      the same sweep backwards; stores beta without the frame's emission.
+//                    No atomics, nothing but the sweep in the sequential loop.
+//   grad_kernel      one block per (t, utterance), fully parallel: state posteriors
+//                    exp(alpha + beta~ - log p) summed per label in a fixed order (label-sorted
+//                    state lists, a fixed reduction tree for the blank), written as the dense
+//                    |V| row. The gradient is bitwise repeatable.
+//   *_generic        the same sweeps for lattices of more than kMaxFastStates states (or more
+//                    than 12-character grams): any number of states per thread, alpha/beta in
+//                    shared memory when they fit, else in a global scratch buffer.
 // Accumulation is fp32 for fp32/fp16/bf16 inputs and fp64 for fp64 inputs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -48,7 +50,34 @@ __device__ __forceinline__ int clamp_len(int64_t v, int T) {
   return v < 0 ? 0 : (v > T ? T : static_cast<int>(v));
 }
 
-// log-sum-exp of buf[idx[0..P)], -inf when all are -inf.
+// The fast sweeps keep fp32 alpha/beta in base-2 logarithms (value * log2(e)), so that the
+// per-frame dependency chain is max, ex2, add, lg2 with no extra multiplies; emissions are
+// scaled when prefetched and results when stored (off the chain). fp64 stays natural.
+template <typename acc_t>
+struct LogBase;
+template <>
+struct LogBase<float> {
+  static constexpr float in = 1.4426950408889634f;   // log2(e)
+  static constexpr float out = 0.6931471805599453f;  // ln(2)
+  static __device__ __forceinline__ float exp(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+  static __device__ __forceinline__ float log(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+};
+template <>
+struct LogBase<double> {
+  static constexpr double in = 1.0, out = 1.0;
+  static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
+  static __device__ __forceinline__ double log(double x) { return ::log(x); }
+};
+
+// log-sum-exp (in LogBase units) of buf[idx[0..P)], -inf when all are -inf.
 template <typename acc_t, int P>
 __device__ __forceinline__ acc_t lse_fixed(const acc_t* buf, const int (&idx)[P]) {
   acc_t v[P];
@@ -61,8 +90,8 @@ __device__ __forceinline__ acc_t lse_fixed(const acc_t* buf, const int (&idx)[P]
   const acc_t ms = m == neg_inf<acc_t>() ? acc_t(0) : m;
   acc_t s = 0;
 #pragma unroll
-  for (int j = 0; j < P; ++j) s += fast_exp(v[j] - ms);
-  return ms + fast_log(s);
+  for (int j = 0; j < P; ++j) s += LogBase<acc_t>::exp(v[j] - ms);
+  return ms + LogBase<acc_t>::log(s);
 }
 
 template <typename acc_t>
@@ -76,6 +105,16 @@ __device__ __forceinline__ acc_t lse_runtime(const acc_t* buf, const int32_t* id
   acc_t s = 0;
   for (int j = 0; j < P; ++j) s += fast_exp(buf[idx[j]] - ms);
   return ms + fast_log(s);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t lse_base(const acc_t* buf, const int32_t* idx, int P) {
+  acc_t m = neg_inf<acc_t>();
+  for (int j = 0; j < P; ++j) m = buf[idx[j]] > m ? buf[idx[j]] : m;
+  const acc_t ms = m == neg_inf<acc_t>() ? acc_t(0) : m;
+  acc_t s = 0;
+  for (int j = 0; j < P; ++j) s += LogBase<acc_t>::exp(buf[idx[j]] - ms);
+  return ms + LogBase<acc_t>::log(s);
 }
 
 // Deterministic block-wide sum (fixed reduction tree); every thread must call it.
@@ -95,36 +134,64 @@ __device__ acc_t block_sum(acc_t v, acc_t* scratch) {
 }
 
 // ------------------------------------------------------------------------- lattice
+// The small tables (bidx, mask, gid, label) are staged in shared memory when they fit
+// (use_smem), else built in place in the lattice row; pred/succ/perm/seglen go to the row.
+// Every int of the row is written exactly once, with the values the CPU builder writes.
 __global__ void lattice_kernel(const int64_t* __restrict__ targets,
                                const int64_t* __restrict__ target_lengths,
+                               const int64_t* __restrict__ input_lengths, int64_t T,
                                const int64_t* __restrict__ keys, const int32_t* __restrict__ ids,
-                               int64_t num_keys, int64_t num_chars, LatticeLayout L,
+                               int64_t num_keys, int64_t num_chars, LatticeLayout L, bool use_smem,
                                int32_t* __restrict__ lattice) {
+  extern __shared__ int32_t sm_tables[];
   __shared__ int32_t warp_tot[32];
+  __shared__ int32_t s_err;
   const int b = blockIdx.x;
   const int N = static_cast<int>(L.max_n), P = static_cast<int>(L.P);
-  const int Sb = static_cast<int>(L.S_bound);
+  const int Sb = static_cast<int>(L.S_bound), max_u = static_cast<int>(L.max_u);
   int32_t* row = lattice + b * L.width;
-  int32_t* bidx = row + L.bidx;
-  int32_t* mask = row + L.mask;
-  int32_t* gid = row + L.gid;
-  int32_t* label = row + L.label;
+  int32_t *bidx, *mask, *gid, *label;
+  if (use_smem) {
+    bidx = sm_tables;
+    mask = bidx + (max_u + 1);
+    gid = mask + (max_u + 1);
+    label = gid + (max_u + 1) * N;
+  } else {
+    bidx = row + L.bidx;
+    mask = row + L.mask;
+    gid = row + L.gid;
+    label = row + L.label;
+  }
   int32_t* pred = row + L.pred;
   int32_t* succ = row + L.succ;
   int32_t* perm = row + L.perm;
   int32_t* seglen = row + L.seglen;
   const int64_t* y = targets + b * L.max_u;
-  int U = static_cast<int>(target_lengths[b]);
-  int err = U < 0 || U > L.max_u;
-  U = err ? 0 : U;
+  const int64_t u64 = target_lengths[b];
 
-  // phase 0: defaults (padding everywhere), target check
-  for (int64_t i = threadIdx.x; i < L.label; i += blockDim.x) row[i] = (i >= L.gid) ? -1 : 0;
-  for (int64_t i = threadIdx.x; i < Sb; i += blockDim.x) label[i] = 0;
-  for (int64_t i = threadIdx.x; i < 2 * Sb * P; i += blockDim.x) pred[i] = Sb;  // pred, succ
-  for (int64_t i = threadIdx.x; i < 2 * Sb; i += blockDim.x) perm[i] = 0;       // perm, seglen
-  for (int j = threadIdx.x; j < U; j += blockDim.x) err |= (y[j] < 1 || y[j] > num_chars);
-  err = __syncthreads_or(err);
+  // phase 0: checks (error bits), defaults of the small tables
+  int err = 0;
+  int U = static_cast<int>(u64);
+  if (u64 < 0 || u64 > L.max_u) {
+    err |= kErrTargetLength;
+    U = 0;
+  }
+  for (int j = threadIdx.x; j < U; j += blockDim.x)
+    if (y[j] < 1 || y[j] > num_chars) err |= kErrTargetId;
+  if (threadIdx.x == 0) {
+    s_err = 0;
+    if (input_lengths != nullptr && (input_lengths[b] < 0 || input_lengths[b] > T))
+      err |= kErrInputLength;
+  }
+  for (int i = threadIdx.x; i < (max_u + 1) * N; i += blockDim.x) gid[i] = -1;
+  for (int i = threadIdx.x; i <= max_u; i += blockDim.x) {
+    mask[i] = 0;
+    bidx[i] = 0;
+  }
+  __syncthreads();
+  if (err) atomicOr(&s_err, err);
+  __syncthreads();
+  err = s_err;
   if (err) U = 0;
   // phase A: gram ids of every substring y[k-n:k], n <= N
   const int64_t base = num_chars + 1;
@@ -141,7 +208,6 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
       if (gid[k * N + n - 1] >= 0) m |= 1 << (n - 1);
     mask[k] = m;
   }
-  if (threadIdx.x == 0) mask[0] = 0;
   __syncthreads();
   // phase B: bidx[k] = k + sum_{k' <= k} popcount(mask[k']), a chunked block scan
   {
@@ -149,7 +215,6 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
     const int k0 = threadIdx.x * per, k1 = min(k0 + per, U + 1);
     int local = 0;
     for (int k = k0; k < k1; ++k) local += (k > 0 ? popcount32(mask[k]) + 1 : 0);
-    // exclusive scan of `local` over threads
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int incl = local;
 #pragma unroll
@@ -176,17 +241,20 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
   }
   __syncthreads();
   const int S = bidx[U] + 1;
-  if (threadIdx.x == 0) {
-    row[kHdrStates] = S;
-    row[kHdrU] = U;
-    row[kHdrFinal] = bidx[U];
-    row[kHdrGrams] = S - U - 1;
-    row[kHdrError] = err;
+  if (threadIdx.x < kHeader) {
+    const int h = threadIdx.x;
+    row[h] = h == kHdrStates  ? S
+             : h == kHdrU     ? U
+             : h == kHdrFinal ? bidx[U]
+             : h == kHdrGrams ? S - U - 1
+             : h == kHdrError ? err
+                              : 0;
   }
-  // phase C: states ending at k (same order of entries as the CPU builder)
+  // phase C: states ending at k (entries in the CPU builder's order), padding up to P
   for (int k = threadIdx.x; k <= U; k += blockDim.x) {
     {
       const int s = bidx[k];
+      label[s] = 0;
       int32_t* pr = pred + static_cast<int64_t>(s) * P;
       int32_t* su = succ + static_cast<int64_t>(s) * P;
       int np = 0, ns = 0;
@@ -196,6 +264,8 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
       su[ns++] = s;
       for (int n = 1; n <= N && k + n <= U; ++n)
         if (mask[k + n] & (1 << (n - 1))) su[ns++] = gram_state_index(bidx, mask, k, n);
+      while (np < P) pr[np++] = Sb;
+      while (ns < P) su[ns++] = Sb;
     }
     for (int n = 1; n <= N && n <= k; ++n) {
       if (!(mask[k] & (1 << (n - 1)))) continue;
@@ -216,23 +286,45 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
       for (int n2 = 1; n2 <= N && k + n2 <= U; ++n2)
         if ((mask[k + n2] & (1 << (n2 - 1))) && gid[(k + n2) * N + n2 - 1] != g)
           su[ns++] = gram_state_index(bidx, mask, k, n2);
+      while (np < P) pr[np++] = Sb;
+      while (ns < P) su[ns++] = Sb;
+    }
+  }
+  for (int s = S + threadIdx.x; s < Sb; s += blockDim.x) {  // unused states
+    label[s] = 0;
+    for (int j = 0; j < P; ++j) {
+      pred[static_cast<int64_t>(s) * P + j] = Sb;
+      succ[static_cast<int64_t>(s) * P + j] = Sb;
     }
   }
   __syncthreads();
   // phase D: gram states sorted by (label, index), by counting ranks
+  const int G = S - U - 1;
   for (int s = threadIdx.x; s < S; s += blockDim.x) {
     const int32_t l = label[s];
     if (l == 0) continue;
     int pos = 0, before = 0, same = 0;
     for (int s2 = 0; s2 < S; ++s2) {
       const int32_t l2 = label[s2];
-      if (l2 == 0) continue;
-      pos += (l2 < l) || (l2 == l && s2 < s);
-      before += (l2 == l && s2 < s);
-      same += (l2 == l);
+      const bool eq = l2 == l;
+      pos += (l2 != 0) & ((l2 < l) | (eq & (s2 < s)));
+      before += eq & (s2 < s);
+      same += eq;
     }
     perm[pos] = s;
     seglen[pos] = before == 0 ? same : 0;
+  }
+  for (int j = G + threadIdx.x; j < Sb; j += blockDim.x) {
+    perm[j] = 0;
+    seglen[j] = 0;
+  }
+  if (use_smem) {  // copy the staged tables out (label is final since the last barrier)
+    for (int i = threadIdx.x; i <= max_u; i += blockDim.x) {
+      row[L.bidx + i] = bidx[i];
+      row[L.mask + i] = mask[i];
+    }
+    for (int i = threadIdx.x; i < (max_u + 1) * N; i += blockDim.x) row[L.gid + i] = gid[i];
+    for (int i = threadIdx.x; i < Sb; i += blockDim.x) row[L.label + i] = label[i];
   }
 }
 
@@ -253,6 +345,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int64_t lp_stride = static_cast<int64_t>(B) * V;
   const scalar_t* lpb = lp + static_cast<int64_t>(b) * V;
   acc_t* ab = log_alpha + static_cast<int64_t>(b) * T * Sb;
+  constexpr acc_t kIn = LogBase<acc_t>::in, kOut = LogBase<acc_t>::out;
 
   int st[R], lab[R], pr[R][P];
   bool on[R];
@@ -276,7 +369,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int d = 0; d < kPrefetch; ++d)
 #pragma unroll
     for (int r = 0; r < R; ++r)
-      e[d][r] = d < Tn ? static_cast<acc_t>(lpb[d * lp_stride + lab[r]]) : acc_t(0);
+      e[d][r] = d < Tn ? kIn * static_cast<acc_t>(lpb[d * lp_stride + lab[r]]) : acc_t(0);
   __syncthreads();
 
 #pragma unroll 1
@@ -292,10 +385,10 @@ __global__ void __launch_bounds__(kMaxThreads)
           if (on[r]) {
             const acc_t a = lse_fixed<acc_t, P>(prev, pr[r]) + e[d][r];
             cur[st[r]] = a;
-            ab[static_cast<int64_t>(t) * Sb + st[r]] = a;
+            ab[static_cast<int64_t>(t) * Sb + st[r]] = a * kOut;
           }
           const int tn = t + kPrefetch;
-          if (tn < Tn) e[d][r] = static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
+          if (tn < Tn) e[d][r] = kIn * static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
         }
         __syncthreads();
       }
@@ -309,7 +402,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   if (threadIdx.x == 0) {
     const acc_t* last = (Tn & 1) ? buf1 : buf0;
     const int fin = row[kHdrFinal];
-    const acc_t logp = lse_runtime<acc_t>(last, row + L.pred + fin * Lp, Lp);
+    const acc_t logp = kOut * lse_base(last, row + L.pred + fin * Lp, Lp);
     nll[b] = row[kHdrError] ? std::numeric_limits<acc_t>::quiet_NaN() : -logp;
   }
 }
@@ -318,23 +411,20 @@ template <typename scalar_t, typename acc_t, int P, int R>
 __global__ void __launch_bounds__(kMaxThreads)
     beta_kernel(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
                 const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B, int V,
-                const acc_t* __restrict__ log_alpha, const acc_t* __restrict__ nll,
-                const acc_t* __restrict__ grad, acc_t* __restrict__ post) {
+                const acc_t* __restrict__ nll, acc_t* __restrict__ beta_ex) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* buf0 = reinterpret_cast<acc_t*>(smem_raw);
   const int Sb = static_cast<int>(L.S_bound), Lp = static_cast<int>(L.P);  // Lp <= P
   acc_t* buf1 = buf0 + (Sb + 1);
   const int b = blockIdx.x;
-  const acc_t nl = nll[b];
-  if (!isfinite(nl)) return;  // grad_kernel writes NaN or zeros
-  const acc_t g = grad[b];
+  if (!isfinite(nll[b])) return;  // grad_kernel writes NaN or zeros
   const int32_t* row = lattice + b * L.width;
   const int Tn = clamp_len(input_lengths[b], T);
   const int64_t lp_stride = static_cast<int64_t>(B) * V;
   const scalar_t* lpb = lp + static_cast<int64_t>(b) * V;
-  const acc_t* ab = log_alpha + static_cast<int64_t>(b) * T * Sb;
-  acc_t* qb = post + static_cast<int64_t>(b) * T * Sb;
+  acc_t* bb = beta_ex + static_cast<int64_t>(b) * T * Sb;
   const int fin = row[kHdrFinal];
+  constexpr acc_t kIn = LogBase<acc_t>::in, kOut = LogBase<acc_t>::out;
 
   int st[R], lab[R], su[R][P];
   bool on[R];
@@ -351,14 +441,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     buf0[Sb] = neg_inf<acc_t>();
     buf1[Sb] = neg_inf<acc_t>();
   }
-  acc_t e[kPrefetch][R], a[kPrefetch][R];
+  acc_t e[kPrefetch][R];
 #pragma unroll
   for (int d = 0; d < kPrefetch; ++d)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int t = Tn - 1 - d;
-      e[d][r] = t >= 0 ? static_cast<acc_t>(lpb[t * lp_stride + lab[r]]) : acc_t(0);
-      a[d][r] = (t >= 0 && on[r]) ? ab[static_cast<int64_t>(t) * Sb + st[r]] : acc_t(0);
+      e[d][r] = t >= 0 ? kIn * static_cast<acc_t>(lpb[t * lp_stride + lab[r]]) : acc_t(0);
     }
   __syncthreads();
 
@@ -375,13 +464,10 @@ __global__ void __launch_bounds__(kMaxThreads)
           if (on[r]) {
             const acc_t bex = lse_fixed<acc_t, P>(next, su[r]);  // beta without emission
             cur[st[r]] = bex + e[d][r];
-            qb[static_cast<int64_t>(t) * Sb + st[r]] = -g * fast_exp(a[d][r] + bex + nl);
+            bb[static_cast<int64_t>(t) * Sb + st[r]] = bex * kOut;
           }
           const int tn = t - kPrefetch;
-          if (tn >= 0) {
-            e[d][r] = static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
-            if (on[r]) a[d][r] = ab[static_cast<int64_t>(tn) * Sb + st[r]];
-          }
+          if (tn >= 0) e[d][r] = kIn * static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
         }
         __syncthreads();
       }
@@ -439,14 +525,12 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxThreads)
     beta_kernel_generic(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
                         const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B,
-                        int V, const acc_t* __restrict__ log_alpha, const acc_t* __restrict__ nll,
-                        const acc_t* __restrict__ grad, acc_t* __restrict__ post, acc_t* gbuf) {
+                        int V, const acc_t* __restrict__ nll, acc_t* __restrict__ beta_ex,
+                        acc_t* gbuf) {
   extern __shared__ unsigned char smem_raw[];
   const int Sb = static_cast<int>(L.S_bound), P = static_cast<int>(L.P);
   const int b = blockIdx.x;
-  const acc_t nl = nll[b];
-  if (!isfinite(nl)) return;
-  const acc_t g = grad[b];
+  if (!isfinite(nll[b])) return;
   acc_t* buf0 = gbuf ? gbuf + static_cast<int64_t>(b) * 2 * (Sb + 1) : reinterpret_cast<acc_t*>(smem_raw);
   acc_t* buf1 = buf0 + (Sb + 1);
   const int32_t* row = lattice + b * L.width;
@@ -455,8 +539,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int Tn = clamp_len(input_lengths[b], T);
   const int64_t lp_stride = static_cast<int64_t>(B) * V;
   const scalar_t* lpb = lp + static_cast<int64_t>(b) * V;
-  const acc_t* ab = log_alpha + static_cast<int64_t>(b) * T * Sb;
-  acc_t* qb = post + static_cast<int64_t>(b) * T * Sb;
+  acc_t* bb = beta_ex + static_cast<int64_t>(b) * T * Sb;
   const int fin = row[kHdrFinal];
   for (int s = threadIdx.x; s <= Sb; s += blockDim.x) {
     buf0[s] = s == fin ? acc_t(0) : neg_inf<acc_t>();
@@ -470,18 +553,21 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int s = threadIdx.x; s < Sb; s += blockDim.x) {
       const acc_t bex = lse_runtime<acc_t>(next, succ + static_cast<int64_t>(s) * P, P);
       cur[s] = bex + static_cast<acc_t>(lpb[t * lp_stride + label[s]]);
-      qb[static_cast<int64_t>(t) * Sb + s] = -g * fast_exp(ab[static_cast<int64_t>(t) * Sb + s] + bex + nl);
+      bb[static_cast<int64_t>(t) * Sb + s] = bex;
     }
     __syncthreads();
   }
 }
 
 // ------------------------------------------------------------------------- gradient rows
+// Row (t, b) of the gradient: -g * sum over the states s of each label of
+// exp(alpha_t(s) + beta~_t(s) + nll), where beta~ excludes the frame's emission.
 template <typename scalar_t, typename acc_t>
 __global__ void grad_kernel(const int32_t* __restrict__ lattice,
                             const int64_t* __restrict__ input_lengths, LatticeLayout L, int T,
                             int B, int V, const acc_t* __restrict__ nll,
-                            const acc_t* __restrict__ post, bool zero_infinity,
+                            const acc_t* __restrict__ grad, const acc_t* __restrict__ log_alpha,
+                            const acc_t* __restrict__ beta_ex, bool zero_infinity,
                             scalar_t* __restrict__ grad_lp) {
   __shared__ acc_t scratch[32];
   const int t = blockIdx.x, b = blockIdx.y;
@@ -496,8 +582,11 @@ __global__ void grad_kernel(const int32_t* __restrict__ lattice,
     for (int c = threadIdx.x; c < V; c += blockDim.x) out[c] = fill;
     return;
   }
+  const acc_t ng = -grad[b];
   const int32_t* row = lattice + b * L.width;
-  const acc_t* q = post + (static_cast<int64_t>(b) * T + t) * Sb;
+  const int64_t off = (static_cast<int64_t>(b) * T + t) * Sb;
+  const acc_t* a = log_alpha + off;
+  const acc_t* be = beta_ex + off;
   for (int c = threadIdx.x; c < V; c += blockDim.x) out[c] = scalar_t(0);
   __syncthreads();  // the zeros above land before the sums below
   const int G = row[kHdrGrams];
@@ -508,16 +597,22 @@ __global__ void grad_kernel(const int32_t* __restrict__ lattice,
     const int len = seglen[j];
     if (len == 0) continue;
     acc_t s = 0;
-    for (int i = 0; i < len; ++i) s += q[perm[j + i]];
-    out[label[perm[j]]] = static_cast<scalar_t>(s);
+    for (int i = 0; i < len; ++i) {
+      const int st = perm[j + i];
+      s += fast_exp(a[st] + be[st] + nl);
+    }
+    out[label[perm[j]]] = static_cast<scalar_t>(ng * s);
   }
   // blank: the U + 1 blank states, summed by a fixed tree
   const int U = row[kHdrU];
   const int32_t* bidx = row + L.bidx;
   acc_t s = 0;
-  for (int k = threadIdx.x; k <= U; k += blockDim.x) s += q[bidx[k]];
+  for (int k = threadIdx.x; k <= U; k += blockDim.x) {
+    const int st = bidx[k];
+    s += fast_exp(a[st] + be[st] + nl);
+  }
   s = block_sum(s, scratch);
-  if (threadIdx.x == 0) out[0] = static_cast<scalar_t>(s);
+  if (threadIdx.x == 0) out[0] = static_cast<scalar_t>(ng * s);
 }
 
 // ------------------------------------------------------------------------- dispatch helpers
@@ -550,11 +645,11 @@ int64_t max_dynamic_smem(int device) {
 }  // namespace
 
 // ------------------------------------------------------------------------- ops
-at::Tensor gram_ctc_lattice_cuda(const at::Tensor& targets, const at::Tensor& target_lengths,
-                                 const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-                                 int64_t num_chars, int64_t max_gram_len) {
-  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
-  const c10::cuda::CUDAGuard guard(targets.device());
+namespace {
+
+at::Tensor launch_lattice(const at::Tensor& targets, const at::Tensor& target_lengths,
+                          const at::Tensor& input_lengths, int64_t T, const at::Tensor& gram_keys,
+                          const at::Tensor& gram_ids, int64_t num_chars, int64_t max_gram_len) {
   const at::Tensor y = targets.contiguous();
   const at::Tensor tl = target_lengths.contiguous();
   const at::Tensor keys = gram_keys.contiguous();
@@ -563,30 +658,46 @@ at::Tensor gram_ctc_lattice_cuda(const at::Tensor& targets, const at::Tensor& ta
   const LatticeLayout L(y.size(1), max_gram_len);
   at::Tensor lattice = at::empty({B, L.width}, y.options().dtype(at::kInt));
   if (B == 0) return lattice;
-  lattice_kernel<<<B, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      y.data_ptr<int64_t>(), tl.data_ptr<int64_t>(), keys.data_ptr<int64_t>(),
-      ids.data_ptr<int32_t>(), keys.size(0), num_chars, L, lattice.data_ptr<int32_t>());
+  const int64_t smem = ((L.max_u + 1) * (2 + L.max_n) + L.S_bound) * sizeof(int32_t);
+  const bool use_smem = smem <= 48 * 1024;
+  lattice_kernel<<<B, 256, use_smem ? smem : 0, at::cuda::getCurrentCUDAStream()>>>(
+      y.data_ptr<int64_t>(), tl.data_ptr<int64_t>(),
+      input_lengths.defined() ? input_lengths.data_ptr<int64_t>() : nullptr, T,
+      keys.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), keys.size(0), num_chars, L, use_smem,
+      lattice.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return lattice;
 }
 
-std::tuple<at::Tensor, at::Tensor> gram_ctc_forward_cuda(const at::Tensor& log_probs,
-                                                         const at::Tensor& lattice,
-                                                         const at::Tensor& input_lengths,
-                                                         int64_t max_target_len,
-                                                         int64_t max_gram_len, bool zero_infinity) {
+}  // namespace
+
+at::Tensor gram_ctc_lattice_cuda(const at::Tensor& targets, const at::Tensor& target_lengths,
+                                 const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+                                 int64_t num_chars, int64_t max_gram_len) {
+  check_lattice_args(targets, target_lengths, gram_keys, gram_ids, num_chars, max_gram_len);
+  const c10::cuda::CUDAGuard guard(targets.device());
+  return launch_lattice(targets, target_lengths, at::Tensor(), 0, gram_keys, gram_ids, num_chars,
+                        max_gram_len);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cuda(
+    const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
+    const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
   (void)zero_infinity;
-  check_forward_args(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
+  check_forward_args(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
+                     num_chars, max_gram_len);
   const c10::cuda::CUDAGuard guard(log_probs.device());
   const at::Tensor lp = log_probs.contiguous();
-  const at::Tensor lat = lattice.contiguous();
   const at::Tensor il = input_lengths.contiguous();
   const int64_t T = lp.size(0), B = lp.size(1), V = lp.size(2);
-  const LatticeLayout L(max_target_len, max_gram_len);
+  const at::Tensor lat = launch_lattice(targets, target_lengths, il, T, gram_keys, gram_ids,
+                                        num_chars, max_gram_len);
+  const LatticeLayout L(targets.size(1), max_gram_len);
   const at::ScalarType acc_type = lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor nll = at::empty({B}, lp.options().dtype(acc_type));
   at::Tensor log_alpha = at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type));
-  if (B == 0) return {nll, log_alpha};
+  if (B == 0) return {nll, log_alpha, lat};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_forward_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -617,7 +728,7 @@ std::tuple<at::Tensor, at::Tensor> gram_ctc_forward_cuda(const at::Tensor& log_p
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {nll, log_alpha};
+  return {nll, log_alpha, lat};
 }
 
 at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_probs,
@@ -635,11 +746,11 @@ at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_
   const int64_t T = lp.size(0), B = lp.size(1), V = lp.size(2);
   const LatticeLayout L(max_target_len, max_gram_len);
   const at::ScalarType acc_type = la.scalar_type();
-  const at::Tensor g = grad.to(acc_type).contiguous();
-  const at::Tensor nl = nll.to(acc_type).contiguous();
+  const at::Tensor g = grad.scalar_type() == acc_type ? grad.contiguous() : grad.to(acc_type).contiguous();
+  const at::Tensor nl = nll.scalar_type() == acc_type ? nll.contiguous() : nll.to(acc_type).contiguous();
   at::Tensor grad_lp = at::empty_like(lp);
   if (B == 0 || T == 0) return grad_lp.zero_();
-  at::Tensor post = at::empty({B, T, L.S_bound}, la.options());
+  at::Tensor beta_ex = at::empty({B, T, L.S_bound}, la.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_backward_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -653,8 +764,7 @@ at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_
         auto kernel = R == 1 ? beta_kernel<scalar_t, acc_t, P, 1> : beta_kernel<scalar_t, acc_t, P, 2>;
         kernel<<<B, threads, smem, stream>>>(lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(),
                                              il.data_ptr<int64_t>(), L, T, B, V,
-                                             la.data_ptr<acc_t>(), nl.data_ptr<acc_t>(),
-                                             g.data_ptr<acc_t>(), post.data_ptr<acc_t>());
+                                             nl.data_ptr<acc_t>(), beta_ex.data_ptr<acc_t>());
       });
     } else {
       const bool in_smem = smem <= max_dynamic_smem(lp.get_device());
@@ -668,14 +778,15 @@ at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_
       }
       beta_kernel_generic<scalar_t, acc_t><<<B, kMaxThreads, in_smem ? smem : 0, stream>>>(
           lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
-          la.data_ptr<acc_t>(), nl.data_ptr<acc_t>(), g.data_ptr<acc_t>(),
-          post.data_ptr<acc_t>(), in_smem ? nullptr : scratch.data_ptr<acc_t>());
+          nl.data_ptr<acc_t>(), beta_ex.data_ptr<acc_t>(),
+          in_smem ? nullptr : scratch.data_ptr<acc_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int gthreads = V >= 256 ? 256 : 128;
     grad_kernel<scalar_t, acc_t><<<dim3(T, B), gthreads, 0, stream>>>(
         lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V, nl.data_ptr<acc_t>(),
-        post.data_ptr<acc_t>(), zero_infinity, grad_lp.data_ptr<scalar_t>());
+        g.data_ptr<acc_t>(), la.data_ptr<acc_t>(), beta_ex.data_ptr<acc_t>(), zero_infinity,
+        grad_lp.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_lp;

@@ -367,11 +367,10 @@ def test_opcheck_cpu_ops():
     targets = targets.clamp(0, 3)  # padding inside the int range the lattice expects
     args = (targets, tl, keys, ids, grams.num_chars, grams.max_n)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_lattice, args)
-    lattice = torch.ops.speechlab.gram_ctc_lattice(*args)
     lp = logits.log_softmax(-1).requires_grad_(True)
-    fwd_args = (lp, lattice, il, targets.shape[1], grams.max_n, False)
+    fwd_args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_forward, fwd_args)
-    nll, alpha = torch.ops.speechlab.gram_ctc_forward(*fwd_args)
+    nll, alpha, lattice = torch.ops.speechlab.gram_ctc_forward(*fwd_args)
     bwd_args = (
         torch.ones(3, dtype=torch.float64),
         lp.detach(),
@@ -415,6 +414,7 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setitem(ops._state, "tried", True)
     monkeypatch.setitem(ops._state, "error", "ImportError: simulated")
     monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(ops, "_resolved", {})
     grams = BIGRAMS
     logits, targets, il, tl = random_batch(2, 10, 3, grams, seed=11)
     with pytest.warns(RuntimeWarning, match="reference") as rec:
@@ -475,6 +475,21 @@ def test_unvalidated_bad_target_gives_nan_not_a_crash():
         validate=False,
     )
     assert loss[0].isnan() and loss[1].isfinite()
+
+
+@needs_cpu_kernel
+def test_kernel_flags_bad_lengths_without_validation():
+    lp = torch.zeros((5, 3, 8), dtype=torch.float64).log_softmax(-1)
+    targets = torch.tensor([[1, 2], [1, 2], [1, 2]])
+    loss = gram_ctc_loss(
+        lp, targets, [6, 5, 5], [2, 3, 2], BIGRAMS, reduction="none", backend="cpu", validate=False
+    )
+    assert loss[:2].isnan().all() and loss[2].isfinite()
+    keys, ids = BIGRAMS.key_tensors("cpu")
+    _, _, lattice = torch.ops.speechlab.gram_ctc_forward(
+        lp, targets, torch.tensor([6, 5, 5]), torch.tensor([2, 3, 2]), keys, ids, 3, 2, False
+    )
+    assert lattice[:, 4].tolist() == [4, 2, 0]  # input length, target length, fine
 
 
 @pytest.mark.slow

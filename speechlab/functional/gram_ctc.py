@@ -42,6 +42,7 @@ from torch import Tensor
 from speechlab import ops
 
 REDUCTIONS = ("mean", "sum", "none")
+_ERROR_COLUMN = 4  # lattice[:, 4]: bad-input bits set by the kernels (speechlab.ops.gram_ctc)
 
 
 class GramTable(Protocol):
@@ -71,6 +72,8 @@ def _key_tensors(grams: GramTable, device: torch.device) -> tuple[Tensor, Tensor
 
 # ============================================================================ argument handling
 def _as_lengths(x: Tensor | Sequence[int], name: str, n: int, device: torch.device) -> Tensor:
+    if isinstance(x, Tensor) and x.dtype == torch.int64 and x.device == device and x.shape == (n,):
+        return x
     if not isinstance(x, Tensor):
         x = torch.as_tensor(list(x), dtype=torch.int64)
     if x.dim() != 1 or x.numel() != n:
@@ -82,9 +85,12 @@ def _as_lengths(x: Tensor | Sequence[int], name: str, n: int, device: torch.devi
 
 def _padded_targets(targets: Tensor, target_lengths: Tensor, n: int) -> Tensor:
     """(N, S) int64 targets from padded 2-D or concatenated 1-D ones."""
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
-        raise TypeError(f"gram_ctc_loss: targets must be an integer tensor, got {targets.dtype}")
-    targets = targets.to(torch.int64)
+    if targets.dtype != torch.int64:
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
+            raise TypeError(
+                f"gram_ctc_loss: targets must be an integer tensor, got {targets.dtype}"
+            )
+        targets = targets.to(torch.int64)
     if targets.dim() == 2:
         if targets.size(0) != n:
             raise ValueError(
@@ -180,9 +186,10 @@ def gram_ctc_loss(
             their gradients by zero.
         backend: ``"auto"``, ``"cuda"``, ``"cpu"`` or ``"reference"`` (see
             :func:`speechlab.ops.available_backends`).
-        validate: check lengths and target ids and raise ``ValueError`` on bad ones; costs
-            one host synchronisation for CUDA tensors. With ``validate=False`` an utterance
-            with an out-of-range id gets a NaN loss instead.
+        validate: raise ``ValueError`` on bad lengths or target ids. The kernels flag them
+            while they run; reading the flags costs one host synchronisation for CUDA
+            tensors (torch's ``ctc_loss`` also synchronises, to copy the lengths). With
+            ``validate=False`` nothing synchronises and a bad utterance gets a NaN loss.
 
     Returns:
         The loss in nats: a scalar, or ``(N,)`` for ``reduction="none"``. Its dtype is
@@ -212,12 +219,12 @@ def gram_ctc_loss(
     n = log_probs.size(1)
     il = _as_lengths(input_lengths, "input_lengths", n, device)
     tl = _as_lengths(target_lengths, "target_lengths", n, device)
-    tg = _padded_targets(targets.to(device), tl, n)
-    if validate:
-        _validate(log_probs, tg, il, tl, grams.num_chars)
+    tg = _padded_targets(targets if targets.device == device else targets.to(device), tl, n)
 
     which = ops.resolve_backend(backend, device)
     if which == "reference":
+        if validate:
+            _validate(log_probs, tg, il, tl, grams.num_chars)
         if log_probs.dtype not in (torch.float32, torch.float64):
             raise TypeError(
                 f"gram_ctc_loss: the reference backend takes fp32/fp64 log_probs, got "
@@ -226,19 +233,20 @@ def gram_ctc_loss(
         nll = _reference_nll(log_probs, tg, il, tl, grams, zero_infinity)
     else:
         keys, ids = _key_tensors(grams, device)
-        lattice = torch.ops.speechlab.gram_ctc_lattice(
-            tg.contiguous(), tl, keys, ids, grams.num_chars, grams.max_n
+        nll, _, lattice = torch.ops.speechlab.gram_ctc_forward(
+            log_probs, tg, il, tl, keys, ids, grams.num_chars, grams.max_n, zero_infinity
         )
-        nll, _ = torch.ops.speechlab.gram_ctc_forward(
-            log_probs, lattice, il, tg.size(1), grams.max_n, zero_infinity
-        )
+        # the kernels flag bad lengths and ids (NaN loss); one host sync to raise instead
+        if validate and bool(lattice[:, _ERROR_COLUMN].any()):
+            _validate(log_probs, tg, il, tl, grams.num_chars)  # raises with the details
+            raise ValueError("gram_ctc_loss: the kernel flagged invalid lengths or targets")
     if zero_infinity:
         nll = torch.where(torch.isinf(nll), torch.zeros((), dtype=nll.dtype, device=device), nll)
     if reduction == "none":
         return nll
     if reduction == "sum":
         return nll.sum()
-    return (nll / tl.clamp(min=1).to(nll.dtype)).mean()
+    return (nll / tl.clamp(min=1)).mean()
 
 
 # ============================================================================ reference backend

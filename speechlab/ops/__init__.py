@@ -26,6 +26,7 @@ BACKENDS = ("auto", "cuda", "cpu", "reference")
 
 _state: dict[str, object] = {"tried": False, "error": None}
 _warned: set[str] = set()
+_resolved: dict[tuple[str, str], str] = {}  # (backend, device type) -> backend that runs
 
 
 def load_extension() -> bool:
@@ -80,7 +81,7 @@ def warn_once(key: str, message: str) -> None:
     """Emit ``message`` as a RuntimeWarning the first time ``key`` is seen."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)  # the caller of gram_ctc_loss
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -91,6 +92,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     device is missing; an explicit ``"cuda"``/``"cpu"`` that cannot run raises ``RuntimeError``
     with the reason.
     """
+    key = (backend, device.type)
+    hit = _resolved.get(key)
+    if hit is not None:
+        return hit
+    which = _resolve(backend, device)
+    _resolved[key] = which
+    return which
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":

@@ -1,17 +1,19 @@
 """Python side of the compiled Gram-CTC operators (``torch.ops.speechlab.*``).
 
-The schemas and the CPU/CUDA kernels live in ``csrc/``; this module registers their fake
-(meta) kernels, for ``torch.compile`` and ``opcheck``, and the autograd formula, as
-pytorch/extension-cpp does. Import it only through :func:`speechlab.ops.load_extension`, which
-loads the library first.
+The schemas, the CPU/CUDA kernels and the autograd formula (C++, registered for the Autograd
+dispatch key) live in ``csrc/``; this module registers the fake (meta) kernels used by
+``torch.compile`` and ``opcheck``. Import it only through
+:func:`speechlab.ops.load_extension`, which loads the library first.
 
 Operators (lattice layout: ``csrc/gram_ctc.h``):
 
 - ``gram_ctc_lattice(targets (N,S) int64, target_lengths (N,) int64, gram_keys (G,) int64,
   gram_ids (G,) int32, num_chars, max_gram_len) -> lattice (N, W) int32``
-- ``gram_ctc_forward(log_probs (T,N,V), lattice, input_lengths (N,) int64, max_target_len,
-  max_gram_len, zero_infinity) -> (nll (N,), log_alpha (N,T,S_bound))``; both fp32
-  (fp64 for fp64 inputs). Differentiable in ``log_probs``.
+- ``gram_ctc_forward(log_probs (T,N,V), targets, input_lengths (N,) int64, target_lengths,
+  gram_keys, gram_ids, num_chars, max_gram_len, zero_infinity) -> (nll (N,),
+  log_alpha (N,T,S_bound), lattice (N,W))``; ``nll`` and ``log_alpha`` are fp32 (fp64 for
+  fp64 inputs). Differentiable in ``log_probs``. ``lattice[:, 4]`` flags bad input
+  (1: target id, 2: target length, 4: input length); such utterances get a NaN ``nll``.
 - ``gram_ctc_backward(grad (N,), log_probs, lattice, input_lengths, nll, log_alpha,
   max_target_len, max_gram_len, zero_infinity) -> grad_log_probs (T,N,V)``: the gradient of
   ``sum_n grad[n] * nll[n]`` with respect to ``log_probs`` as free variables,
@@ -20,11 +22,12 @@ Operators (lattice layout: ``csrc/gram_ctc.h``):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 _HEADER = 8
+#: lattice[:, ERROR_COLUMN] bits
+ERROR_COLUMN = 4
+ERR_TARGET_ID, ERR_TARGET_LENGTH, ERR_INPUT_LENGTH = 1, 2, 4
 
 
 def state_bound(max_target_len: int, max_gram_len: int) -> int:
@@ -51,12 +54,24 @@ def _fake_lattice(targets, target_lengths, gram_keys, gram_ids, num_chars, max_g
     return targets.new_empty((n, lattice_width(u, max_gram_len)), dtype=torch.int32)
 
 
-def _fake_forward(log_probs, lattice, input_lengths, max_target_len, max_gram_len, zero_infinity):
+def _fake_forward(
+    log_probs,
+    targets,
+    input_lengths,
+    target_lengths,
+    gram_keys,
+    gram_ids,
+    num_chars,
+    max_gram_len,
+    zero_infinity,
+):
     t, n, _ = log_probs.shape
+    u = targets.shape[1]
     acc = _acc_dtype(log_probs.dtype)
     nll = log_probs.new_empty((n,), dtype=acc)
-    alpha = log_probs.new_empty((n, t, state_bound(max_target_len, max_gram_len)), dtype=acc)
-    return nll, alpha
+    alpha = log_probs.new_empty((n, t, state_bound(u, max_gram_len)), dtype=acc)
+    lattice = targets.new_empty((n, lattice_width(u, max_gram_len)), dtype=torch.int32)
+    return nll, alpha, lattice
 
 
 def _fake_backward(
@@ -73,46 +88,15 @@ def _fake_backward(
     return torch.empty_like(log_probs)
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    log_probs, lattice, input_lengths, max_target_len, max_gram_len, zero_infinity = inputs
-    nll, log_alpha = output
-    ctx.save_for_backward(log_probs, lattice, input_lengths, nll, log_alpha)
-    ctx.max_target_len = max_target_len
-    ctx.max_gram_len = max_gram_len
-    ctx.zero_infinity = zero_infinity
-    ctx.mark_non_differentiable(log_alpha)
-
-
-def _backward(ctx: Any, grad_nll: torch.Tensor | None, grad_alpha: torch.Tensor | None):
-    log_probs, lattice, input_lengths, nll, log_alpha = ctx.saved_tensors
-    if grad_nll is None:
-        grad_nll = torch.zeros_like(nll)
-    grad = torch.ops.speechlab.gram_ctc_backward(
-        grad_nll.contiguous(),
-        log_probs,
-        lattice,
-        input_lengths,
-        nll,
-        log_alpha,
-        ctx.max_target_len,
-        ctx.max_gram_len,
-        ctx.zero_infinity,
-    )
-    return grad, None, None, None, None, None
-
-
 _registered = False
 
 
 def register() -> None:
-    """Register fake kernels and autograd for the loaded ``speechlab`` library (idempotent)."""
+    """Register the fake kernels of the loaded ``speechlab`` library (idempotent)."""
     global _registered
     if _registered:
         return
     torch.library.register_fake("speechlab::gram_ctc_lattice")(_fake_lattice)
     torch.library.register_fake("speechlab::gram_ctc_forward")(_fake_forward)
     torch.library.register_fake("speechlab::gram_ctc_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "speechlab::gram_ctc_forward", _backward, setup_context=_setup_context
-    )
     _registered = True
