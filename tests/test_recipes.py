@@ -29,6 +29,10 @@ def _data_overrides(recipe: Path, corpus: dict[str, Path],
         if key in init:
             source = farfield() if paired and key == "train_manifest" and farfield else corpus
             out.append(f"--data.init_args.{key}={source[split]}")
+    if str((config.get("data") or {}).get("class_path", "")).endswith("DocumentDataModule"):
+        # document recipes: the embedded generated corpus stands in for real documents
+        out += ["--data.init_args.train=embedded", "--data.init_args.val=null",
+                "--data.init_args.test=null", "--data.init_args.num_workers=0"]
     model = (config.get("model") or {}).get("init_args", {})
     if model.get("lm_checkpoint"):  # LM-fusion recipes: a small random LM stands in for the trained one
         out.append(f"--model.init_args.lm_checkpoint={_tiny_lm(corpus['train'].parent)}")

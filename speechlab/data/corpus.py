@@ -23,6 +23,7 @@ topic-specific word pools mixed with shared function words, deterministic for a 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import math
@@ -59,12 +60,13 @@ class Document:
 
 
 def read_jsonl_documents(path: str | os.PathLike) -> list[Document]:
-    """Documents of a JSONL file, one object per line with ``text`` (str) and optional ``label``
-    and ``id``. Blank lines are skipped; anything else malformed raises ``ValueError`` naming the
-    file and line."""
+    """Documents of a JSONL file (``.jsonl.gz`` too), one object per line with ``text`` (str) and
+    optional ``label`` and ``id``. Blank lines are skipped; anything else malformed raises
+    ``ValueError`` naming the file and line."""
     path = Path(path)
     docs = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -100,7 +102,7 @@ def read_folder_documents(root: str | os.PathLike, suffixes: Sequence[str] = (".
 
 def load_documents(source: str | os.PathLike, num_documents: int = 400, seed: int = 0) -> list[Document]:
     """Documents of ``source``: ``"embedded"`` (the generated corpus, ``num_documents`` of them),
-    a ``.jsonl`` file, or a folder of text files."""
+    a ``.jsonl`` (or ``.jsonl.gz``) file, or a folder of text files."""
     if str(source) == EMBEDDED:
         return generate_documents(num_documents, seed=seed)
     path = Path(source)
@@ -520,7 +522,8 @@ class DocumentDataModule(pl.LightningDataModule):
             (:func:`build_topic_vocab`).
         max_sentence_len: words kept per sentence (the rest is cut; ``</s>`` follows).
         min_sentence_len: shorter sentences give no LM example.
-        batch_size: sentences per batch.
+        batch_size: sentences per training batch.
+        eval_batch_size: sentences per validation/test batch (default ``batch_size``).
         static_length: pad every batch to ``max_sentence_len + 1`` (static shapes for compile).
         embedded_documents: size of the embedded corpus.
         num_workers: DataLoader workers.
@@ -533,7 +536,8 @@ class DocumentDataModule(pl.LightningDataModule):
                  min_freq: int = 2, max_vocab: int | None = None, stop_words: str = "sklearn",
                  topic_top_fraction: float = 0.001, topic_min_count: int = 5,
                  topic_max_size: int | None = None, max_sentence_len: int = 30,
-                 min_sentence_len: int = 1, batch_size: int = 64, static_length: bool = False,
+                 min_sentence_len: int = 1, batch_size: int = 64, eval_batch_size: int | None = None,
+                 static_length: bool = False,
                  embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -598,8 +602,9 @@ class DocumentDataModule(pl.LightningDataModule):
         pad_to = hp.max_sentence_len + 1 if hp.static_length else None
         vt = len(self.topic_vocab)
         ds = self.dataset(split)
-        return DataLoader(ds, batch_size=hp.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(ds) > hp.batch_size,
+        batch_size = hp.batch_size if shuffle else hp.eval_batch_size or hp.batch_size
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                          drop_last=shuffle and len(ds) > batch_size,
                           num_workers=hp.num_workers,
                           collate_fn=functools.partial(collate_sentences, topic_vocab_size=vt, pad_id=0,
                                                      pad_to=pad_to),
