@@ -46,13 +46,16 @@ ALPHAS = [0.2, 0.5, 1.0]
 BETAS = [0.0, 1.0, 2.0]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread: two collapse on a shared 2-core CPU
+
+
 def sh(cmd: list[str], log: Path | None = None) -> None:
     print("$", " ".join(cmd), flush=True)
     if log is None:
-        subprocess.run(cmd, check=True, cwd=REPO)
+        subprocess.run(cmd, check=True, cwd=REPO, env=ENV)
         return
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ENV).returncode
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise SystemExit(f"command failed ({rc}), log {log}:\n{tail}")
@@ -67,7 +70,7 @@ def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json:
     return json.loads(out_json.read_text())["results"]
 
 
-def run_recipe(name: str, suite: dict, lm: Path, max_time: str | None, results: dict) -> None:
+def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: dict) -> None:
     cfg = REPO / suite["folder"] / f"{name}.yaml"
     conf = yaml.safe_load(cfg.read_text())
     exp = Path(conf["trainer"]["default_root_dir"])
@@ -79,8 +82,7 @@ def run_recipe(name: str, suite: dict, lm: Path, max_time: str | None, results: 
     fit += [f"--data.init_args.train_manifest={data}/train.jsonl",
             f"--data.init_args.dev_manifest={data}/dev.jsonl",
             f"--data.init_args.test_manifest={data}/test.jsonl"]
-    if max_time:
-        fit.append(f"--trainer.max_time={max_time}")
+    fit += overrides
     t0 = time.time()
     sh(fit, REPO / exp / "fit.log")
     train_s = time.time() - t0
@@ -91,7 +93,8 @@ def run_recipe(name: str, suite: dict, lm: Path, max_time: str | None, results: 
     steps = int(meta.get("global_step", 0))
     rs = suite["resample"]
     row: dict = {"recipe": str(cfg.relative_to(REPO)), "train_seconds": round(train_s, 1),
-                 "steps": steps, "epochs": int(meta.get("epoch", 0))}
+                 "steps": steps, "epochs": int(meta.get("epoch", 0)), "overrides": overrides,
+                 "load_average": round(os.getloadavg()[0], 1)}
     row["test_greedy"] = decode(ckpt, f"{data}/test.jsonl", rs, [], REPO / exp / "test_greedy.json")[0]
     row["test_beam"] = decode(ckpt, f"{data}/test.jsonl", rs, ["--method", "beam"],
                               REPO / exp / "test_beam.json")[0]
@@ -136,6 +139,9 @@ def main() -> None:
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
     p.add_argument("--only", nargs="*", help="recipe names of the suite to run")
     p.add_argument("--max-time", help="override every recipe's trainer.max_time (DD:HH:MM:SS)")
+    p.add_argument("--max-steps", type=int, help="override every recipe's trainer.max_steps")
+    p.add_argument("--warmup-steps", type=int, help="override every recipe's warm-up steps")
+    p.add_argument("--val-every", type=int, help="override check_val_every_n_epoch")
     p.add_argument("--table", action="store_true", help="only print the table of saved results")
     args = p.parse_args()
     suite = SUITES[args.suite]
@@ -153,10 +159,19 @@ def main() -> None:
             f"{suite['data']}/train.jsonl", "--order", str(suite["lm_order"]), "--out", str(lm)])
     results["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"load average at start {os.getloadavg()[0]:.1f}")
+    overrides = []
+    if args.max_time:
+        overrides.append(f"--trainer.max_time={args.max_time}")
+    if args.max_steps:
+        overrides.append(f"--trainer.max_steps={args.max_steps}")
+    if args.warmup_steps:
+        overrides.append(f"--model.init_args.warmup_steps={args.warmup_steps}")
+    if args.val_every:
+        overrides.append(f"--trainer.check_val_every_n_epoch={args.val_every}")
     for name in suite["recipes"]:
         if args.only and name not in args.only and name.split("/")[-1] not in args.only:
             continue
-        run_recipe(name, suite, lm, args.max_time, results)
+        run_recipe(name, suite, lm, overrides, results)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(table(results), flush=True)
