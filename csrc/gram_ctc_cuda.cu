@@ -364,12 +364,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     buf0[Sb] = neg_inf<acc_t>();
     buf1[Sb] = neg_inf<acc_t>();
   }
-  acc_t e[kPrefetch][R];
+  // raw emissions of the next kPrefetch frames: converted and scaled only where they are used
+  // (an FFMA on the chain), so the loads stay in flight for kPrefetch frames
+  scalar_t e[kPrefetch][R];
 #pragma unroll
   for (int d = 0; d < kPrefetch; ++d)
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-      e[d][r] = d < Tn ? kIn * static_cast<acc_t>(lpb[d * lp_stride + lab[r]]) : acc_t(0);
+    for (int r = 0; r < R; ++r) e[d][r] = d < Tn ? lpb[d * lp_stride + lab[r]] : scalar_t(0);
   __syncthreads();
 
 #pragma unroll 1
@@ -383,12 +384,12 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           if (on[r]) {
-            const acc_t a = lse_fixed<acc_t, P>(prev, pr[r]) + e[d][r];
+            const acc_t a = lse_fixed<acc_t, P>(prev, pr[r]) + kIn * static_cast<acc_t>(e[d][r]);
             cur[st[r]] = a;
             ab[static_cast<int64_t>(t) * Sb + st[r]] = a * kOut;
           }
           const int tn = t + kPrefetch;
-          if (tn < Tn) e[d][r] = kIn * static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
+          if (tn < Tn) e[d][r] = lpb[tn * lp_stride + lab[r]];
         }
         __syncthreads();
       }
@@ -441,13 +442,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     buf0[Sb] = neg_inf<acc_t>();
     buf1[Sb] = neg_inf<acc_t>();
   }
-  acc_t e[kPrefetch][R];
+  scalar_t e[kPrefetch][R];  // raw, as in alpha_kernel
 #pragma unroll
   for (int d = 0; d < kPrefetch; ++d)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int t = Tn - 1 - d;
-      e[d][r] = t >= 0 ? kIn * static_cast<acc_t>(lpb[t * lp_stride + lab[r]]) : acc_t(0);
+      e[d][r] = t >= 0 ? lpb[t * lp_stride + lab[r]] : scalar_t(0);
     }
   __syncthreads();
 
@@ -463,11 +464,11 @@ __global__ void __launch_bounds__(kMaxThreads)
         for (int r = 0; r < R; ++r) {
           if (on[r]) {
             const acc_t bex = lse_fixed<acc_t, P>(next, su[r]);  // beta without emission
-            cur[st[r]] = bex + e[d][r];
+            cur[st[r]] = bex + kIn * static_cast<acc_t>(e[d][r]);
             bb[static_cast<int64_t>(t) * Sb + st[r]] = bex * kOut;
           }
           const int tn = t - kPrefetch;
-          if (tn >= 0) e[d][r] = kIn * static_cast<acc_t>(lpb[tn * lp_stride + lab[r]]);
+          if (tn >= 0) e[d][r] = lpb[tn * lp_stride + lab[r]];
         }
         __syncthreads();
       }
