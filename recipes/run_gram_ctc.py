@@ -26,8 +26,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SUITES = {
     "fsdd": {
-        "recipes": ["ctc", "gram_ctc", "gram_ctc_joint", "gram_ctc_candidates", "gram_ctc_refined",
-                    "ctc_stride2", "gram_ctc_stride2", "ctc_stride8", "gram_ctc_stride8"],
+        "recipes": ["ctc", "gram_ctc", "ctc_stride8", "gram_ctc_stride8", "gram_ctc_joint",
+                    "gram_ctc_candidates", "gram_ctc_refined", "ctc_stride2", "gram_ctc_stride2"],
         "folder": "recipes/fsdd", "data": "data/fsdd", "resample": True, "lm_order": 2,
         "refine_keep": 20,
     },
@@ -90,10 +90,13 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
     import torch
 
     meta = torch.load(REPO / exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    steps = int(meta.get("global_step", 0))
+    steps = int(meta.get("global_step", 0))  # at the last validation
+    best_meta = torch.load(REPO / ckpt, map_location="cpu", weights_only=False)
+    best_step = int(best_meta.get("global_step", 0))
     rs = suite["resample"]
     row: dict = {"recipe": str(cfg.relative_to(REPO)), "train_seconds": round(train_s, 1),
-                 "steps": steps, "epochs": int(meta.get("epoch", 0)), "overrides": overrides,
+                 "steps": steps, "best_step": best_step, "epochs": int(meta.get("epoch", 0)),
+                 "overrides": overrides,
                  "load_average": round(os.getloadavg()[0], 1)}
     row["test_greedy"] = decode(ckpt, f"{data}/test.jsonl", rs, [], REPO / exp / "test_greedy.json")[0]
     row["test_beam"] = decode(ckpt, f"{data}/test.jsonl", rs, ["--method", "beam"],

@@ -68,9 +68,9 @@ class KenLMScorer:
     """
 
     def __init__(self, path: str | os.PathLike, unit: str = "word") -> None:
-        from speechlab.lm.ngram import load_model
-
         import kenlm
+
+        from speechlab.lm.ngram import load_model
 
         if unit not in ("word", "char"):
             raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
@@ -333,13 +333,11 @@ class PrefixBeamSearch:
             cand = [g for g in range(1, len(row)) if row[g] > ninf and row[g] >= best - self.token_threshold]
             if 0 < self.token_beam < len(cand):
                 cand = sorted(cand, key=lambda g: (-row[g], g))[: self.token_beam]
-            nxt: dict[int, list[Any]] = {}
-            order: list[int] = []
+            nxt: dict[int, list[Any]] = {}  # node -> [pb, pg]; insertion order = C++'s
 
-            def slot(node: int) -> list[Any]:
+            def slot(node: int, nxt: dict[int, list[Any]] = nxt) -> list[Any]:
                 if node not in nxt:
                     nxt[node] = [ninf, [ninf] * (self.max_n + 1)]
-                    order.append(node)
                 return nxt[node]
 
             for node, pb, pg in beam:
