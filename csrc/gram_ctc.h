@@ -109,6 +109,6 @@ void check_lattice_input(const at::Tensor& log_probs, const at::Tensor& lattice,
 void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
                          const at::Tensor& lattice, const at::Tensor& input_lengths,
                          const at::Tensor& nll, const at::Tensor& log_alpha,
-                         int64_t max_target_len, int64_t max_gram_len);
+                         const at::Tensor& beta, int64_t max_target_len, int64_t max_gram_len);
 
 }  // namespace speechlab

@@ -77,7 +77,7 @@ void check_lattice_input(const at::Tensor& log_probs, const at::Tensor& lattice,
 void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
                          const at::Tensor& lattice, const at::Tensor& input_lengths,
                          const at::Tensor& nll, const at::Tensor& log_alpha,
-                         int64_t max_target_len, int64_t max_gram_len) {
+                         const at::Tensor& beta, int64_t max_target_len, int64_t max_gram_len) {
   check_lattice_input(log_probs, lattice, input_lengths, max_target_len, max_gram_len);
   const int64_t T = log_probs.size(0), B = log_probs.size(1);
   const LatticeLayout L(max_target_len, max_gram_len);
@@ -86,6 +86,11 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs,
   TORCH_CHECK(log_alpha.dim() == 3 && log_alpha.size(0) == B && log_alpha.size(1) == T &&
                   log_alpha.size(2) == L.S_bound,
               "gram_ctc: log_alpha must be (N, T, ", L.S_bound, "), got ", log_alpha.sizes());
+  TORCH_CHECK(beta.numel() == 0 || beta.sizes() == log_alpha.sizes(),
+              "gram_ctc: beta must be empty or shaped like log_alpha, got ", beta.sizes());
+  TORCH_CHECK(beta.numel() == 0 || (beta.scalar_type() == log_alpha.scalar_type() &&
+                                    beta.device() == log_alpha.device()),
+              "gram_ctc: beta must match log_alpha's dtype and device");
   TORCH_CHECK(grad.device() == log_probs.device() && nll.device() == log_probs.device() &&
                   log_alpha.device() == log_probs.device(),
               "gram_ctc: all tensors must be on ", log_probs.device());
@@ -288,6 +293,61 @@ void backward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int
   }
 }
 
+// beta~ (beta without the frame's emission) of one utterance, -inf outside the lattice.
+template <typename scalar_t, typename acc_t, int P>
+void beta_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t T,
+                    const int32_t* row, const LatticeLayout& L, acc_t* beta_out,
+                    std::vector<acc_t>& buf) {
+  const int64_t Sb = L.S_bound;
+  const int p = static_cast<int>(L.P);
+  const int S = row[kHdrStates];
+  const int32_t* label = row + L.label;
+  const int32_t* succ = row + L.succ;
+  std::fill(beta_out, beta_out + T * Sb, neg_inf<acc_t>());
+  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  acc_t* next = buf.data();
+  acc_t* cur = next + (Sb + 1);
+  next[row[kHdrFinal]] = 0;
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const scalar_t* lpt = lp + t * lp_t_stride;
+    acc_t* out = beta_out + t * Sb;
+    for (int s = 0; s < S; ++s) {
+      const acc_t b = lse_gather<acc_t, P>(next, succ + static_cast<int64_t>(s) * p, p);
+      out[s] = b;
+      cur[s] = b + static_cast<acc_t>(lpt[label[s]]);
+    }
+    std::swap(next, cur);
+  }
+}
+
+// Gradient rows of one utterance from alpha and a given beta~.
+template <typename scalar_t, typename acc_t>
+void grad_from_beta(int64_t lp_t_stride, int64_t Tn, int64_t V, const int32_t* row,
+                    const LatticeLayout& L, const acc_t* alpha, const acc_t* beta, acc_t nll,
+                    acc_t g, bool zero_infinity, scalar_t* grad_out, std::vector<acc_t>& acc_row) {
+  const int64_t Sb = L.S_bound;
+  const int S = row[kHdrStates];
+  const int32_t* label = row + L.label;
+  if (std::isinf(nll) || std::isnan(nll)) {
+    const scalar_t fill =
+        zero_infinity && std::isinf(nll) ? scalar_t(0) : std::numeric_limits<scalar_t>::quiet_NaN();
+    for (int64_t t = 0; t < Tn; ++t)
+      std::fill(grad_out + t * lp_t_stride, grad_out + t * lp_t_stride + V, fill);
+    return;
+  }
+  acc_row.assign(V, acc_t(0));
+  for (int64_t t = 0; t < Tn; ++t) {
+    const acc_t* at = alpha + t * Sb;
+    const acc_t* bt = beta + t * Sb;
+    for (int s = 0; s < S; ++s) acc_row[label[s]] -= g * std::exp(at[s] + bt[s] + nll);
+    scalar_t* gt = grad_out + t * lp_t_stride;
+    for (int64_t c = 0; c < V; ++c) {
+      gt[c] = static_cast<scalar_t>(acc_row[c]);
+      acc_row[c] = 0;
+    }
+  }
+}
+
 template <typename F>
 void dispatch_P(int64_t P, F&& f) {
   switch (P) {
@@ -337,10 +397,10 @@ at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& tar
                        max_gram_len);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
     const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
     const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity, bool need_beta) {
   (void)zero_infinity;  // used by the backward; the raw nll is returned
   check_forward_args(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
                      num_chars, max_gram_len);
@@ -354,6 +414,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
   const at::ScalarType acc_type = lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor nll = at::empty({B}, lp.options().dtype(acc_type));
   at::Tensor log_alpha = at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type));
+  at::Tensor beta = need_beta ? at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type))
+                              : at::empty({0}, lp.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_forward_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* lp_p = lp.data_ptr<scalar_t>();
@@ -369,20 +431,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
           forward_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, Tn, T,
                                                 lat_p + b * L.width, L,
                                                 alpha_p + b * T * L.S_bound, nll_p + b, buf);
+          if (need_beta)
+            beta_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, Tn, T, lat_p + b * L.width,
+                                               L, beta.data_ptr<acc_t>() + b * T * L.S_bound,
+                                               buf);
         }
       });
     });
   });
-  return {nll, log_alpha, lat};
+  return {nll, log_alpha, beta, lat};
 }
 
 at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_probs,
                                  const at::Tensor& lattice, const at::Tensor& input_lengths,
                                  const at::Tensor& nll, const at::Tensor& log_alpha,
-                                 int64_t max_target_len, int64_t max_gram_len,
-                                 bool zero_infinity) {
-  check_backward_args(grad, log_probs, lattice, input_lengths, nll, log_alpha, max_target_len,
-                      max_gram_len);
+                                 const at::Tensor& beta, int64_t max_target_len,
+                                 int64_t max_gram_len, bool zero_infinity) {
+  check_backward_args(grad, log_probs, lattice, input_lengths, nll, log_alpha, beta,
+                      max_target_len, max_gram_len);
+  const at::Tensor be = beta.numel() > 0 ? beta.contiguous() : beta;
   const at::Tensor lp = log_probs.contiguous();
   const at::Tensor lat = lattice.contiguous();
   const at::Tensor il = input_lengths.contiguous();
@@ -410,6 +477,13 @@ at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_p
         std::vector<acc_t> buf, acc_row;
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t Tn = std::min<int64_t>(std::max<int64_t>(il_p[b], 0), T);
+          if (be.numel() > 0) {
+            grad_from_beta<scalar_t, acc_t>(B * V, Tn, V, lat_p + b * L.width, L,
+                                            alpha_p + b * T * L.S_bound,
+                                            be.data_ptr<acc_t>() + b * T * L.S_bound, nll_p[b],
+                                            g_p[b], zero_infinity, out_p + b * V, acc_row);
+            continue;
+          }
           backward_utterance<scalar_t, acc_t, P>(
               lp_p + b * V, B * V, Tn, V, lat_p + b * L.width, L, alpha_p + b * T * L.S_bound,
               nll_p[b], g_p[b], zero_infinity, out_p + b * V, buf, acc_row);

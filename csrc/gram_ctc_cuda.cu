@@ -5,11 +5,12 @@
 //                    search in the sorted gram keys), a block scan for the state offsets,
 //                    predecessor/successor tables, and the label-sorted list of gram states
 //                    used by grad_kernel. Small tables are staged in shared memory.
-//   alpha_kernel     one block per utterance, R lattice states per thread; alpha double-
-//                    buffered in shared memory, one barrier per frame, emissions of the next
-//                    kPrefetch frames prefetched into registers. Writes log_alpha and nll.
-//   beta_kernel      the same sweep backwards; stores beta without the frame's emission.
-//                    No atomics, nothing but the sweep in the sequential loop.
+//   sweep_kernel     one block per utterance and direction, R lattice states per thread:
+//                    alpha (and, when a backward will follow, beta without the frame's
+//                    emission, in blocks of their own running beside the alpha blocks: the
+//                    two sweeps are independent). Double-buffered in shared memory, one
+//                    barrier per frame, emissions of the next kPrefetch frames prefetched
+//                    into registers; no atomics, nothing but the sweep in the loop.
 //   grad_kernel      one block per (t, utterance), fully parallel: state posteriors
 //                    exp(alpha + beta~ - log p) summed per label in a fixed order (label-sorted
 //                    state lists, a fixed reduction tree for the blank), written as the dense
@@ -331,15 +332,14 @@ __global__ void lattice_kernel(const int64_t* __restrict__ targets,
 // ------------------------------------------------------------------------- fast sweeps
 // R states per thread (s = threadIdx.x + r * blockDim.x), their table entries in registers.
 template <typename scalar_t, typename acc_t, int P, int R>
-__global__ void __launch_bounds__(kMaxThreads)
-    alpha_kernel(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
-                 const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B, int V,
-                 acc_t* __restrict__ log_alpha, acc_t* __restrict__ nll) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* buf0 = reinterpret_cast<acc_t*>(smem_raw);
+__device__ __forceinline__ void alpha_sweep(acc_t* buf0, const scalar_t* __restrict__ lp,
+                                            const int32_t* __restrict__ lattice,
+                                            const int64_t* __restrict__ input_lengths,
+                                            const LatticeLayout& L, int T, int B, int V,
+                                            acc_t* __restrict__ log_alpha,
+                                            acc_t* __restrict__ nll, int b) {
   const int Sb = static_cast<int>(L.S_bound), Lp = static_cast<int>(L.P);  // Lp <= P
   acc_t* buf1 = buf0 + (Sb + 1);
-  const int b = blockIdx.x;
   const int32_t* row = lattice + b * L.width;
   const int Tn = clamp_len(input_lengths[b], T);
   const int64_t lp_stride = static_cast<int64_t>(B) * V;
@@ -408,17 +408,15 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 
+// beta~ (beta without the frame's emission); independent of alpha, so it can run beside it.
 template <typename scalar_t, typename acc_t, int P, int R>
-__global__ void __launch_bounds__(kMaxThreads)
-    beta_kernel(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
-                const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B, int V,
-                const acc_t* __restrict__ nll, acc_t* __restrict__ beta_ex) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* buf0 = reinterpret_cast<acc_t*>(smem_raw);
+__device__ __forceinline__ void beta_sweep(acc_t* buf0, const scalar_t* __restrict__ lp,
+                                           const int32_t* __restrict__ lattice,
+                                           const int64_t* __restrict__ input_lengths,
+                                           const LatticeLayout& L, int T, int B, int V,
+                                           acc_t* __restrict__ beta_ex, int b) {
   const int Sb = static_cast<int>(L.S_bound), Lp = static_cast<int>(L.P);  // Lp <= P
   acc_t* buf1 = buf0 + (Sb + 1);
-  const int b = blockIdx.x;
-  if (!isfinite(nll[b])) return;  // grad_kernel writes NaN or zeros
   const int32_t* row = lattice + b * L.width;
   const int Tn = clamp_len(input_lengths[b], T);
   const int64_t lp_stride = static_cast<int64_t>(B) * V;
@@ -442,7 +440,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     buf0[Sb] = neg_inf<acc_t>();
     buf1[Sb] = neg_inf<acc_t>();
   }
-  scalar_t e[kPrefetch][R];  // raw, as in alpha_kernel
+  scalar_t e[kPrefetch][R];  // raw, as in alpha_sweep
 #pragma unroll
   for (int d = 0; d < kPrefetch; ++d)
 #pragma unroll
@@ -474,6 +472,25 @@ __global__ void __launch_bounds__(kMaxThreads)
       }
     }
   }
+}
+
+// mode 0: alpha for blocks [0, B); mode 1: alpha for [0, B) and beta~ for [B, 2B), side by
+// side; mode 2: beta~ for [0, B).
+template <typename scalar_t, typename acc_t, int P, int R>
+__global__ void __launch_bounds__(kMaxThreads)
+    sweep_kernel(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
+                 const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B, int V,
+                 acc_t* __restrict__ log_alpha, acc_t* __restrict__ nll,
+                 acc_t* __restrict__ beta_ex, int mode) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* buf0 = reinterpret_cast<acc_t*>(smem_raw);
+  const bool beta = mode == 2 || (mode == 1 && static_cast<int>(blockIdx.x) >= B);
+  const int b = (mode == 1 && beta) ? blockIdx.x - B : blockIdx.x;
+  if (beta)
+    beta_sweep<scalar_t, acc_t, P, R>(buf0, lp, lattice, input_lengths, L, T, B, V, beta_ex, b);
+  else
+    alpha_sweep<scalar_t, acc_t, P, R>(buf0, lp, lattice, input_lengths, L, T, B, V, log_alpha,
+                                       nll, b);
 }
 
 // ------------------------------------------------------------------------- generic sweeps
@@ -526,12 +543,10 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxThreads)
     beta_kernel_generic(const scalar_t* __restrict__ lp, const int32_t* __restrict__ lattice,
                         const int64_t* __restrict__ input_lengths, LatticeLayout L, int T, int B,
-                        int V, const acc_t* __restrict__ nll, acc_t* __restrict__ beta_ex,
-                        acc_t* gbuf) {
+                        int V, acc_t* __restrict__ beta_ex, acc_t* gbuf) {
   extern __shared__ unsigned char smem_raw[];
   const int Sb = static_cast<int>(L.S_bound), P = static_cast<int>(L.P);
   const int b = blockIdx.x;
-  if (!isfinite(nll[b])) return;
   acc_t* buf0 = gbuf ? gbuf + static_cast<int64_t>(b) * 2 * (Sb + 1) : reinterpret_cast<acc_t*>(smem_raw);
   acc_t* buf1 = buf0 + (Sb + 1);
   const int32_t* row = lattice + b * L.width;
@@ -681,10 +696,62 @@ at::Tensor gram_ctc_lattice_cuda(const at::Tensor& targets, const at::Tensor& ta
                         max_gram_len);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cuda(
+namespace {
+
+// alpha (mode 0), alpha and beta~ side by side (mode 1), or beta~ (mode 2).
+template <typename scalar_t, typename acc_t>
+void launch_sweeps(const at::Tensor& lp, const at::Tensor& lat, const at::Tensor& il,
+                   const LatticeLayout& L, int64_t T, int64_t B, int64_t V, acc_t* log_alpha,
+                   acc_t* nll, acc_t* beta_ex, int mode) {
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t smem = 2 * (L.S_bound + 1) * sizeof(acc_t);
+  int R = 0, threads = 0;
+  if (L.P <= 14 && fast_config(L.S_bound, &R, &threads)) {
+    dispatch_P(L.P, [&](auto PC) {
+      constexpr int P = decltype(PC)::value;
+      auto kernel = R == 1 ? sweep_kernel<scalar_t, acc_t, P, 1> : sweep_kernel<scalar_t, acc_t, P, 2>;
+      kernel<<<mode == 1 ? 2 * B : B, threads, smem, stream>>>(
+          lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
+          log_alpha, nll, beta_ex, mode);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const bool in_smem = smem <= max_dynamic_smem(lp.get_device());
+  at::Tensor scratch;
+  if (in_smem) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(alpha_kernel_generic<scalar_t, acc_t>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(beta_kernel_generic<scalar_t, acc_t>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  } else {
+    scratch = at::empty({B, 2 * (L.S_bound + 1)},
+                        lp.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  }
+  acc_t* gbuf = in_smem ? nullptr : scratch.data_ptr<acc_t>();
+  const int64_t dyn = in_smem ? smem : 0;
+  if (mode != 2) {
+    alpha_kernel_generic<scalar_t, acc_t><<<B, kMaxThreads, dyn, stream>>>(
+        lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
+        log_alpha, nll, gbuf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (mode != 0) {
+    beta_kernel_generic<scalar_t, acc_t><<<B, kMaxThreads, dyn, stream>>>(
+        lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
+        beta_ex, gbuf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cuda(
     const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
     const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity, bool need_beta) {
   (void)zero_infinity;
   check_forward_args(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
                      num_chars, max_gram_len);
@@ -696,49 +763,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cuda(
                                         num_chars, max_gram_len);
   const LatticeLayout L(targets.size(1), max_gram_len);
   const at::ScalarType acc_type = lp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor nll = at::empty({B}, lp.options().dtype(acc_type));
-  at::Tensor log_alpha = at::empty({B, T, L.S_bound}, lp.options().dtype(acc_type));
-  if (B == 0) return {nll, log_alpha, lat};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto opts = lp.options().dtype(acc_type);
+  at::Tensor nll = at::empty({B}, opts);
+  at::Tensor log_alpha = at::empty({B, T, L.S_bound}, opts);
+  at::Tensor beta_ex = need_beta ? at::empty({B, T, L.S_bound}, opts) : at::empty({0}, opts);
+  if (B == 0) return {nll, log_alpha, beta_ex, lat};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_forward_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const int64_t smem = 2 * (L.S_bound + 1) * sizeof(acc_t);
-    int R = 0, threads = 0;
-    if (L.P <= 14 && fast_config(L.S_bound, &R, &threads)) {
-      dispatch_P(L.P, [&](auto PC) {
-        constexpr int P = decltype(PC)::value;
-        auto kernel = R == 1 ? alpha_kernel<scalar_t, acc_t, P, 1> : alpha_kernel<scalar_t, acc_t, P, 2>;
-        kernel<<<B, threads, smem, stream>>>(lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(),
-                                             il.data_ptr<int64_t>(), L, T, B, V,
-                                             log_alpha.data_ptr<acc_t>(), nll.data_ptr<acc_t>());
-      });
-    } else {
-      const bool in_smem = smem <= max_dynamic_smem(lp.get_device());
-      at::Tensor scratch;
-      if (in_smem) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(alpha_kernel_generic<scalar_t, acc_t>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-      } else {
-        scratch = at::empty({B, 2 * (L.S_bound + 1)}, lp.options().dtype(acc_type));
-      }
-      alpha_kernel_generic<scalar_t, acc_t><<<B, kMaxThreads, in_smem ? smem : 0, stream>>>(
-          lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
-          log_alpha.data_ptr<acc_t>(), nll.data_ptr<acc_t>(),
-          in_smem ? nullptr : scratch.data_ptr<acc_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_sweeps<scalar_t, acc_t>(lp, lat, il, L, T, B, V, log_alpha.data_ptr<acc_t>(),
+                                   nll.data_ptr<acc_t>(),
+                                   need_beta ? beta_ex.data_ptr<acc_t>() : nullptr,
+                                   need_beta ? 1 : 0);
   });
-  return {nll, log_alpha, lat};
+  return {nll, log_alpha, beta_ex, lat};
 }
 
 at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_probs,
                                   const at::Tensor& lattice, const at::Tensor& input_lengths,
                                   const at::Tensor& nll, const at::Tensor& log_alpha,
-                                  int64_t max_target_len, int64_t max_gram_len,
-                                  bool zero_infinity) {
-  check_backward_args(grad, log_probs, lattice, input_lengths, nll, log_alpha, max_target_len,
-                      max_gram_len);
+                                  const at::Tensor& beta, int64_t max_target_len,
+                                  int64_t max_gram_len, bool zero_infinity) {
+  check_backward_args(grad, log_probs, lattice, input_lengths, nll, log_alpha, beta,
+                      max_target_len, max_gram_len);
   const c10::cuda::CUDAGuard guard(log_probs.device());
   const at::Tensor lp = log_probs.contiguous();
   const at::Tensor lat = lattice.contiguous();
@@ -751,38 +797,16 @@ at::Tensor gram_ctc_backward_cuda(const at::Tensor& grad, const at::Tensor& log_
   const at::Tensor nl = nll.scalar_type() == acc_type ? nll.contiguous() : nll.to(acc_type).contiguous();
   at::Tensor grad_lp = at::empty_like(lp);
   if (B == 0 || T == 0) return grad_lp.zero_();
-  at::Tensor beta_ex = at::empty({B, T, L.S_bound}, la.options());
+  const bool have_beta = beta.numel() > 0;
+  at::Tensor beta_ex = have_beta ? beta.contiguous() : at::empty({B, T, L.S_bound}, la.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lp.scalar_type(), "gram_ctc_backward_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     TORCH_CHECK(la.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
                 "gram_ctc: log_alpha has the wrong dtype ", la.scalar_type());
-    const int64_t smem = 2 * (L.S_bound + 1) * sizeof(acc_t);
-    int R = 0, threads = 0;
-    if (L.P <= 14 && fast_config(L.S_bound, &R, &threads)) {
-      dispatch_P(L.P, [&](auto PC) {
-        constexpr int P = decltype(PC)::value;
-        auto kernel = R == 1 ? beta_kernel<scalar_t, acc_t, P, 1> : beta_kernel<scalar_t, acc_t, P, 2>;
-        kernel<<<B, threads, smem, stream>>>(lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(),
-                                             il.data_ptr<int64_t>(), L, T, B, V,
-                                             nl.data_ptr<acc_t>(), beta_ex.data_ptr<acc_t>());
-      });
-    } else {
-      const bool in_smem = smem <= max_dynamic_smem(lp.get_device());
-      at::Tensor scratch;
-      if (in_smem) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(beta_kernel_generic<scalar_t, acc_t>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-      } else {
-        scratch = at::empty({B, 2 * (L.S_bound + 1)}, la.options());
-      }
-      beta_kernel_generic<scalar_t, acc_t><<<B, kMaxThreads, in_smem ? smem : 0, stream>>>(
-          lp.data_ptr<scalar_t>(), lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V,
-          nl.data_ptr<acc_t>(), beta_ex.data_ptr<acc_t>(),
-          in_smem ? nullptr : scratch.data_ptr<acc_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!have_beta)
+      launch_sweeps<scalar_t, acc_t>(lp, lat, il, L, T, B, V, nullptr, nullptr,
+                                     beta_ex.data_ptr<acc_t>(), 2);
     const int gthreads = V >= 256 ? 256 : 128;
     grad_kernel<scalar_t, acc_t><<<dim3(T, B), gthreads, 0, stream>>>(
         lat.data_ptr<int32_t>(), il.data_ptr<int64_t>(), L, T, B, V, nl.data_ptr<acc_t>(),

@@ -24,32 +24,34 @@ namespace speechlab {
 at::Tensor gram_ctc_lattice_cpu(const at::Tensor& targets, const at::Tensor& target_lengths,
                                 const at::Tensor& gram_keys, const at::Tensor& gram_ids,
                                 int64_t num_chars, int64_t max_gram_len);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
     const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
     const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-    int64_t num_chars, int64_t max_gram_len, bool zero_infinity);
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity, bool need_beta);
 at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_probs,
                                  const at::Tensor& lattice, const at::Tensor& input_lengths,
                                  const at::Tensor& nll, const at::Tensor& log_alpha,
-                                 int64_t max_target_len, int64_t max_gram_len,
-                                 bool zero_infinity);
+                                 const at::Tensor& beta, int64_t max_target_len,
+                                 int64_t max_gram_len, bool zero_infinity);
 
 TORCH_LIBRARY(speechlab, m) {
   // Lattice tables of each target (one int32 row per utterance; layout in gram_ctc.h).
   m.def(
       "gram_ctc_lattice(Tensor targets, Tensor target_lengths, Tensor gram_keys, "
       "Tensor gram_ids, int num_chars, int max_gram_len) -> Tensor");
-  // Per-utterance negative log-likelihood (N,), log alpha (N, T, S_bound) (both fp32, fp64
-  // for fp64 inputs) and the lattice (N, W). nll is NaN where lattice[:, 4] flags bad input.
+  // Per-utterance negative log-likelihood (N,), log alpha (N, T, S_bound), log beta without
+  // the frame's emission (N, T, S_bound) when need_beta, else (0,) (all fp32, fp64 for fp64
+  // inputs), and the lattice (N, W). nll is NaN where lattice[:, 4] flags bad input.
   m.def(
       "gram_ctc_forward(Tensor log_probs, Tensor targets, Tensor input_lengths, "
       "Tensor target_lengths, Tensor gram_keys, Tensor gram_ids, int num_chars, "
-      "int max_gram_len, bool zero_infinity) -> (Tensor, Tensor, Tensor)");
+      "int max_gram_len, bool zero_infinity, bool need_beta) -> (Tensor, Tensor, Tensor, Tensor)");
   // Gradient of sum_n grad[n] * nll[n] with respect to log_probs: -grad[n] * gamma_t(c).
+  // beta may be empty (0,): the backward then runs the beta sweep itself.
   m.def(
       "gram_ctc_backward(Tensor grad, Tensor log_probs, Tensor lattice, Tensor input_lengths, "
-      "Tensor neg_log_likelihood, Tensor log_alpha, int max_target_len, int max_gram_len, "
-      "bool zero_infinity) -> Tensor");
+      "Tensor neg_log_likelihood, Tensor log_alpha, Tensor beta, int max_target_len, "
+      "int max_gram_len, bool zero_infinity) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(speechlab, CPU, m) {
@@ -64,25 +66,26 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_forward(
     const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
     const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity, bool need_beta) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("speechlab::gram_ctc_forward", "")
                        .typed<decltype(gram_ctc_forward_cpu)>();
   return op.call(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
-                 num_chars, max_gram_len, zero_infinity);
+                 num_chars, max_gram_len, zero_infinity, need_beta);
 }
 
 at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& log_probs,
                          const at::Tensor& lattice, const at::Tensor& input_lengths,
                          const at::Tensor& nll, const at::Tensor& log_alpha,
-                         int64_t max_target_len, int64_t max_gram_len, bool zero_infinity) {
+                         const at::Tensor& beta, int64_t max_target_len, int64_t max_gram_len,
+                         bool zero_infinity) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("speechlab::gram_ctc_backward", "")
                        .typed<decltype(gram_ctc_backward_cpu)>();
-  return op.call(grad, log_probs, lattice, input_lengths, nll, log_alpha, max_target_len,
+  return op.call(grad, log_probs, lattice, input_lengths, nll, log_alpha, beta, max_target_len,
                  max_gram_len, zero_infinity);
 }
 
@@ -92,17 +95,17 @@ class GramCTCFunction : public torch::autograd::Function<GramCTCFunction> {
                                const at::Tensor& targets, const at::Tensor& input_lengths,
                                const at::Tensor& target_lengths, const at::Tensor& gram_keys,
                                const at::Tensor& gram_ids, int64_t num_chars,
-                               int64_t max_gram_len, bool zero_infinity) {
+                               int64_t max_gram_len, bool zero_infinity, bool need_beta) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [nll, log_alpha, lattice] =
+    auto [nll, log_alpha, beta, lattice] =
         call_forward(log_probs, targets, input_lengths, target_lengths, gram_keys, gram_ids,
-                     num_chars, max_gram_len, zero_infinity);
-    ctx->save_for_backward({log_probs, lattice, input_lengths, nll, log_alpha});
+                     num_chars, max_gram_len, zero_infinity, need_beta);
+    ctx->save_for_backward({log_probs, lattice, input_lengths, nll, log_alpha, beta});
     ctx->saved_data["max_target_len"] = targets.size(1);
     ctx->saved_data["max_gram_len"] = max_gram_len;
     ctx->saved_data["zero_infinity"] = zero_infinity;
-    ctx->mark_non_differentiable({log_alpha, lattice});
-    return {nll, log_alpha, lattice};
+    ctx->mark_non_differentiable({log_alpha, beta, lattice});
+    return {nll, log_alpha, beta, lattice};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -111,21 +114,22 @@ class GramCTCFunction : public torch::autograd::Function<GramCTCFunction> {
     if (!grad.defined()) grad = at::zeros_like(saved[3]);
     at::Tensor grad_lp =
         call_backward(grad.contiguous(), saved[0], saved[1], saved[2], saved[3], saved[4],
-                      ctx->saved_data["max_target_len"].toInt(),
+                      saved[5], ctx->saved_data["max_target_len"].toInt(),
                       ctx->saved_data["max_gram_len"].toInt(),
                       ctx->saved_data["zero_infinity"].toBool());
-    return {grad_lp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list out(10);
+    out[0] = grad_lp;
+    return out;
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_autograd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_autograd(
     const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
     const at::Tensor& target_lengths, const at::Tensor& gram_keys, const at::Tensor& gram_ids,
-    int64_t num_chars, int64_t max_gram_len, bool zero_infinity) {
+    int64_t num_chars, int64_t max_gram_len, bool zero_infinity, bool need_beta) {
   auto out = GramCTCFunction::apply(log_probs, targets, input_lengths, target_lengths, gram_keys,
-                                    gram_ids, num_chars, max_gram_len, zero_infinity);
-  return {out[0], out[1], out[2]};
+                                    gram_ids, num_chars, max_gram_len, zero_infinity, need_beta);
+  return {out[0], out[1], out[2], out[3]};
 }
 
 }  // namespace

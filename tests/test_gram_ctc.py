@@ -368,9 +368,9 @@ def test_opcheck_cpu_ops():
     args = (targets, tl, keys, ids, grams.num_chars, grams.max_n)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_lattice, args)
     lp = logits.log_softmax(-1).requires_grad_(True)
-    fwd_args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
+    fwd_args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False, True)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_forward, fwd_args)
-    nll, alpha, lattice = torch.ops.speechlab.gram_ctc_forward(*fwd_args)
+    nll, alpha, beta, lattice = torch.ops.speechlab.gram_ctc_forward(*fwd_args)
     bwd_args = (
         torch.ones(3, dtype=torch.float64),
         lp.detach(),
@@ -378,6 +378,7 @@ def test_opcheck_cpu_ops():
         il,
         nll.detach(),
         alpha,
+        beta,
         targets.shape[1],
         grams.max_n,
         False,
@@ -478,6 +479,24 @@ def test_unvalidated_bad_target_gives_nan_not_a_crash():
 
 
 @needs_cpu_kernel
+def test_backward_from_a_forward_beta_equals_the_fused_sweep():
+    grams = TRIGRAMS
+    logits, targets, il, tl = random_batch(4, 20, 6, grams, seed=13)
+    keys, ids = grams.key_tensors("cpu")
+    lp = logits.log_softmax(-1)
+    args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
+    nll, alpha, beta, lattice = torch.ops.speechlab.gram_ctc_forward(*args, True)
+    nll2, alpha2, empty, _ = torch.ops.speechlab.gram_ctc_forward(*args, False)
+    assert torch.equal(nll, nll2) and torch.equal(alpha, alpha2) and empty.numel() == 0
+    g = torch.rand(4, dtype=torch.float64)
+    rest = (targets.shape[1], grams.max_n, False)
+    a = torch.ops.speechlab.gram_ctc_backward(g, lp, lattice, il, nll, alpha, beta, *rest)
+    b = torch.ops.speechlab.gram_ctc_backward(g, lp, lattice, il, nll, alpha, empty, *rest)
+    assert torch.allclose(a, b, rtol=0, atol=1e-15)
+    assert a.abs().sum() > 0
+
+
+@needs_cpu_kernel
 def test_kernel_flags_bad_lengths_without_validation():
     lp = torch.zeros((5, 3, 8), dtype=torch.float64).log_softmax(-1)
     targets = torch.tensor([[1, 2], [1, 2], [1, 2]])
@@ -486,8 +505,8 @@ def test_kernel_flags_bad_lengths_without_validation():
     )
     assert loss[:2].isnan().all() and loss[2].isfinite()
     keys, ids = BIGRAMS.key_tensors("cpu")
-    _, _, lattice = torch.ops.speechlab.gram_ctc_forward(
-        lp, targets, torch.tensor([6, 5, 5]), torch.tensor([2, 3, 2]), keys, ids, 3, 2, False
+    _, _, _, lattice = torch.ops.speechlab.gram_ctc_forward(
+        lp, targets, torch.tensor([6, 5, 5]), torch.tensor([2, 3, 2]), keys, ids, 3, 2, False, False
     )
     assert lattice[:, 4].tolist() == [4, 2, 0]  # input length, target length, fine
 

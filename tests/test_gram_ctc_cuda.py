@@ -127,6 +127,21 @@ def test_backward_is_bitwise_repeatable(name):
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 
+def test_beta_beside_alpha_equals_beta_in_the_backward():
+    grams = GRAM_SETS["bigrams813"]
+    logits, targets, il, tl = on_cuda(*random_batch(6, 80, 20, grams, seed=12, dtype=torch.float32))
+    keys, ids = grams.key_tensors("cuda")
+    lp = logits.log_softmax(-1)
+    args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
+    nll, alpha, beta, lattice = torch.ops.speechlab.gram_ctc_forward(*args, True)
+    _, _, empty, _ = torch.ops.speechlab.gram_ctc_forward(*args, False)
+    g = torch.rand(6, device="cuda")
+    rest = (targets.shape[1], grams.max_n, False)
+    a = torch.ops.speechlab.gram_ctc_backward(g, lp, lattice, il, nll, alpha, beta, *rest)
+    b = torch.ops.speechlab.gram_ctc_backward(g, lp, lattice, il, nll, alpha, empty, *rest)
+    assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(("u", "path"), [(700, "fast R=2"), (1200, "generic, shared memory")])
 def test_long_targets_equal_torch(u, path):
     grams = GRAM_SETS["unigrams"]
@@ -219,9 +234,9 @@ def test_auto_picks_cuda_and_opcheck():
     args = (targets, tl, keys, ids, grams.num_chars, grams.max_n)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_lattice, args)
     lp = logits.log_softmax(-1).requires_grad_(True)
-    fwd = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
+    fwd = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False, True)
     torch.library.opcheck(torch.ops.speechlab.gram_ctc_forward, fwd)
-    nll, alpha, lattice = torch.ops.speechlab.gram_ctc_forward(*fwd)
+    nll, alpha, beta, lattice = torch.ops.speechlab.gram_ctc_forward(*fwd)
     bwd = (
         torch.ones(3, dtype=torch.float64, device="cuda"),
         lp.detach(),
@@ -229,6 +244,7 @@ def test_auto_picks_cuda_and_opcheck():
         il,
         nll.detach(),
         alpha,
+        beta,
         targets.shape[1],
         grams.max_n,
         False,

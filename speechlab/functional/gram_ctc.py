@@ -233,8 +233,10 @@ def gram_ctc_loss(
         nll = _reference_nll(log_probs, tg, il, tl, grams, zero_infinity)
     else:
         keys, ids = _key_tensors(grams, device)
-        nll, _, lattice = torch.ops.speechlab.gram_ctc_forward(
-            log_probs, tg, il, tl, keys, ids, grams.num_chars, grams.max_n, zero_infinity
+        # on CUDA, β runs beside α in the forward when a backward will follow
+        need_beta = device.type == "cuda" and log_probs.requires_grad and torch.is_grad_enabled()
+        nll, _, _, lattice = torch.ops.speechlab.gram_ctc_forward(
+            log_probs, tg, il, tl, keys, ids, grams.num_chars, grams.max_n, zero_infinity, need_beta
         )
         # the kernels flag bad lengths and ids (NaN loss); one host sync to raise instead
         if validate and bool(lattice[:, _ERROR_COLUMN].any()):

@@ -10,11 +10,13 @@ Operators (lattice layout: ``csrc/gram_ctc.h``):
 - ``gram_ctc_lattice(targets (N,S) int64, target_lengths (N,) int64, gram_keys (G,) int64,
   gram_ids (G,) int32, num_chars, max_gram_len) -> lattice (N, W) int32``
 - ``gram_ctc_forward(log_probs (T,N,V), targets, input_lengths (N,) int64, target_lengths,
-  gram_keys, gram_ids, num_chars, max_gram_len, zero_infinity) -> (nll (N,),
-  log_alpha (N,T,S_bound), lattice (N,W))``; ``nll`` and ``log_alpha`` are fp32 (fp64 for
-  fp64 inputs). Differentiable in ``log_probs``. ``lattice[:, 4]`` flags bad input
-  (1: target id, 2: target length, 4: input length); such utterances get a NaN ``nll``.
-- ``gram_ctc_backward(grad (N,), log_probs, lattice, input_lengths, nll, log_alpha,
+  gram_keys, gram_ids, num_chars, max_gram_len, zero_infinity, need_beta) -> (nll (N,),
+  log_alpha (N,T,S_bound), beta (N,T,S_bound) or (0,), lattice (N,W))``; floats are fp32
+  (fp64 for fp64 inputs). ``beta`` is log β without the frame's emission, computed when
+  ``need_beta`` (the CUDA kernel runs it beside α, so the backward needs no sequential
+  sweep). Differentiable in ``log_probs``. ``lattice[:, 4]`` flags bad input (1: target id,
+  2: target length, 4: input length); such utterances get a NaN ``nll``.
+- ``gram_ctc_backward(grad (N,), log_probs, lattice, input_lengths, nll, log_alpha, beta,
   max_target_len, max_gram_len, zero_infinity) -> grad_log_probs (T,N,V)``: the gradient of
   ``sum_n grad[n] * nll[n]`` with respect to ``log_probs`` as free variables,
   ``-grad[n] * gamma_t(c)`` (see ``speechlab.functional.gram_ctc``).
@@ -64,14 +66,16 @@ def _fake_forward(
     num_chars,
     max_gram_len,
     zero_infinity,
+    need_beta,
 ):
     t, n, _ = log_probs.shape
     u = targets.shape[1]
     acc = _acc_dtype(log_probs.dtype)
     nll = log_probs.new_empty((n,), dtype=acc)
     alpha = log_probs.new_empty((n, t, state_bound(u, max_gram_len)), dtype=acc)
+    beta = log_probs.new_empty(alpha.shape if need_beta else (0,), dtype=acc)
     lattice = targets.new_empty((n, lattice_width(u, max_gram_len)), dtype=torch.int32)
-    return nll, alpha, lattice
+    return nll, alpha, beta, lattice
 
 
 def _fake_backward(
@@ -81,6 +85,7 @@ def _fake_backward(
     input_lengths,
     nll,
     log_alpha,
+    beta,
     max_target_len,
     max_gram_len,
     zero_infinity,
