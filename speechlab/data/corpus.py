@@ -6,7 +6,7 @@ tokens (:func:`document_sentences`) → two vocabularies built on the training d
 
 - the **LM vocabulary** (:func:`build_lm_vocab`): words with at least ``min_freq`` occurrences,
   plus ``<pad>`` (0), ``<unk>`` (1), ``<s>`` (2) and ``</s>`` (3);
-- the **topic vocabulary** (:func:`build_topic_vocab`): stop words removed (scikit-learn's
+- the **topic vocabulary** (:func:`build_topic_vocab`): stop words and contractions removed (scikit-learn's
   ``ENGLISH_STOP_WORDS``, 318 words, from Glasgow Information Retrieval Group's list; or a file of
   one word per line), the most frequent ``top_fraction`` (0.1%) of the remaining word types
   removed, and words with fewer than ``min_count`` occurrences removed (optionally capped to the
@@ -271,13 +271,14 @@ def load_stop_words(stop_words: str) -> frozenset[str]:
 def build_topic_vocab(documents: Iterable[Iterable[str]], stop_words: frozenset[str] = frozenset(),
                       top_fraction: float = 0.001, min_count: int = 5,
                       max_size: int | None = None) -> WordVocab:
-    """Topic-model vocabulary from tokenized training documents: drop stop words, ``<num>`` and
-    one-letter tokens; drop the ``ceil(top_fraction * types)`` most frequent remaining word types;
+    """Topic-model vocabulary from tokenized training documents: drop stop words, ``<num>``,
+    one-letter tokens and contractions (``don't``, ``that's``: absent from most stop-word lists);
+    drop the ``ceil(top_fraction * types)`` most frequent remaining word types;
     keep words with at least ``min_count`` occurrences (at most ``max_size``, most frequent
     first). No ``<unk>``: words outside it are ignored by the topic model."""
     counts = Counter(t for doc in documents for t in doc)
     cand = {w: c for w, c in counts.items()
-            if w not in stop_words and w != NUM and len(w) > 1 and not w.startswith("<")}
+            if w not in stop_words and w != NUM and len(w) > 1 and "'" not in w and not w.startswith("<")}
     ranked = sorted(cand, key=lambda w: (-cand[w], w))
     n_top = math.ceil(top_fraction * len(ranked)) if top_fraction > 0 else 0
     words = [w for w in ranked[n_top:] if cand[w] >= min_count]

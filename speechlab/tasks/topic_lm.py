@@ -77,7 +77,8 @@ class TopicLMTask(pl.LightningModule):
         match_params: ``lstm`` only: choose ``lstm_hidden_size`` so that the baseline has as
             many parameters as the TCNLM (LM + topic model) with these settings.
         lr, weight_decay, warmup_steps, total_steps: AdamW with warm-up + cosine decay.
-        compile: ``torch.compile`` the TC-LSTM step functions (CUDA only; ignored on CPU).
+        compile: ``torch.compile`` the TC-LSTM step functions during ``fit`` (CUDA only;
+            ignored on CPU).
         top_k: words per topic for the topic lists and NPMI.
         output_dir: where ``test`` writes ``results.json``; default the logger's folder.
         lm_vocab_size, topic_vocab_size: set from the data at ``setup`` (and saved, so that a
@@ -173,6 +174,10 @@ class TopicLMTask(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.compile and self.device.type == "cuda" and self.is_tcnlm:
             compile_steps(True)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.compile:
+            compile_steps(False)  # evaluation batches have other shapes: no recompiles there
 
     # -- forward -----------------------------------------------------------------------------
     def topics(self, bow: torch.Tensor) -> torch.Tensor:
