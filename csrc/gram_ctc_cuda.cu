@@ -472,6 +472,10 @@ __device__ __forceinline__ void beta_sweep(acc_t* buf0, const scalar_t* __restri
       }
     }
   }
+  for (int t = Tn; t < T; ++t)  // padded frames
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (on[r]) bb[static_cast<int64_t>(t) * Sb + st[r]] = neg_inf<acc_t>();
 }
 
 // mode 0: alpha for blocks [0, B); mode 1: alpha for [0, B) and beta~ for [B, 2B), side by
@@ -573,6 +577,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     }
     __syncthreads();
   }
+  for (int t = Tn; t < T; ++t)
+    for (int s = threadIdx.x; s < Sb; s += blockDim.x) bb[static_cast<int64_t>(t) * Sb + s] = neg_inf<acc_t>();
 }
 
 // ------------------------------------------------------------------------- gradient rows

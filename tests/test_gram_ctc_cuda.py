@@ -133,7 +133,12 @@ def test_beta_beside_alpha_equals_beta_in_the_backward():
     keys, ids = grams.key_tensors("cuda")
     lp = logits.log_softmax(-1)
     args = (lp, targets, il, tl, keys, ids, grams.num_chars, grams.max_n, False)
+    garbage = torch.full((1 << 22,), float("nan"), device="cuda")  # dirty the allocator
+    del garbage
     nll, alpha, beta, lattice = torch.ops.speechlab.gram_ctc_forward(*args, True)
+    # every element is defined (-inf outside each utterance's frames and states)
+    assert not alpha.isnan().any() and not beta.isnan().any()
+    assert (beta[1, il[1] :] == -math.inf).all() and (alpha[1, il[1] :] == -math.inf).all()
     _, _, empty, _ = torch.ops.speechlab.gram_ctc_forward(*args, False)
     g = torch.rand(6, device="cuda")
     rest = (targets.shape[1], grams.max_n, False)
