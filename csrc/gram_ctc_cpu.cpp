@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -119,6 +120,114 @@ inline acc_t lse_gather(const acc_t* buf, const int32_t* idx, int p_runtime) {
   return m + std::log(s);
 }
 
+// ------------------------------------------------------------------ fp32 vector helpers
+// Per frame, the recursion gathers each state's P neighbours into P contiguous rows and then
+// runs a branch-free loop with polynomial exp/log (Cephes, about 1 ulp) that the compiler
+// vectorizes; with GCC on x86-64 the loops are also cloned for AVX2 and picked at run time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SL_CLONES
+#endif
+
+// exp(x) for x <= ~0 (also -inf): 0 below -87.
+__attribute__((always_inline)) inline float exp_f32(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float y = xc * 1.44269504088896341f + 0.5f;
+  const int32_t ki = static_cast<int32_t>(y + 128.0f) - 128;  // floor(y) for y > -128
+  const float k = static_cast<float>(ki);
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * r * r + r + 1.0f;
+  const float scale = __builtin_bit_cast(float, (ki + 127) << 23);
+  return x < -87.0f ? 0.0f : q * scale;
+}
+
+// log(x) for normal x > 0.
+__attribute__((always_inline)) inline float log_f32(float x) {
+  const int32_t bits = __builtin_bit_cast(int32_t, x);
+  int32_t e = (bits >> 23) - 127;
+  float m = __builtin_bit_cast(float, (bits & 0x007fffff) | 0x3f800000);  // [1, 2)
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f;  // [-0.293, 0.414]
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f + -1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f + -1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f + -1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f + -2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  const float ef = static_cast<float>(e);
+  y += ef * -2.12194440e-4f;
+  y += -0.5f * z;
+  return f + y + ef * 0.693359375f;
+}
+
+// res[s] = log sum_j exp(g[j * S + s]) for s < S (-inf when all terms are -inf).
+template <int P>
+__attribute__((always_inline)) inline void lse_rows_impl(const float* __restrict__ g, int S,
+                                                         float* __restrict__ res) {
+  for (int s = 0; s < S; ++s) {
+    float m = g[s];
+    for (int j = 1; j < P; ++j) m = g[j * S + s] > m ? g[j * S + s] : m;
+    const bool none = m == -std::numeric_limits<float>::infinity();
+    const float ms = none ? 0.0f : m;
+    float sum = 0.0f;
+    for (int j = 0; j < P; ++j) sum += exp_f32(g[j * S + s] - ms);
+    res[s] = none ? -std::numeric_limits<float>::infinity() : ms + log_f32(sum);
+  }
+}
+
+SL_CLONES void lse_rows3(const float* g, int S, float* res) { lse_rows_impl<3>(g, S, res); }
+SL_CLONES void lse_rows4(const float* g, int S, float* res) { lse_rows_impl<4>(g, S, res); }
+
+// y[s] = exp(x[s]).
+SL_CLONES void exp_rows(const float* x, int S, float* y) {  // may run in place
+  for (int s = 0; s < S; ++s) y[s] = exp_f32(x[s]);
+}
+
+// Per-thread scratch of the sweeps.
+template <typename acc_t>
+struct Work {
+  std::vector<acc_t> buf, g, res, x;
+};
+
+// res[s] = log sum_j exp(buf[idx[s * p + j]]) for s < S.
+template <typename acc_t, int P>
+inline void lse_frame(const acc_t* buf, const int32_t* idx, int p, int S, acc_t* res,
+                      Work<acc_t>& w) {
+  if constexpr (std::is_same_v<acc_t, float> && (P == 3 || P == 4)) {
+    w.g.resize(static_cast<size_t>(P) * S);
+    float* g = w.g.data();
+    for (int s = 0; s < S; ++s)
+      for (int j = 0; j < P; ++j) g[j * S + s] = buf[idx[s * P + j]];
+    if constexpr (P == 3) lse_rows3(g, S, res); else lse_rows4(g, S, res);
+  } else {
+    for (int s = 0; s < S; ++s) res[s] = lse_gather<acc_t, P>(buf, idx + static_cast<int64_t>(s) * p, p);
+  }
+}
+
+template <typename acc_t>
+inline void exp_frame(const acc_t* x, int S, acc_t* y) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    exp_rows(x, S, y);
+  } else {
+    for (int s = 0; s < S; ++s) y[s] = std::exp(x[s]);
+  }
+}
+
 // Builds one lattice row (see gram_ctc.h) for target y[0:U].
 void build_row(const int64_t* y, int64_t U, int64_t Tn, int64_t T, const LatticeLayout& L,
                int64_t num_chars, const int64_t* keys, const int32_t* ids, int64_t num_keys,
@@ -224,22 +333,24 @@ void build_row(const int64_t* y, int64_t U, int64_t Tn, int64_t T, const Lattice
 template <typename scalar_t, typename acc_t, int P>
 void forward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t T,
                        const int32_t* row, const LatticeLayout& L, acc_t* alpha_out,
-                       acc_t* nll_out, std::vector<acc_t>& buf) {
+                       acc_t* nll_out, Work<acc_t>& w) {
   const int64_t Sb = L.S_bound;
   const int p = static_cast<int>(L.P);
   const int S = row[kHdrStates];
   const int32_t* label = row + L.label;
   const int32_t* pred = row + L.pred;
-  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
-  acc_t* prev = buf.data();
+  w.buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  w.res.resize(Sb);
+  acc_t* prev = w.buf.data();
   acc_t* cur = prev + (Sb + 1);
+  acc_t* res = w.res.data();
   prev[0] = 0;  // virtual frame t = -1: only b_0
   for (int64_t t = 0; t < Tn; ++t) {
     const scalar_t* lpt = lp + t * lp_t_stride;
     acc_t* out = alpha_out + t * Sb;
+    lse_frame<acc_t, P>(prev, pred, p, S, res, w);
     for (int s = 0; s < S; ++s) {
-      const acc_t a = lse_gather<acc_t, P>(prev, pred + static_cast<int64_t>(s) * p, p) +
-                      static_cast<acc_t>(lpt[label[s]]);
+      const acc_t a = res[s] + static_cast<acc_t>(lpt[label[s]]);
       cur[s] = a;
       out[s] = a;
     }
@@ -253,42 +364,58 @@ void forward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int6
   *nll_out = row[kHdrError] ? std::numeric_limits<acc_t>::quiet_NaN() : -logp;
 }
 
+// Fills the rows t < Tn of a non-finite utterance (NaN, or 0 with zero_infinity); true if so.
+template <typename scalar_t, typename acc_t>
+bool fill_nonfinite(acc_t nll, bool zero_infinity, int64_t Tn, int64_t V, int64_t stride,
+                    scalar_t* grad_out) {
+  if (!(std::isinf(nll) || std::isnan(nll))) return false;
+  const scalar_t fill =
+      zero_infinity && std::isinf(nll) ? scalar_t(0) : std::numeric_limits<scalar_t>::quiet_NaN();
+  for (int64_t t = 0; t < Tn; ++t) std::fill(grad_out + t * stride, grad_out + t * stride + V, fill);
+  return true;
+}
+
+// Adds -g * q[s] to the row's labels and writes the row.
+template <typename scalar_t, typename acc_t>
+inline void write_row(const int32_t* label, int S, const acc_t* q, acc_t g, int64_t V,
+                      std::vector<acc_t>& acc_row, scalar_t* gt) {
+  for (int s = 0; s < S; ++s) acc_row[label[s]] -= g * q[s];
+  for (int64_t c = 0; c < V; ++c) {
+    gt[c] = static_cast<scalar_t>(acc_row[c]);
+    acc_row[c] = 0;
+  }
+}
+
 template <typename scalar_t, typename acc_t, int P>
 void backward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t V,
                         const int32_t* row, const LatticeLayout& L, const acc_t* alpha,
                         acc_t nll, acc_t g, bool zero_infinity, scalar_t* grad_out,
-                        std::vector<acc_t>& buf, std::vector<acc_t>& acc_row) {
+                        Work<acc_t>& w, std::vector<acc_t>& acc_row) {
+  if (fill_nonfinite(nll, zero_infinity, Tn, V, lp_t_stride, grad_out)) return;
   const int64_t Sb = L.S_bound;
   const int p = static_cast<int>(L.P);
   const int S = row[kHdrStates];
   const int32_t* label = row + L.label;
   const int32_t* succ = row + L.succ;
-  if (std::isinf(nll) || std::isnan(nll)) {
-    const scalar_t fill =
-        zero_infinity && std::isinf(nll) ? scalar_t(0) : std::numeric_limits<scalar_t>::quiet_NaN();
-    for (int64_t t = 0; t < Tn; ++t)
-      std::fill(grad_out + t * lp_t_stride, grad_out + t * lp_t_stride + V, fill);
-    return;
-  }
-  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  w.buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  w.res.resize(Sb);
+  w.x.resize(Sb);
   acc_row.assign(V, acc_t(0));
-  acc_t* next = buf.data();
+  acc_t* next = w.buf.data();
   acc_t* cur = next + (Sb + 1);
+  acc_t* bex = w.res.data();
+  acc_t* x = w.x.data();
   next[row[kHdrFinal]] = 0;  // virtual frame t = Tn: only b_U
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const scalar_t* lpt = lp + t * lp_t_stride;
     const acc_t* at = alpha + t * Sb;
+    lse_frame<acc_t, P>(next, succ, p, S, bex, w);  // beta without this frame's emission
     for (int s = 0; s < S; ++s) {
-      // beta without this frame's emission; alpha carries it once
-      const acc_t b = lse_gather<acc_t, P>(next, succ + static_cast<int64_t>(s) * p, p);
-      cur[s] = b + static_cast<acc_t>(lpt[label[s]]);
-      acc_row[label[s]] -= g * std::exp(at[s] + b + nll);
+      cur[s] = bex[s] + static_cast<acc_t>(lpt[label[s]]);
+      x[s] = at[s] + bex[s] + nll;  // log posterior: alpha carries the emission once
     }
-    scalar_t* gt = grad_out + t * lp_t_stride;
-    for (int64_t c = 0; c < V; ++c) {
-      gt[c] = static_cast<scalar_t>(acc_row[c]);
-      acc_row[c] = 0;
-    }
+    exp_frame(x, S, x);
+    write_row(label, S, x, g, V, acc_row, grad_out + t * lp_t_stride);
     std::swap(next, cur);
   }
 }
@@ -297,25 +424,22 @@ void backward_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int
 template <typename scalar_t, typename acc_t, int P>
 void beta_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t T,
                     const int32_t* row, const LatticeLayout& L, acc_t* beta_out,
-                    std::vector<acc_t>& buf) {
+                    Work<acc_t>& w) {
   const int64_t Sb = L.S_bound;
   const int p = static_cast<int>(L.P);
   const int S = row[kHdrStates];
   const int32_t* label = row + L.label;
   const int32_t* succ = row + L.succ;
   std::fill(beta_out, beta_out + T * Sb, neg_inf<acc_t>());
-  buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
-  acc_t* next = buf.data();
+  w.buf.assign(2 * (Sb + 1), neg_inf<acc_t>());
+  acc_t* next = w.buf.data();
   acc_t* cur = next + (Sb + 1);
   next[row[kHdrFinal]] = 0;
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const scalar_t* lpt = lp + t * lp_t_stride;
     acc_t* out = beta_out + t * Sb;
-    for (int s = 0; s < S; ++s) {
-      const acc_t b = lse_gather<acc_t, P>(next, succ + static_cast<int64_t>(s) * p, p);
-      out[s] = b;
-      cur[s] = b + static_cast<acc_t>(lpt[label[s]]);
-    }
+    lse_frame<acc_t, P>(next, succ, p, S, out, w);
+    for (int s = 0; s < S; ++s) cur[s] = out[s] + static_cast<acc_t>(lpt[label[s]]);
     std::swap(next, cur);
   }
 }
@@ -324,27 +448,21 @@ void beta_utterance(const scalar_t* lp, int64_t lp_t_stride, int64_t Tn, int64_t
 template <typename scalar_t, typename acc_t>
 void grad_from_beta(int64_t lp_t_stride, int64_t Tn, int64_t V, const int32_t* row,
                     const LatticeLayout& L, const acc_t* alpha, const acc_t* beta, acc_t nll,
-                    acc_t g, bool zero_infinity, scalar_t* grad_out, std::vector<acc_t>& acc_row) {
+                    acc_t g, bool zero_infinity, scalar_t* grad_out, Work<acc_t>& w,
+                    std::vector<acc_t>& acc_row) {
+  if (fill_nonfinite(nll, zero_infinity, Tn, V, lp_t_stride, grad_out)) return;
   const int64_t Sb = L.S_bound;
   const int S = row[kHdrStates];
   const int32_t* label = row + L.label;
-  if (std::isinf(nll) || std::isnan(nll)) {
-    const scalar_t fill =
-        zero_infinity && std::isinf(nll) ? scalar_t(0) : std::numeric_limits<scalar_t>::quiet_NaN();
-    for (int64_t t = 0; t < Tn; ++t)
-      std::fill(grad_out + t * lp_t_stride, grad_out + t * lp_t_stride + V, fill);
-    return;
-  }
+  w.x.resize(Sb);
+  acc_t* x = w.x.data();
   acc_row.assign(V, acc_t(0));
   for (int64_t t = 0; t < Tn; ++t) {
     const acc_t* at = alpha + t * Sb;
     const acc_t* bt = beta + t * Sb;
-    for (int s = 0; s < S; ++s) acc_row[label[s]] -= g * std::exp(at[s] + bt[s] + nll);
-    scalar_t* gt = grad_out + t * lp_t_stride;
-    for (int64_t c = 0; c < V; ++c) {
-      gt[c] = static_cast<scalar_t>(acc_row[c]);
-      acc_row[c] = 0;
-    }
+    for (int s = 0; s < S; ++s) x[s] = at[s] + bt[s] + nll;
+    exp_frame(x, S, x);
+    write_row(label, S, x, g, V, acc_row, grad_out + t * lp_t_stride);
   }
 }
 
@@ -425,7 +543,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_ctc_forward_cpu(
     dispatch_P(L.P, [&](auto PC) {
       constexpr int P = decltype(PC)::value;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<acc_t> buf;
+        Work<acc_t> buf;
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t Tn = std::min<int64_t>(std::max<int64_t>(il_p[b], 0), T);
           forward_utterance<scalar_t, acc_t, P>(lp_p + b * V, B * V, Tn, T,
@@ -474,14 +592,15 @@ at::Tensor gram_ctc_backward_cpu(const at::Tensor& grad, const at::Tensor& log_p
     dispatch_P(L.P, [&](auto PC) {
       constexpr int P = decltype(PC)::value;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<acc_t> buf, acc_row;
+        Work<acc_t> buf;
+        std::vector<acc_t> acc_row;
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t Tn = std::min<int64_t>(std::max<int64_t>(il_p[b], 0), T);
           if (be.numel() > 0) {
             grad_from_beta<scalar_t, acc_t>(B * V, Tn, V, lat_p + b * L.width, L,
                                             alpha_p + b * T * L.S_bound,
                                             be.data_ptr<acc_t>() + b * T * L.S_bound, nll_p[b],
-                                            g_p[b], zero_infinity, out_p + b * V, acc_row);
+                                            g_p[b], zero_infinity, out_p + b * V, buf, acc_row);
             continue;
           }
           backward_utterance<scalar_t, acc_t, P>(
