@@ -58,7 +58,7 @@ class NeuralTopicModel(nn.Module):
     """
 
     def __init__(self, vocab_size: int, num_topics: int, hidden_size: int = 256, num_layers: int = 2,
-                 latent_size: int | None = None, dropout: float = 0.2,
+                 latent_size: int | None = None, dropout: float = 0.0,
                  decoder: Literal["product", "mixture"] = "product") -> None:
         super().__init__()
         if decoder not in ("product", "mixture"):
