@@ -70,7 +70,8 @@ def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json:
     return json.loads(out_json.read_text())["results"]
 
 
-def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: dict) -> None:
+def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: dict,
+               reuse: bool = False) -> None:
     cfg = REPO / suite["folder"] / f"{name}.yaml"
     conf = yaml.safe_load(cfg.read_text())
     exp = Path(conf["trainer"]["default_root_dir"])
@@ -83,9 +84,14 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
             f"--data.init_args.dev_manifest={data}/dev.jsonl",
             f"--data.init_args.test_manifest={data}/test.jsonl"]
     fit += overrides
-    t0 = time.time()
-    sh(fit, REPO / exp / "fit.log")
-    train_s = time.time() - t0
+    timing = REPO / exp / "train_seconds.txt"
+    if reuse and (REPO / exp / "checkpoints" / "best.ckpt").exists() and timing.exists():
+        train_s = float(timing.read_text())
+    else:
+        t0 = time.time()
+        sh(fit, REPO / exp / "fit.log")
+        train_s = time.time() - t0
+        timing.write_text(f"{train_s:.1f}\n")
     ckpt = str(exp / "checkpoints" / "best.ckpt")
     import torch
 
@@ -146,6 +152,8 @@ def main() -> None:
     p.add_argument("--warmup-steps", type=int, help="override every recipe's warm-up steps")
     p.add_argument("--val-every", type=int, help="override check_val_every_n_epoch")
     p.add_argument("--table", action="store_true", help="only print the table of saved results")
+    p.add_argument("--reuse", action="store_true",
+                   help="do not retrain a recipe whose best checkpoint and train time exist")
     args = p.parse_args()
     suite = SUITES[args.suite]
     out = REPO / "exp" / f"results_{args.suite}.json"
@@ -174,7 +182,7 @@ def main() -> None:
     for name in suite["recipes"]:
         if args.only and name not in args.only and name.split("/")[-1] not in args.only:
             continue
-        run_recipe(name, suite, lm, overrides, results)
+        run_recipe(name, suite, lm, overrides, results, args.reuse)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(table(results), flush=True)

@@ -42,6 +42,7 @@ PROGRAMS = ("lmplz", "build_binary")
 DEBIAN_PACKAGES = ("cmake", "build-essential", "libboost-program-options-dev",
                    "libboost-thread-dev", "libboost-test-dev")
 CHAR_SPACE = "|"
+INCLUDE_DIRS = ["/usr/include", "/usr/local/include"]  # where the Boost headers are looked for
 MAX_ORDER = 6  # build_binary, python kenlm and flashlight refuse higher orders
 
 
@@ -67,11 +68,10 @@ def _check_prerequisites() -> None:
         raise KenLMBuildError(
             f"cannot build KenLM's lmplz: missing {', '.join(missing)}; install the Debian "
             f"packages {' '.join(DEBIAN_PACKAGES)} (scripts/system_deps.sh does it)")
-    include_dirs = [Path("/usr/include"), Path("/usr/local/include")]
     for header, pkg in [("boost/program_options.hpp", "libboost-program-options-dev"),
                         ("boost/thread.hpp", "libboost-thread-dev"),
                         ("boost/test/unit_test.hpp", "libboost-test-dev")]:
-        if not any((d / header).exists() for d in include_dirs):
+        if not any((Path(d) / header).exists() for d in INCLUDE_DIRS):
             raise KenLMBuildError(
                 f"cannot build KenLM's lmplz: Boost header {header} not found; install the "
                 f"Debian package {pkg} (all needed: {' '.join(DEBIAN_PACKAGES)})")

@@ -12,6 +12,7 @@ validation always decodes greedily.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,8 @@ def load_gram_ctc(path: str | Path, map_location: str = "cpu") -> GramCTCTask:
         sd = {("gram_head." + k[5:] if k.startswith("head.") else k): v for k, v in sd.items()}
         model.load_state_dict(sd)
         return model.eval()
-    keep = {k: v for k, v in hp.items() if k not in ("grams", "_instantiator", "decoding")}
+    params = set(inspect.signature(GramCTCTask.__init__).parameters) - {"self", "grams", "decoding"}
+    keep = {k: v for k, v in hp.items() if k in params}  # not LightningCLI's _class_path etc.
     model = GramCTCTask(**_configs(keep))
     model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
