@@ -153,6 +153,12 @@ def test_modes_use_the_views_they_name():
         expected = task.compute_loss(batch) + task.compute_loss(clean_batch) + 2.0 * out["l1"]
         assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
         assert out["l1"].item() > 0
+        # penalty warm-up: at encoder update 0 of 4 the L1 weight is 1/4 of lambda_l1
+        ramped = make_task(views="both", lambda_l1=2.0, penalty_warmup_steps=4).eval()
+        ramped.load_state_dict(task.state_dict())
+        out = ramped.encoder_losses(batch)
+        expected = task.compute_loss(batch) + task.compute_loss(clean_batch) + 0.5 * out["l1"]
+        assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert task.critic is None and both.critic is None
     assert make_task(lambda_adv=0.1).critic is not None
     with pytest.raises(ValueError, match="views='both'"):

@@ -80,6 +80,10 @@ class RobustASRTask(CTCTask):
         gp_weight: weight of the WGAN-GP gradient penalty.
         critic_lr: critic Adam learning rate (constant).
         critic_betas: critic Adam betas (WGAN-GP uses ``(0.5, 0.9)`` or ``(0, 0.9)``).
+        penalty_warmup_steps: ramp ``lambda_adv`` and ``lambda_l1`` linearly from 0 over the
+            first encoder updates (the critic trains from the start). Early on the embeddings
+            carry no information yet and a full-strength penalty can collapse them (all views
+            equal, CTC stuck on blanks), as ``lambda_l1 = 40`` did in the CPU study.
         grad_clip: max global L2 norm of the encoder/head gradients (``None``: no clipping).
         lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`; the
             schedule applies to the encoder/head optimizer.
@@ -90,7 +94,7 @@ class RobustASRTask(CTCTask):
                  views: Views = "both", lambda_adv: float = 0.0, lambda_l1: float = 0.0,
                  critic: CriticConfig | None = None, n_critic: int = 5, gp_weight: float = 10.0,
                  critic_lr: float = 5e-4, critic_betas: tuple[float, float] = (0.5, 0.9),
-                 grad_clip: float | None = 2.0, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 penalty_warmup_steps: int = 0, grad_clip: float | None = 2.0, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
                  output_dir: str | None = None) -> None:
         super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
@@ -101,8 +105,9 @@ class RobustASRTask(CTCTask):
         if views != "both" and (lambda_adv > 0 or lambda_l1 > 0):
             raise ValueError(f"lambda_adv/lambda_l1 compare the two views: they need "
                              f"views='both' (got views={views!r})")
-        if lambda_adv < 0 or lambda_l1 < 0 or n_critic < 1:
-            raise ValueError("lambda_adv and lambda_l1 must be >= 0 and n_critic >= 1")
+        if lambda_adv < 0 or lambda_l1 < 0 or n_critic < 1 or penalty_warmup_steps < 0:
+            raise ValueError("lambda_adv, lambda_l1 and penalty_warmup_steps must be >= 0 and "
+                             "n_critic >= 1")
         self.automatic_optimization = False
         self.critic = (SequenceCritic(self.encoder.output_dim, critic or CriticConfig())
                        if lambda_adv > 0 else None)
@@ -125,6 +130,12 @@ class RobustASRTask(CTCTask):
         """``optimizer.step()`` through the strategy, without counting a global step."""
         raw = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
         self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
+
+    def penalty_scale(self) -> float:
+        """Multiplier of ``lambda_adv`` and ``lambda_l1`` at the current encoder update:
+        ``min(1, (global_step + 1) / penalty_warmup_steps)`` (1 without warm-up)."""
+        warmup = self.hparams.penalty_warmup_steps
+        return 1.0 if warmup <= 0 else min(1.0, (self.global_step + 1) / warmup)
 
     # -- the two views ----------------------------------------------------------------------
     def encode_pair(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor,
@@ -185,7 +196,7 @@ class RobustASRTask(CTCTask):
                "emb": (noisy, noisy_lens, clean, clean_lens)}
         loss = ctc_noisy + ctc_clean
         if hp.lambda_l1 > 0:
-            loss = loss + hp.lambda_l1 * l1
+            loss = loss + self.penalty_scale() * hp.lambda_l1 * l1
         out["loss"] = loss
         return out
 
@@ -205,7 +216,7 @@ class RobustASRTask(CTCTask):
         with self.toggled_optimizer(enc_opt):  # the critic's parameters get no gradient
             if critic_opt is not None:
                 out["adv"] = generator_loss(self.critic(noisy, noisy_lens))
-                out["loss"] = out["loss"] + hp.lambda_adv * out["adv"]
+                out["loss"] = out["loss"] + self.penalty_scale() * hp.lambda_adv * out["adv"]
             enc_opt.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])
             if hp.grad_clip:

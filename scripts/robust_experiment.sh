@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GAN-robust encoder study (docs/robust_encoder.md): train the four robust_* recipes one
+# after another on data/robust (scripts/robust_data.sh), same batches and the same number of
+# encoder updates each (recipes: max_steps 600), then evaluate the last checkpoints on every test set.
+# usage: scripts/robust_experiment.sh [CONFIGS="clean augment l1 gan"]
+set -euo pipefail
+CONFIGS=${1:-clean augment l1 gan}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one torch thread: two collapse on a shared 2-core CPU
+for cfg in $CONFIGS; do
+  exp=exp/tiny_robust_$cfg
+  rm -rf "$exp"
+  start=$(date +%s)
+  speechlab fit --config "recipes/tiny/robust_$cfg.yaml" --trainer.enable_progress_bar=false
+  echo "$cfg: trained in $(( $(date +%s) - start )) s" | tee -a exp/robust_times.txt
+done
+CKPTS=()   # every configuration trained so far (a rerun of some keeps the others)
+for cfg in clean augment l1 gan; do
+  ckpt=exp/tiny_robust_$cfg/checkpoints/last.ckpt
+  [[ -f $ckpt ]] && CKPTS+=("$cfg=$ckpt")
+done
+python scripts/robust_eval.py --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}"
