@@ -86,10 +86,15 @@ def test_training_lowers_perplexity(lm_type, dm, tmp_path):
 def tcnlm_checkpoint(dm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tcnlm_ckpt")
     torch.manual_seed(0)
-    task = TopicLMTask(num_topics=3, total_steps=30, **SMALL)
-    trainer = _trainer(30, tmp, enable_checkpointing=False)
-    trainer.fit(task, datamodule=dm)
-    trainer.save_checkpoint(tmp / "tcnlm.ckpt")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: set up before the per-test one-thread fixture
+    try:
+        task = TopicLMTask(num_topics=3, total_steps=30, **SMALL)
+        trainer = _trainer(30, tmp, enable_checkpointing=False)
+        trainer.fit(task, datamodule=dm)
+        trainer.save_checkpoint(tmp / "tcnlm.ckpt")
+    finally:
+        torch.set_num_threads(n)
     return tmp / "tcnlm.ckpt"
 
 
