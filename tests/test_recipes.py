@@ -32,7 +32,8 @@ def _data_overrides(recipe: Path, corpus: dict[str, Path],
     if str((config.get("data") or {}).get("class_path", "")).endswith("DocumentDataModule"):
         # document recipes: the embedded generated corpus stands in for real documents
         out += ["--data.init_args.train=embedded", "--data.init_args.val=null",
-                "--data.init_args.test=null", "--data.init_args.num_workers=0"]
+                "--data.init_args.test=null", "--data.init_args.num_workers=0",
+                "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"]
     model = (config.get("model") or {}).get("init_args", {})
     if model.get("lm_checkpoint"):  # LM-fusion recipes: a small random LM stands in for the trained one
         out.append(f"--model.init_args.lm_checkpoint={_tiny_lm(corpus['train'].parent)}")
