@@ -5,6 +5,8 @@ checkpoints embed the LM and a test-time LM swap needs no retraining."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -239,3 +241,37 @@ def test_recipe_mismatch_errors_are_clear(tmp_path):
         _task("cold")
     with pytest.raises(LMCheckpointError, match="missing.ckpt: LM checkpoint not found"):
         _task("cold", str(tmp_path / "missing.ckpt"))
+
+
+def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, tmp_path):
+    """LightningCLI lets a checkpoint's hyper-parameters override the command line; the task
+    keeps its search options out of them, so `speechlab test --ckpt_path` honours
+    output_dir / test_lm_checkpoint / lm_weight / beam_size given on the command line."""
+    from speechlab.cli import main
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
+    small = ["--model.init_args.encoder.hidden_size=32", "--model.init_args.encoder.num_layers=1",
+             "--model.init_args.decoder.hidden_size=32", "--model.init_args.decoder.output_dim=32",
+             f"--data.init_args.train_manifest={tiny_corpus['train']}",
+             f"--data.init_args.dev_manifest={tiny_corpus['dev']}",
+             f"--data.init_args.test_manifest={tiny_corpus['test']}",
+             "--trainer.accelerator=cpu", "--trainer.logger=false",
+             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
+    callbacks = tmp_path / "callbacks.yaml"  # a second --config replaces the recipe's callbacks
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pytorch_lightning.callbacks.ModelCheckpoint\n"
+        f"      init_args:\n        dirpath: {tmp_path / 'checkpoints'}\n        save_last: true\n")
+    main(["fit", "--config", recipe, "--config", str(callbacks), *small, "--trainer.max_epochs=1", "--trainer.max_steps=-1",
+          "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=0",
+          f"--model.init_args.output_dir={tmp_path / 'train_out'}"])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    assert "output_dir" not in saved and "beam_size" not in saved and saved["fusion"] == "none"
+    out = tmp_path / "test_out"
+    main(["test", "--config", recipe, "--config", str(callbacks), *small, "--ckpt_path", str(ckpt),
+          "--trainer.limit_test_batches=1",
+          f"--model.init_args.output_dir={out}", "--model.init_args.beam_size=2",
+          f"--model.init_args.test_lm_checkpoint={_save_lm(tmp_path / 'lm.pt')}",
+          "--model.init_args.lm_weight=0.5"])
+    assert (out / "wer.json").exists() and (out / "hyps.jsonl").exists()
+    assert not (tmp_path / "train_out" / "wer.json").exists()

@@ -58,7 +58,7 @@ for d in home numbers; do
   LM=$E/lm_$d/checkpoints/last.ckpt
   run_test none_$d recipes/domain/seq2seq_none.yaml $E/none/checkpoints/best.ckpt $D/$d/test.jsonl
   run_test shallow_$d recipes/domain/seq2seq_none.yaml $E/none/checkpoints/best.ckpt $D/$d/test.jsonl \
-    --model.init_args.fusion=shallow --model.init_args.lm_checkpoint=$LM --model.init_args.lm_weight=$BETA
+    --model.init_args.test_lm_checkpoint=$LM --model.init_args.lm_weight=$BETA
   run_test deep_$d recipes/domain/seq2seq_deep.yaml $E/deep/checkpoints/best.ckpt $D/$d/test.jsonl \
     --model.init_args.test_lm_checkpoint=$LM
   run_test cold_$d recipes/domain/seq2seq_cold.yaml $E/cold/checkpoints/best.ckpt $D/$d/test.jsonl \
@@ -73,7 +73,7 @@ fit ft_deep recipes/domain/finetune_deep.yaml
 LM=$E/lm_numbers/checkpoints/last.ckpt
 run_test ft_none_numbers recipes/domain/finetune_none.yaml $E/ft_none/checkpoints/best.ckpt $D/numbers/test.jsonl
 run_test ft_shallow_numbers recipes/domain/finetune_none.yaml $E/ft_none/checkpoints/best.ckpt $D/numbers/test.jsonl \
-  --model.init_args.fusion=shallow --model.init_args.lm_checkpoint=$LM --model.init_args.lm_weight=$BETA
+  --model.init_args.test_lm_checkpoint=$LM --model.init_args.lm_weight=$BETA
 run_test ft_deep_numbers recipes/domain/finetune_deep.yaml $E/ft_deep/checkpoints/best.ckpt $D/numbers/test.jsonl
 run_test ft_cold_numbers recipes/domain/finetune_cold.yaml $E/ft_cold/checkpoints/best.ckpt $D/numbers/test.jsonl
 

@@ -54,6 +54,23 @@ def scheduled_sampling_prob(step: int, max_prob: float, start: int, ramp: int) -
     return max_prob * min(1.0, (step - start + 1) / max(1, ramp))
 
 
+#: search-time and training-start options: not saved in checkpoints' ``hyper_parameters``, so
+#: that ``speechlab test --ckpt_path`` (whose LightningCLI lets a checkpoint's hyper-parameters
+#: override the command line) takes them from the recipe and the command line.
+DECODING_OPTIONS: tuple[str, ...] = ("test_lm_checkpoint", "lm_weight", "beam_size",
+                                     "length_penalty", "max_len_ratio", "output_dir",
+                                     "init_checkpoint")
+
+
+def strip_decoding_options(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Remove :data:`DECODING_OPTIONS` from a checkpoint's ``hyper_parameters`` (in place)."""
+    hp = checkpoint.get("hyper_parameters")
+    if isinstance(hp, dict):
+        for key in DECODING_OPTIONS:
+            hp.pop(key, None)
+    return checkpoint
+
+
 class Seq2SeqTask(ASRTask):
     """Attention seq2seq ASR (see the module docstring).
 
@@ -64,8 +81,11 @@ class Seq2SeqTask(ASRTask):
         fusion: ``none``, ``shallow``, ``deep`` or ``cold``.
         lm_checkpoint: the RNN LM (needed by ``shallow``, ``deep``, ``cold``).
         test_lm_checkpoint: another LM swapped in for validate/test/predict (and whenever a
-            checkpoint is loaded), without retraining.
+            checkpoint is loaded), without retraining; with ``fusion: none`` it is the LM of
+            shallow fusion (``lm_weight``), so any trained model can be tested with shallow fusion.
         lm_weight: shallow fusion weight β at search time (also usable on top of deep/cold).
+            This and the other search options (:data:`DECODING_OPTIONS`) are not saved in
+            checkpoints: they come from the recipe / command line at test time.
         beam_size: beams for test/predict (1 = greedy).
         val_beam_size: beams for validation during fit.
         length_penalty: α of the final ranking ``score / length^α``.
@@ -141,9 +161,8 @@ class Seq2SeqTask(ASRTask):
         log.info("language model: %s (%s)", source, config)
 
     def swap_language_model(self, path: str | Path) -> None:
-        """Replace the fused LM by another RNNLMTask checkpoint (same vocabulary), no retraining."""
-        if self.hparams.fusion == "none":
-            raise ValueError("fusion: none uses no language model; nothing to swap")
+        """Replace the fused LM by another RNNLMTask checkpoint (same vocabulary), no retraining.
+        With ``fusion: none``/``shallow`` the LM is used only by shallow fusion (``lm_weight``)."""
         lm, config, _ = load_language_model(path, self.vocab)
         self._set_lm(lm, config, str(path))
 
@@ -161,6 +180,7 @@ class Seq2SeqTask(ASRTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        strip_decoding_options(checkpoint)
         if self.lm is not None:
             bundle = lm_bundle(self.lm, self._lm_config, self.vocab)
             bundle["source"] = self._lm_source
