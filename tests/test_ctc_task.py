@@ -15,8 +15,12 @@ from speechlab.tasks.ctc import CTCTask
 def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
     torch.manual_seed(0)
     manifest = tmp_path / "six.jsonl"
-    manifest.write_text("\n".join(tiny_corpus["all"].read_text().splitlines()[:6]) + "\n")
-    dm = SpeechDataModule(str(manifest), str(manifest), max_duration=100, num_workers=0, dither=0.0)
+    entries = [json.loads(line) for line in tiny_corpus["all"].read_text().splitlines()[:6]]
+    for e in entries:  # the copy lives elsewhere: make the audio paths absolute
+        e["audio_filepath"] = str(tiny_corpus["all"].parent / e["audio_filepath"])
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    dm = SpeechDataModule(str(manifest), str(manifest), max_duration=100,
+                          num_workers=0, dither=0.0)
     task = CTCTask(encoder=SpeechEncoderConfig(hidden_size=96, dropout=0.0), spec_augment=False,
                    lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=250,
                    output_dir=str(tmp_path / "out"))
@@ -28,6 +32,7 @@ def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
     task.eval()
     with torch.no_grad():
         loss_before = task.compute_loss(batch).item()
+    task.train()
     trainer.fit(task, datamodule=dm)
     task.eval()
     with torch.no_grad():

@@ -113,7 +113,7 @@ class SpeechDataModule(pl.LightningDataModule):
         self.vocab = CharVocab(list(vocab))
         self._cuts: dict[str, CutSet] = {}
         self._clean_cuts: dict[str, Cut] | None = None
-        self._train_sampler: DynamicBucketingSampler | None = None
+        self._train_sampler: DynamicBucketingSampler | DynamicCutSampler | None = None
         self._pending_sampler_state: dict | None = None
 
     @property
@@ -166,10 +166,17 @@ class SpeechDataModule(pl.LightningDataModule):
                           persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        self._train_sampler = DynamicBucketingSampler(
-            self._cuts["train"], max_duration=self.hparams.max_duration, shuffle=True,
-            num_buckets=self.hparams.num_buckets, seed=self.hparams.seed, drop_last=False,
-            world_size=_world_size(), rank=_rank())
+        cuts, hp = self._cuts["train"], self.hparams
+        # lhotse needs 2 <= num_buckets <= len(cuts); below that, plain shuffled batches
+        num_buckets = min(hp.num_buckets, len(cuts))
+        if num_buckets >= 2:
+            self._train_sampler = DynamicBucketingSampler(
+                cuts, max_duration=hp.max_duration, shuffle=True, num_buckets=num_buckets,
+                seed=hp.seed, drop_last=False, world_size=_world_size(), rank=_rank())
+        else:
+            self._train_sampler = DynamicCutSampler(
+                cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
+                world_size=_world_size(), rank=_rank())
         if self._pending_sampler_state is not None:
             self._train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
