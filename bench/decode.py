@@ -10,8 +10,13 @@ Rows (both decoders, one torch thread, network outputs computed once):
 - char LM: lexicon-free search, every character an LM token (the space is ``|``): the same
   search space and the same scores in both decoders (flashlight's ``lm_weight`` is on log10
   probabilities: ``α_fl = α·ln 10``).
-- word LM: ours lexicon-free with the word LM; flashlight needs a lexicon with a word LM, so it
-  searches only the LM's words (a different, constrained search — shown for reference).
+- word LM: flashlight needs a lexicon with a word LM (the LM's words here), so ours gets the same
+  lexicon (``unk_score=-inf``: only lexicon words).
+
+``--simulate CONFUSION`` replaces the network by simulated CTC emissions of the manifest's
+transcripts (a blank/character frame alignment with random durations; each character's peak goes
+to a random other character with probability CONFUSION, the true one keeping a smaller bump), for
+a decoder comparison at a realistic error rate without a trained model.
 """
 
 from __future__ import annotations
@@ -24,26 +29,10 @@ from pathlib import Path
 
 import torch
 
-from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch
+from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.score import edit_counts
 from speechlab.tasks.decode_cli import network_outputs
 from speechlab.tasks.gram_ctc import load_gram_ctc
-
-
-def lm_words(arpa: Path) -> list[str]:
-    """The 1-gram words of an ARPA file (without <s>, </s>, <unk>)."""
-    words, in_unigrams = [], False
-    for line in arpa.read_text(encoding="utf-8").splitlines():
-        if line.startswith("\\1-grams:"):
-            in_unigrams = True
-            continue
-        if in_unigrams:
-            if not line.strip() or line.startswith("\\"):
-                break
-            w = line.split("\t")[1]
-            if w not in ("<s>", "</s>", "<unk>"):
-                words.append(w)
-    return words
 
 
 def flashlight(tokens: list[str], beam: int, lm: Path | None, lexicon: Path | None,
@@ -63,9 +52,38 @@ def fl_text(hyp, tokens: list[str], lexicon: bool) -> str:
     return " ".join("".join(tokens[i] for i in hyp.tokens.tolist() if i != 0).replace("|", " ").split())
 
 
+def simulate(texts: list[str], chars: list[str], confusion: float, seed: int = 0) -> list[torch.Tensor]:
+    """Simulated CTC log-probs ``(T, 1 + len(chars))`` for each text (see the module doc)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    v = len(chars) + 1
+    for text in texts:
+        labels: list[tuple[int, int]] = []  # (peak label, true label) per frame
+        prev = None
+        for c in text:
+            cid = chars.index(c) + 1
+            if cid == prev or torch.rand(1, generator=gen).item() < 0.5:
+                labels += [(0, 0)] * int(torch.randint(1, 3, (1,), generator=gen))
+            peak = cid
+            if torch.rand(1, generator=gen).item() < confusion:
+                peak = int(torch.randint(1, v, (1,), generator=gen))
+            labels += [(peak, cid)] * int(torch.randint(1, 4, (1,), generator=gen))
+            prev = cid
+        labels += [(0, 0)] * 2
+        logits = torch.randn(len(labels), v, generator=gen)
+        for t, (peak, true) in enumerate(labels):
+            logits[t, peak] += 6.0
+            if true != peak:
+                logits[t, true] += 4.5
+        out.append(logits.log_softmax(-1))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a CTCTask (or unigram GramCTCTask) checkpoint")
+    p.add_argument("--checkpoint", help="a CTCTask (or unigram GramCTCTask) checkpoint")
+    p.add_argument("--simulate", type=float, metavar="CONFUSION",
+                   help="simulated emissions of the manifest's texts instead of a checkpoint")
     p.add_argument("--manifest", required=True)
     p.add_argument("--resample", action="store_true")
     p.add_argument("--word-lm", type=Path, help="word KenLM (ARPA: its words make the lexicon)")
@@ -78,15 +96,30 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    model = load_gram_ctc(args.checkpoint)
-    assert model.grams is not None
-    if model.grams.max_n != 1:
-        raise SystemExit("bench/decode.py compares on unigram CTC: give a CTC checkpoint")
-    out = network_outputs(model, args.manifest, resample=args.resample)
-    chars = list(model.vocab.chars)
+    if args.simulate is not None:
+        from speechlab.data.text import DEFAULT_CHARS
+        from speechlab.tasks.gram_select import manifest_texts
+
+        chars = list(DEFAULT_CHARS)
+        texts = manifest_texts(args.manifest)
+        emissions = simulate(texts, chars, args.simulate)
+    else:
+        if not args.checkpoint:
+            raise SystemExit("give --checkpoint or --simulate")
+        model = load_gram_ctc(args.checkpoint)
+        assert model.grams is not None
+        if model.grams.max_n != 1:
+            raise SystemExit("bench/decode.py compares on unigram CTC: give a CTC checkpoint")
+        out = network_outputs(model, args.manifest, resample=args.resample)
+        chars = list(model.vocab.chars)
+        texts = out.texts
+        emissions = [lp.float().contiguous() for lp in out.log_probs]
     tokens = ["-", *["|" if c == " " else c for c in chars]]
-    emissions = [lp.float().contiguous() for lp in out.log_probs]
-    print(f"{len(emissions)} utterances, {out.frames} frames, {len(tokens)} outputs; "
+    greedy = [" ".join("".join(chars[i - 1] for i in ids if i).split()) for ids in
+              (torch.unique_consecutive(e.argmax(-1)).tolist() for e in emissions)]
+    print(f"{len(emissions)} utterances, {sum(len(e) for e in emissions)} frames, {len(tokens)} outputs; "
+          f"greedy WER {100 * edit_counts(texts, greedy, unit='word').rate:.2f}% "
+          f"CER {100 * edit_counts(texts, greedy, unit='char').rate:.2f}%; "
           f"alpha {args.alpha} (flashlight lm_weight {args.alpha * math.log(10):.3f}), beta {args.beta}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-decode."))
@@ -102,13 +135,14 @@ def main() -> None:
         if name == "word LM":
             assert lm_path is not None
             lexicon = tmp / "lexicon.txt"
-            lexicon.write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in lm_words(lm_path)))
+            lexicon.write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in arpa_words(lm_path)))
         alpha = args.alpha if lm_path else 0.0
         beta = args.beta if lm_path and unit == "word" else 0.0
         for beam in args.beam:
             scorer = KenLMScorer(lm_path, unit) if lm_path else None
             ours = PrefixBeamSearch(chars, beam_size=beam, beam_threshold=args.beam_threshold,
-                                    lm=scorer, lm_weight=alpha, word_score=beta)
+                                    lm=scorer, lm_weight=alpha, word_score=beta,
+                                    lexicon=arpa_words(lm_path) if lexicon else None)
             fl = flashlight(tokens, beam, lm_path, lexicon, alpha * math.log(10), beta,
                             args.beam_threshold)
             rows = {}
@@ -121,8 +155,8 @@ def main() -> None:
                     t0 = time.perf_counter()
                     hyps = [run(e) for e in emissions]
                     best = min(best, time.perf_counter() - t0)
-                w = edit_counts(out.texts, hyps, unit="word")
-                c = edit_counts(out.texts, hyps, unit="char")
+                w = edit_counts(texts, hyps, unit="word")
+                c = edit_counts(texts, hyps, unit="char")
                 rows[label] = (w.rate, c.rate, best)
             ratio = rows["speechlab"][2] / rows["flashlight"][2]
             for label, (wer, cer, secs) in rows.items():

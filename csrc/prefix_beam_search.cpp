@@ -15,6 +15,10 @@
 // LM: word mode scores a word when a space follows it (α·ln P(w | history) + β), the last
 // partial word and </s> at the end; char mode scores every character (the space as a token).
 // Scores are cached per trie node (each node is created once) and per (LM state, word).
+// Optional lexicon (word mode): a word that leaves the lexicon's prefixes, or ends without being
+// one of its words, gets unk_score once (-inf: only lexicon words can be spelled); inside the
+// lexicon a partial word is ranked with a look-ahead: α·max unigram ln P of the words it can
+// still become (flashlight's "max smearing"), replaced by the real LM score when the word ends.
 #include <Python.h>
 
 #include <algorithm>
@@ -24,6 +28,7 @@
 #include <limits>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -49,6 +54,8 @@ struct Node {
   int32_t lm_state;    // LM state after the last scored token
   double lm_score;     // α·ln P + β summed over the scored tokens/words
   int32_t words;       // completed words
+  int32_t off_lexicon; // the current word has left the lexicon (and paid unk_score)
+  double look;         // lexicon look-ahead of the partial word (ranking only)
 };
 
 struct Hyp {
@@ -73,6 +80,7 @@ struct Options {
   double word_score;        // β
   int32_t lm_mode;          // 0 none, 1 word, 2 char
   int32_t space_id;         // char id of the word separator (word mode), -1 none
+  double unk_score;         // lexicon: added once to a word outside it
 };
 
 class Search {
@@ -92,8 +100,52 @@ class Search {
       gram_by_key_[key] = g;
     }
     chars_.assign(gram_chars, gram_chars + gram_offsets[num_tokens]);
-    nodes_.push_back(Node{-1, 0, 0, 0, 0, 0.0, 0});
+    nodes_.push_back(Node{-1, 0, 0, 0, 0, 0.0, 0, 0, 0.0});
     suffix_.resize(8, -1);
+  }
+
+  void set_lexicon(const int32_t* chars, const int32_t* offsets, int32_t n, const double* lm) {
+    has_lexicon_ = n > 0;
+    for (int32_t w = 0; w < n; ++w) {
+      std::string word;
+      const double look = lm ? opt_.lm_weight * lm[w] : 0.0;
+      for (int32_t j = offsets[w]; j < offsets[w + 1]; ++j) {
+        word.push_back(static_cast<char>(chars[j]));
+        auto it = prefixes_.find(word);
+        if (it == prefixes_.end()) prefixes_.emplace(word, look);
+        else it->second = std::max(it->second, look);
+      }
+      words_.insert(word);
+    }
+  }
+
+  // the chars of node's current partial word (from depth start on)
+  std::string partial(int32_t node, int32_t start) const {
+    std::string w;
+    for (int32_t v = node; v > 0 && nodes_[v].depth > start; v = nodes_[v].parent)
+      w.push_back(static_cast<char>(nodes_[v].ch));
+    std::reverse(w.begin(), w.end());
+    return w;
+  }
+
+  // lexicon check of the word ending at `last` (complete: the word is finished)
+  void check_word(int32_t last, int32_t start, bool complete, Node* n) {
+    if (!has_lexicon_ || n->off_lexicon) return;
+    std::string w = partial(last, start);
+    if (w.empty()) return;
+    bool ok = true;
+    if (complete) {
+      ok = words_.count(w) > 0;
+    } else {
+      auto it = prefixes_.find(w);
+      ok = it != prefixes_.end();
+      if (ok) n->look = it->second;
+    }
+    if (!ok) {
+      n->off_lexicon = 1;
+      n->look = 0.0;
+      n->lm_score += opt_.unk_score;
+    }
   }
 
   int max_n() const { return max_n_; }
@@ -134,7 +186,8 @@ class Search {
     auto it = children_.find(key);
     if (it != children_.end()) return it->second;
     const Node p = nodes_[node];
-    Node n{node, c, p.depth + 1, p.word_start, p.lm_state, p.lm_score, p.words};
+    Node n{node, c, p.depth + 1, p.word_start, p.lm_state, p.lm_score, p.words, p.off_lexicon, 0.0};
+    const int32_t id = static_cast<int32_t>(nodes_.size());
     if (opt_.lm_mode == 2) {
       int32_t next = 0;
       double s = lm_call(p.lm_state, &c, 1, &next);
@@ -146,9 +199,17 @@ class Search {
       }
     } else if (c == opt_.space_id) {
       n.word_start = n.depth;
-      if (p.depth > p.word_start) score_word(node, p.word_start, p.lm_state, &n);
+      if (p.depth > p.word_start) {
+        check_word(node, p.word_start, true, &n);
+        score_word(node, p.word_start, p.lm_state, &n);
+      }
+      n.off_lexicon = 0;
+    } else if (has_lexicon_ && !n.off_lexicon) {
+      nodes_.push_back(n);  // so that partial() can walk from the new node
+      check_word(id, n.word_start, false, &nodes_.back());
+      children_.emplace(key, id);
+      return id;
     }
-    int32_t id = static_cast<int32_t>(nodes_.size());
     nodes_.push_back(n);
     children_.emplace(key, id);
     return id;
@@ -172,7 +233,10 @@ class Search {
   // LM score of a finished prefix: + last partial word, + </s>
   double final_lm(int32_t node, int32_t* words) {
     Node n = nodes_[node];
-    if (opt_.lm_mode != 2 && n.depth > n.word_start) score_word(node, n.word_start, n.lm_state, &n);
+    if (opt_.lm_mode != 2 && n.depth > n.word_start) {
+      check_word(node, n.word_start, true, &n);
+      score_word(node, n.word_start, n.lm_state, &n);
+    }
     if (opt_.lm_mode != 0) {
       int32_t next = 0;
       n.lm_score += opt_.lm_weight * lm_call(n.lm_state, nullptr, -1, &next);
@@ -181,7 +245,9 @@ class Search {
     return n.lm_score;
   }
 
-  double score(const Hyp& h) const { return h.total() + nodes_[h.node].lm_score; }
+  double score(const Hyp& h) const {
+    return h.total() + nodes_[h.node].lm_score + nodes_[h.node].look;
+  }
 
   void run(const float* lp, int32_t T, int32_t V) {
     beam_.clear();
@@ -238,6 +304,7 @@ class Search {
           if (src == kNegInf) continue;
           int32_t c = h.node;
           for (int32_t j = 0; j < m; ++j) c = child(c, chars_[gram_start_[g] + j]);
+          if (nodes_[c].lm_score == kNegInf) continue;  // e.g. off the lexicon with unk -inf
           Hyp& s = slot(c);
           s.pg[m] = log_add(s.pg[m], src + row[g]);
         }
@@ -296,6 +363,9 @@ class Search {
   lm_fn lm_;
   int32_t max_n_;
   bool failed_ = false;
+  bool has_lexicon_ = false;
+  std::unordered_map<std::string, double> prefixes_;
+  std::unordered_set<std::string> words_;
   std::vector<int32_t> gram_len_, gram_start_, chars_, suffix_;
   std::unordered_map<uint64_t, int32_t> gram_by_key_;
   std::unordered_map<uint64_t, int32_t> children_;
@@ -312,6 +382,9 @@ extern "C" {
 //   log_probs    (T, V) float32, row-major; V = 1 + number of grams (blank = 0)
 //   gram_chars   char ids of every gram, concatenated; gram g = gram_chars[off[g]:off[g+1]]
 //   gram_offsets (V + 1,); off[0] = off[1] = 0 (the blank has no chars)
+//   lex_*        optional lexicon (word mode): words as char ids, concatenated, with offsets
+//                (lex_words + 1,); unk_score is added once to a word outside it; lex_lm
+//                (lex_words,) unigram ln P of each word for the look-ahead, or null
 //   nbest        hypotheses wanted; out_chars (nbest, max_len), out_lens/out_words (nbest,),
 //                out_scores (nbest, 3): total, acoustic (ln), LM part (α·ln P + β·words)
 // Returns the number of hypotheses written, -1 when the LM callback failed, -2 bad arguments.
@@ -319,16 +392,19 @@ int32_t slpbs_decode(const float* log_probs, int32_t T, int32_t V, const int32_t
                      const int32_t* gram_offsets, int32_t num_chars, int32_t beam_size,
                      int32_t token_beam, double token_threshold, double beam_threshold,
                      double lm_weight, double word_score, int32_t lm_mode, int32_t space_id,
-                     lm_fn lm, int32_t nbest, int32_t max_len, int32_t* out_chars,
-                     int32_t* out_lens, int32_t* out_words, double* out_scores) {
+                     lm_fn lm, const int32_t* lex_chars, const int32_t* lex_offsets,
+                     int32_t lex_words, const double* lex_lm, double unk_score, int32_t nbest, int32_t max_len,
+                     int32_t* out_chars, int32_t* out_lens, int32_t* out_words,
+                     double* out_scores) {
   if (T < 0 || V < 1 || beam_size < 1 || nbest < 1 || (lm_mode != 0 && lm == nullptr)) return -2;
   for (int32_t g = 1; g < V; ++g) {
     int32_t n = gram_offsets[g + 1] - gram_offsets[g];
     if (n < 1 || n > 7) return -2;
   }
   Options opt{beam_size, token_beam, token_threshold, beam_threshold, lm_weight, word_score,
-              lm_mode, space_id};
+              lm_mode, space_id, unk_score};
   Search s(gram_chars, gram_offsets, V, num_chars, opt, lm);
+  if (lex_words > 0 && lm_mode != 2) s.set_lexicon(lex_chars, lex_offsets, lex_words, lex_lm);
   s.run(log_probs, T, V);
   if (s.failed()) return -1;
   auto fin = s.finals();

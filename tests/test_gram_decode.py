@@ -118,6 +118,23 @@ def test_native_equals_python_with_pruning():
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
 
+@pytest.mark.skipif(not native_available(), reason="speechlab._decode not built")
+def test_native_equals_python_with_lm_lexicon_and_pruning(arpa):
+    """Same choices with a word LM, a lexicon (look-ahead, finite and -inf unk) and pruning."""
+    lm = KenLMScorer(arpa)
+    chars, grams = "ab ", ["a", "b", " ", "ab", "ba", "b "]
+    gen = torch.Generator().manual_seed(5)
+    for unk in (-2.0, -math.inf):
+        for _ in range(4):
+            lp = (2 * torch.randn(20, len(grams) + 1, generator=gen)).log_softmax(-1)
+            kw = dict(beam_size=4, token_beam=3, beam_threshold=10.0, lm=lm, lm_weight=0.8,
+                      word_score=0.5, lexicon=["ab", "ba", "a"], unk_score=unk)
+            a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=3)
+            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=3)
+            assert [h.text for h in a] == [h.text for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+
+
 # ------------------------------------------------------------------------------- with an LM
 ARPA = """
 \\data\\
@@ -182,6 +199,36 @@ def test_beam_search_with_lm_equals_brute_force(arpa, backend, lm_weight, word_s
         best = dec.decode(lp)[0]
         assert best.text == ref
         assert best.score == pytest.approx(total[ref], abs=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unk_score", [-3.0, -math.inf])
+def test_lexicon_equals_brute_force(arpa, backend, unk_score):
+    """With a lexicon, every word outside it costs unk_score once (-inf: excluded); exact search
+    equals the brute-force optimum of that total."""
+    lm = KenLMScorer(arpa)
+    chars, grams = "ab ", ["a", "b", " ", "ab", "ba", "b "]
+    lexicon = ["ab", "ba", "a"]
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(3):
+        lp = (2 * torch.randn(4, len(grams) + 1, generator=gen)).log_softmax(-1)
+        total = {}
+        for s, am in brute_force(lp, grams).items():
+            unknown = sum(w not in lexicon for w in s.split())
+            penalty = unk_score * unknown if unknown else 0.0
+            total[s] = am + 0.5 * lm.sentence_score(" ".join(s.split())) + penalty
+        ref = max(total, key=total.get)
+        dec = PrefixBeamSearch(chars, grams, beam_size=100_000, lm=lm, lm_weight=0.5,
+                               lexicon=lexicon, unk_score=unk_score, backend=backend)
+        best = dec.decode(lp)[0]
+        assert best.text == ref
+        assert best.score == pytest.approx(total[ref], abs=1e-4)
+
+
+def test_arpa_words(arpa):
+    from speechlab.decode.prefix_beam import arpa_words
+
+    assert arpa_words(arpa) == ["ab", "ba", "a"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,7 +11,10 @@ Score of a hypothesis: ``ln P_acoustic(ℓ) + α·ln P_LM(words of ℓ) + β·|w
 (``lm_unit="word"``): a word is scored when a space follows it; the last partial word and
 ``</s>`` are scored at the end. Character LM (``lm_unit="char"``): every character is an LM
 token, the space written ``|`` (``speechlab lm ngram --unit char``). LM scores are cached per
-trie node (each prefix is scored once) and per (LM state, word).
+trie node (each prefix is scored once) and per (LM state, word). An optional ``lexicon`` (word
+mode; e.g. the LM's words, :func:`arpa_words`) adds ``unk_score`` once to a word that leaves the
+lexicon's prefixes or ends outside it (``-inf``: only lexicon words are spelled, as in
+flashlight's lexicon decoder).
 
 The hot loop is C++ (``csrc/prefix_beam_search.cpp``, the module ``speechlab._decode``, called
 through ctypes; the LM is reached through a callback that only runs on cache misses). A pure
@@ -30,7 +33,7 @@ import ctypes
 import importlib.util
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,24 @@ class KenLMScorer:
         return self.model.score(text, bos=True, eos=True) * LN10
 
 
+def arpa_words(path: str | os.PathLike) -> list[str]:
+    """The words of an ARPA model's 1-gram section (without ``<s>``, ``</s>``, ``<unk>``): a
+    lexicon for :class:`PrefixBeamSearch`."""
+    words, in_unigrams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("\\1-grams:"):
+                in_unigrams = True
+                continue
+            if in_unigrams:
+                if not line.strip() or line.startswith("\\"):
+                    break
+                w = line.split("\t")[1].strip()
+                if w not in ("<s>", "</s>", "<unk>"):
+                    words.append(w)
+    return words
+
+
 def _load_library() -> ctypes.CDLL | None:
     if os.environ.get("SPEECHLAB_DECODE_BACKEND", "") == "python":
         return None
@@ -120,8 +141,8 @@ def _load_library() -> ctypes.CDLL | None:
     f = lib.slpbs_decode
     i32, dbl = ctypes.c_int32, ctypes.c_double
     p = ctypes.c_void_p
-    f.argtypes = [p, i32, i32, p, p, i32, i32, i32, dbl, dbl, dbl, dbl, i32, i32, _LM_FN, i32,
-                  i32, p, p, p, p]
+    f.argtypes = [p, i32, i32, p, p, i32, i32, i32, dbl, dbl, dbl, dbl, i32, i32, _LM_FN, p, p, i32,
+                  p, dbl, i32, i32, p, p, p, p]
     f.restype = i32
     return lib
 
@@ -151,6 +172,8 @@ class PrefixBeamSearch:
         lm_weight: α (on natural-log LM probabilities).
         word_score: β, added per word.
         lm_unit: ``"word"`` or ``"char"`` when ``lm`` is a path.
+        lexicon: words (word mode): a word outside them costs ``unk_score`` (once).
+        unk_score: the lexicon's penalty (``-inf``: lexicon words only).
         backend: ``"auto"`` (C++ when built), ``"native"`` or ``"python"``.
     """
 
@@ -158,6 +181,7 @@ class PrefixBeamSearch:
                  beam_size: int = 16, token_beam: int = 0, token_threshold: float = math.inf,
                  beam_threshold: float = math.inf, lm: KenLMScorer | str | os.PathLike | None = None,
                  lm_weight: float = 0.5, word_score: float = 0.0, lm_unit: str = "word",
+                 lexicon: Iterable[str] | None = None, unk_score: float = -math.inf,
                  backend: str = "auto") -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
@@ -182,6 +206,20 @@ class PrefixBeamSearch:
         self._gram_chars = np.asarray(flat or [0], dtype=np.int32)
         self._gram_offsets = np.asarray(offsets, dtype=np.int32)
         self._gram_ids = [[index[c] for c in g] for g in self.grams]
+        self.unk_score = unk_score
+        self.lexicon = sorted({w for w in lexicon if w and all(c in index for c in w)}) if lexicon else []
+        lex_flat: list[int] = []
+        lex_off = [0]
+        for w in self.lexicon:
+            lex_flat += [index[c] for c in w]
+            lex_off.append(len(lex_flat))
+        self._lex_chars = np.asarray(lex_flat or [0], dtype=np.int32)
+        self._lex_offsets = np.asarray(lex_off, dtype=np.int32)
+        # look-ahead: unigram ln P of each lexicon word (word LM only)
+        self._lex_lm: np.ndarray | None = None
+        if self.lexicon and self.lm is not None and self.lm.unit == "word":
+            self._lex_lm = np.asarray([self.lm.model.score(w, bos=False, eos=False) * LN10
+                                       for w in self.lexicon], dtype=np.float64)
         self.max_n = max(len(g) for g in self.grams)
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be auto, native or python, got {backend!r}")
@@ -262,7 +300,11 @@ class PrefixBeamSearch:
             lp.ctypes.data, t, v, self._gram_chars.ctypes.data, self._gram_offsets.ctypes.data,
             len(self.chars), self.beam_size, self.token_beam, float(self.token_threshold),
             float(self.beam_threshold), float(self.lm_weight), float(self.word_score),
-            self._lm_mode(), self.space_id, self._callback, nbest, max_len, out_chars.ctypes.data,
+            self._lm_mode(), self.space_id, self._callback, self._lex_chars.ctypes.data,
+            self._lex_offsets.ctypes.data, len(self.lexicon),
+            None if self._lex_lm is None else self._lex_lm.ctypes.data, float(self.unk_score),
+            nbest, max_len,
+            out_chars.ctypes.data,
             out_lens.ctypes.data, out_words.ctypes.data, out_scores.ctypes.data)
         if k == -1:
             raise RuntimeError(f"LM scoring failed: {self._error!r}") from self._error
@@ -278,8 +320,25 @@ class PrefixBeamSearch:
         ninf = -math.inf
         mode = self._lm_mode()
         gram_by_str = {g: i + 1 for i, g in enumerate(self.grams)}
-        # trie nodes: [parent, char id, depth, word_start, lm_state, lm_score, words, text]
-        nodes: list[list[Any]] = [[-1, 0, 0, 0, 0, 0.0, 0, ""]]
+        # trie nodes: [parent, char id, depth, word_start, lm_state, lm_score, words, text,
+        #              off_lexicon, look-ahead]
+        nodes: list[list[Any]] = [[-1, 0, 0, 0, 0, 0.0, 0, "", 0, 0.0]]
+        words = set(self.lexicon) if mode != 2 else set()
+        prefixes: dict[str, float] = {}
+        for k, w in enumerate(self.lexicon if mode != 2 else []):
+            look = self.lm_weight * float(self._lex_lm[k]) if self._lex_lm is not None else 0.0
+            for i in range(1, len(w) + 1):
+                prefixes[w[:i]] = max(prefixes.get(w[:i], -math.inf), look)
+
+        def check_word(n: list[Any], word: str, complete: bool) -> None:
+            if not words or n[8] or not word:
+                return
+            ok = word in words if complete else word in prefixes
+            if ok and not complete:
+                n[9] = prefixes[word]
+            if not ok:
+                n[8], n[9] = 1, 0.0
+                n[5] += self.unk_score
         children: dict[tuple[int, int], int] = {}
         cache: dict[tuple[int, Any], tuple[float, int]] = {}
 
@@ -303,7 +362,7 @@ class PrefixBeamSearch:
             if key in children:
                 return children[key]
             p = nodes[node]
-            n = [node, c, p[2] + 1, p[3], p[4], p[5], p[6], p[7] + self.chars[c - 1]]
+            n = [node, c, p[2] + 1, p[3], p[4], p[5], p[6], p[7] + self.chars[c - 1], p[8], 0.0]
             if mode == 2:
                 s, n[4] = lm_call(p[4], (c,))
                 n[5] += self.lm_weight * s
@@ -313,7 +372,11 @@ class PrefixBeamSearch:
             elif c == self.space_id:
                 n[3] = n[2]
                 if p[2] > p[3]:
+                    check_word(n, p[7][p[3]:], True)
                     score_word(n, p[7], p[3])
+                n[8] = 0
+            else:
+                check_word(n, n[7][n[3]:], False)
             children[key] = len(nodes)
             nodes.append(n)
             return len(nodes) - 1
@@ -357,9 +420,12 @@ class PrefixBeamSearch:
                     c = node
                     for ch in self._gram_ids[g - 1]:
                         c = child(c, ch)
+                    if nodes[c][5] == ninf:
+                        continue
                     s = slot(c)
                     s[1][m] = lse(s[1][m], src + row[g])
-            ranked = sorted(((lse(v[0], *v[1][1:]) + nodes[k][5], k) for k, v in nxt.items()),
+            ranked = sorted(((lse(v[0], *v[1][1:]) + nodes[k][5] + nodes[k][9], k)
+                             for k, v in nxt.items()),
                             key=lambda x: (-x[0], x[1]))[: self.beam_size]
             floor = ranked[0][0] - self.beam_threshold if ranked else 0.0
             beam = [(k, nxt[k][0], nxt[k][1]) for sc, k in ranked if sc > ninf and sc >= floor]
@@ -367,6 +433,7 @@ class PrefixBeamSearch:
         for node, pb, pg in beam:
             n = list(nodes[node])
             if mode != 2 and n[2] > n[3]:
+                check_word(n, n[7][n[3]:], True)
                 score_word(n, n[7], n[3])
             if mode != 0:
                 s, _ = lm_call(n[4], None)
@@ -377,4 +444,4 @@ class PrefixBeamSearch:
         return out[:nbest]
 
 
-__all__ = ["BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "native_available"]
+__all__ = ["BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "native_available"]
