@@ -28,7 +28,6 @@
 #include <limits>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -54,7 +53,7 @@ struct Node {
   int32_t lm_state;    // LM state after the last scored token
   double lm_score;     // α·ln P + β summed over the scored tokens/words
   int32_t words;       // completed words
-  int32_t off_lexicon; // the current word has left the lexicon (and paid unk_score)
+  int32_t lex;         // lexicon trie node of the partial word (0: none yet); -1: off it (paid unk)
   double look;         // lexicon look-ahead of the partial word (ranking only)
 };
 
@@ -100,52 +99,61 @@ class Search {
       gram_by_key_[key] = g;
     }
     chars_.assign(gram_chars, gram_chars + gram_offsets[num_tokens]);
-    nodes_.push_back(Node{-1, 0, 0, 0, 0, 0.0, 0, 0, 0.0});
+    nodes_.push_back(Node{-1, 0, 0, 0, 0, 0.0, 0, 0, 0.0});  // lex 0: the lexicon's root
     suffix_.resize(8, -1);
   }
 
   void set_lexicon(const int32_t* chars, const int32_t* offsets, int32_t n, const double* lm) {
     has_lexicon_ = n > 0;
+    const int32_t width = static_cast<int32_t>(base_);
+    lex_next_.assign(width, -1);
+    lex_word_.assign(1, 0);
+    lex_look_.assign(1, 0.0);
     for (int32_t w = 0; w < n; ++w) {
-      std::string word;
       const double look = lm ? opt_.lm_weight * lm[w] : 0.0;
+      int32_t v = 0;
       for (int32_t j = offsets[w]; j < offsets[w + 1]; ++j) {
-        word.push_back(static_cast<char>(chars[j]));
-        auto it = prefixes_.find(word);
-        if (it == prefixes_.end()) prefixes_.emplace(word, look);
-        else it->second = std::max(it->second, look);
+        int32_t& nxt = lex_next_[static_cast<size_t>(v) * width + chars[j]];
+        if (nxt < 0) {
+          nxt = static_cast<int32_t>(lex_word_.size());
+          lex_word_.push_back(0);
+          lex_look_.push_back(look);
+          lex_next_.resize(lex_next_.size() + width, -1);
+        }
+        v = lex_next_[static_cast<size_t>(v) * width + chars[j]];
+        lex_look_[v] = std::max(lex_look_[v], look);
       }
-      words_.insert(word);
+      lex_word_[v] = 1;
     }
   }
 
-  // the chars of node's current partial word (from depth start on)
-  std::string partial(int32_t node, int32_t start) const {
-    std::string w;
-    for (int32_t v = node; v > 0 && nodes_[v].depth > start; v = nodes_[v].parent)
-      w.push_back(static_cast<char>(nodes_[v].ch));
-    std::reverse(w.begin(), w.end());
-    return w;
+  // lexicon trie node after char c from trie node v (v >= 0); -1 when it leaves the lexicon
+  int32_t lex_step(int32_t v, int32_t c) const {
+    return lex_next_[static_cast<size_t>(v) * base_ + c];
   }
 
-  // lexicon check of the word ending at `last` (complete: the word is finished)
-  void check_word(int32_t last, int32_t start, bool complete, Node* n) {
-    if (!has_lexicon_ || n->off_lexicon) return;
-    std::string w = partial(last, start);
-    if (w.empty()) return;
-    bool ok = true;
-    if (complete) {
-      ok = words_.count(w) > 0;
-    } else {
-      auto it = prefixes_.find(w);
-      ok = it != prefixes_.end();
-      if (ok) n->look = it->second;
+  // the word ending at a node with trie state v is finished: penalty when not a lexicon word
+  void finish_word(Node* n) {
+    if (has_lexicon_ && n->lex > 0 && !lex_word_[n->lex]) n->lm_score += opt_.unk_score;
+    n->lex = 0;
+    n->look = 0.0;
+  }
+
+  // would appending gram g to node leave the lexicon (only asked when unk_score is -inf)?
+  bool leaves_lexicon(int32_t node, int32_t g) const {
+    int32_t v = nodes_[node].lex;
+    for (int32_t j = 0; j < gram_len_[g]; ++j) {
+      const int32_t c = chars_[gram_start_[g] + j];
+      if (c == opt_.space_id) {
+        if (v > 0 && !lex_word_[v]) return true;
+        v = 0;
+      } else {
+        if (v < 0) return true;
+        v = lex_step(v, c);
+        if (v < 0) return true;
+      }
     }
-    if (!ok) {
-      n->off_lexicon = 1;
-      n->look = 0.0;
-      n->lm_score += opt_.unk_score;
-    }
+    return false;
   }
 
   int max_n() const { return max_n_; }
@@ -186,7 +194,7 @@ class Search {
     auto it = children_.find(key);
     if (it != children_.end()) return it->second;
     const Node p = nodes_[node];
-    Node n{node, c, p.depth + 1, p.word_start, p.lm_state, p.lm_score, p.words, p.off_lexicon, 0.0};
+    Node n{node, c, p.depth + 1, p.word_start, p.lm_state, p.lm_score, p.words, p.lex, p.look};
     const int32_t id = static_cast<int32_t>(nodes_.size());
     if (opt_.lm_mode == 2) {
       int32_t next = 0;
@@ -200,15 +208,19 @@ class Search {
     } else if (c == opt_.space_id) {
       n.word_start = n.depth;
       if (p.depth > p.word_start) {
-        check_word(node, p.word_start, true, &n);
+        finish_word(&n);
         score_word(node, p.word_start, p.lm_state, &n);
       }
-      n.off_lexicon = 0;
-    } else if (has_lexicon_ && !n.off_lexicon) {
-      nodes_.push_back(n);  // so that partial() can walk from the new node
-      check_word(id, n.word_start, false, &nodes_.back());
-      children_.emplace(key, id);
-      return id;
+      n.lex = 0;
+      n.look = 0.0;
+    } else if (has_lexicon_ && n.lex >= 0) {
+      n.lex = lex_step(n.lex, c);
+      if (n.lex < 0) {
+        n.look = 0.0;
+        n.lm_score += opt_.unk_score;
+      } else {
+        n.look = lex_look_[n.lex];
+      }
     }
     nodes_.push_back(n);
     children_.emplace(key, id);
@@ -234,7 +246,7 @@ class Search {
   double final_lm(int32_t node, int32_t* words) {
     Node n = nodes_[node];
     if (opt_.lm_mode != 2 && n.depth > n.word_start) {
-      check_word(node, n.word_start, true, &n);
+      finish_word(&n);
       score_word(node, n.word_start, n.lm_state, &n);
     }
     if (opt_.lm_mode != 0) {
@@ -296,7 +308,9 @@ class Search {
           for (int n = 1; n <= max_n_; ++n)
             if (h.pg[n] != kNegInf && sg[n] > 0) s.pg[n] = log_add(s.pg[n], h.pg[n] + row[sg[n]]);
         }
+        const bool strict = has_lexicon_ && opt_.unk_score == kNegInf;
         for (int32_t g : cand) {
+          if (strict && leaves_lexicon(h.node, g)) continue;
           const int32_t m = gram_len_[g];
           double src = h.pb;
           for (int n = 1; n <= max_n_; ++n)
@@ -364,8 +378,9 @@ class Search {
   int32_t max_n_;
   bool failed_ = false;
   bool has_lexicon_ = false;
-  std::unordered_map<std::string, double> prefixes_;
-  std::unordered_set<std::string> words_;
+  std::vector<int32_t> lex_next_;  // lexicon trie: (node, char) -> node, -1 none
+  std::vector<char> lex_word_;     // trie node ends a word
+  std::vector<double> lex_look_;   // α · max unigram ln P of the words below the node
   std::vector<int32_t> gram_len_, gram_start_, chars_, suffix_;
   std::unordered_map<uint64_t, int32_t> gram_by_key_;
   std::unordered_map<uint64_t, int32_t> children_;

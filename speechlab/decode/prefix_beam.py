@@ -83,6 +83,7 @@ class KenLMScorer:
         self._kenlm = kenlm
         self.states: list[Any] = []
         self._ids: dict[Any, int] = {}
+        self._cache: dict[tuple[int, str | None], tuple[float, int]] = {}
         begin = kenlm.State()
         self.model.BeginSentenceWrite(begin)
         self._intern(begin)
@@ -100,11 +101,17 @@ class KenLMScorer:
         return i
 
     def score(self, state: int, word: str | None) -> tuple[float, int]:
-        """``(ln P(word | state), next state)``; ``word=None`` scores ``</s>``."""
+        """``(ln P(word | state), next state)``; ``word=None`` scores ``</s>``. Cached (states
+        are interned, so the cache holds across utterances)."""
+        key = (state, word)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         out = self._kenlm.State()
         w = "</s>" if word is None else word
         s = self.model.BaseScore(self.states[state], w, out)
-        return s * LN10, self._intern(out)
+        hit = self._cache[key] = (s * LN10, self._intern(out))
+        return hit
 
     def sentence_score(self, text: str) -> float:
         """``ln P`` of a whole sentence with ``<s>``/``</s>`` (the beam search's LM total)."""
