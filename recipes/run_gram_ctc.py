@@ -116,6 +116,16 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
                                  ["--method", "beam", "--lm", str(lm), "--lm-weight",
                                   str(best["lm_weight"]), "--word-score", str(best["word_score"])],
                                  REPO / exp / "test_beam_lm.json")[0]
+    # the same LM, hypotheses restricted to its words (flashlight's lexicon decoding)
+    dev = decode(ckpt, f"{data}/dev.jsonl", rs, [*grid, "--lexicon", "lm"],
+                 REPO / exp / "dev_lm_lexicon_grid.json")
+    best = min(dev, key=lambda r: (r["wer"], r["cer"]))
+    row["lexicon_lm_weight"], row["lexicon_word_score"] = best["lm_weight"], best["word_score"]
+    row["test_beam_lm_lexicon"] = decode(
+        ckpt, f"{data}/test.jsonl", rs,
+        ["--method", "beam", "--lm", str(lm), "--lexicon", "lm", "--lm-weight",
+         str(best["lm_weight"]), "--word-score", str(best["word_score"])],
+        REPO / exp / "test_beam_lm_lexicon.json")[0]
     results[key] = row
     if cfg.stem.endswith("candidates"):
         refined = exp / "refined.json"
@@ -129,17 +139,20 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
 
 
 def table(results: dict) -> str:
-    lines = ["| recipe | frames/s | train time (steps) | greedy WER / CER | beam WER / CER | "
-             "beam+LM WER / CER (α, β) |", "|---|---|---|---|---|---|"]
+    lines = ["| recipe | frames/s | train wall time (steps) | greedy WER / CER | beam WER / CER | "
+             "beam+LM WER / CER (α, β) | beam+LM+lexicon WER / CER (α, β) |",
+             "|---|---|---|---|---|---|---|"]
     for row in results.values():
         if not isinstance(row, dict) or "test_greedy" not in row:
             continue
         g, b, lm = row["test_greedy"], row["test_beam"], row["test_beam_lm"]
         lines.append(
             f"| `{row['recipe']}` | {g['frames_per_second']:.1f} | {row['train_seconds'] / 60:.1f} min "
-            f"({row['steps']}) | {100 * g['wer']:.1f} / {100 * g['cer']:.1f} | "
+            f"({row.get('best_step', '?')}/{row['steps']}) | {100 * g['wer']:.1f} / {100 * g['cer']:.1f} | "
             f"{100 * b['wer']:.1f} / {100 * b['cer']:.1f} | {100 * lm['wer']:.1f} / "
-            f"{100 * lm['cer']:.1f} ({row['lm_weight']:g}, {row['word_score']:g}) |")
+            f"{100 * lm['cer']:.1f} ({row['lm_weight']:g}, {row['word_score']:g}) | "
+            + (f"{100 * lx['wer']:.1f} / {100 * lx['cer']:.1f} ({row['lexicon_lm_weight']:g}, "
+               f"{row['lexicon_word_score']:g}) |" if (lx := row.get("test_beam_lm_lexicon")) else "– |"))
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ same network outputs once per pair (a grid: tune on dev, then decode test with t
 
   speechlab decode --checkpoint exp/tiny_gram_ctc/checkpoints/best.ckpt --manifest data/tiny/test.jsonl
   speechlab decode --checkpoint C --manifest M --method beam --beam-size 16 \\
-      --lm exp/lm/tiny_3gram.bin --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
+      --lm exp/lm/tiny_3gram.arpa --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
+  speechlab decode ... --lm exp/lm/tiny_3gram.arpa --lexicon lm     # only the LM's words
 
 CTC checkpoints (``CTCTask``) decode as unigram Gram-CTC, which is the same model.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from speechlab.data.speech import SpeechDataModule
-from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch
+from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl
 from speechlab.score import edit_counts
@@ -72,6 +74,20 @@ def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
     return [gram_greedy_decode(lp[None], torch.tensor([lp.shape[0]]), sym)[0] for lp in out.log_probs]
 
 
+def load_lexicon(spec: str | None, lm: str | None) -> list[str] | None:
+    """``None``; ``"lm"``: the words of the ARPA ``lm``; else a file with one word per line."""
+    if spec is None:
+        return None
+    if spec == "lm":
+        if lm is None or not str(lm).endswith(".arpa"):
+            raise ValueError("--lexicon lm needs an ARPA --lm (a binary LM's words cannot be read)")
+        return arpa_words(lm)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such lexicon file")
+    return [w for line in path.read_text(encoding="utf-8").splitlines() for w in line.split()[:1]]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="CTCTask or GramCTCTask checkpoint")
     p.add_argument("--manifest", required=True, help="utterances to decode (with references)")
@@ -84,6 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-unit", choices=("word", "char"), default="word")
     p.add_argument("--lm-weight", type=float, nargs="+", default=[0.5], help="α value(s)")
     p.add_argument("--word-score", type=float, nargs="+", default=[0.0], help="β value(s)")
+    p.add_argument("--lexicon", help="words a hypothesis may use: a file (one word per line) or "
+                   "'lm' (the ARPA LM's words); others cost --unk-score")
+    p.add_argument("--unk-score", type=float, default=-math.inf,
+                   help="penalty of a word outside --lexicon (default -inf: lexicon words only)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
     p.add_argument("--out", help="hypotheses JSONL ({id, ref, hyp}) of the best grid point")
@@ -102,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
         else [(0.0, 0.0)]
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     best_hyps: list[str] = []
+    lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     for alpha, beta in grid:
         t0 = time.perf_counter()
         if args.method == "greedy":
@@ -111,9 +132,10 @@ def main(args: argparse.Namespace) -> int:
             dec = PrefixBeamSearch.from_gramset(
                 model.grams, beam_size=args.beam_size, token_beam=args.token_beam,
                 token_threshold=args.token_threshold, beam_threshold=args.beam_threshold, lm=lm,
-                lm_weight=alpha, word_score=beta)
+                lm_weight=alpha, word_score=beta, lexicon=lexicon, unk_score=args.unk_score)
             hyps = [dec.decode(lp)[0].text for lp in out.log_probs]
             label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")
+            label += " + lexicon" if lexicon else ""
         dt = time.perf_counter() - t0
         w = edit_counts(out.texts, hyps, unit="word")
         c = edit_counts(out.texts, hyps, unit="char")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,9 @@ class GramDecoding:
         lm_unit: ``"word"`` or ``"char"`` LM.
         lm_weight: α (natural-log LM scores).
         word_score: β per word.
+        lexicon: ``"lm"`` (the ARPA LM's words), a file of words, or None: words outside it
+            cost ``unk_score`` (``-inf``: lexicon words only).
+        unk_score: see ``lexicon``.
     """
 
     method: Literal["greedy", "beam"] = "greedy"
@@ -58,6 +62,8 @@ class GramDecoding:
     lm_unit: Literal["word", "char"] = "word"
     lm_weight: float = 0.5
     word_score: float = 0.0
+    lexicon: str | None = None
+    unk_score: float = -math.inf
 
 
 def ctc_weight_at(step: int, weight: float, schedule: str, steps: int) -> float:
@@ -219,12 +225,15 @@ class GramCTCTask(CTCTask):
     def beam_search(self) -> PrefixBeamSearch:
         """The prefix beam search of :attr:`decoding` (built once)."""
         if self._beam is None:
+            from speechlab.tasks.decode_cli import load_lexicon
+
             d = self.decoding
             assert self.grams is not None
             self._beam = PrefixBeamSearch.from_gramset(
                 self.grams, beam_size=d.beam_size, token_beam=d.token_beam,
                 token_threshold=d.token_threshold, beam_threshold=d.beam_threshold, lm=d.lm,
-                lm_weight=d.lm_weight, word_score=d.word_score, lm_unit=d.lm_unit)
+                lm_weight=d.lm_weight, word_score=d.word_score, lm_unit=d.lm_unit,
+                lexicon=load_lexicon(d.lexicon, d.lm), unk_score=d.unk_score)
         return self._beam
 
     def _use_beam(self) -> bool:
