@@ -16,6 +16,8 @@ In paired mode (``paired_clean_manifest`` set; the train manifest holds far-fiel
 
 from __future__ import annotations
 
+import logging
+import zlib
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,23 +32,36 @@ from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmv
 from speechlab.data.manifests import ManifestError, load_cuts
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 
+log = logging.getLogger(__name__)
+
 
 class SpeechBatchDataset(Dataset):
     """Map-style dataset over *batches*: lhotse samplers yield a ``CutSet`` per batch, and
-    ``__getitem__`` turns it into padded feature and target tensors (see module docstring)."""
+    ``__getitem__`` turns it into padded feature and target tensors (see module docstring).
+
+    ``seeded_dither`` (evaluation loaders): the dither noise is drawn from a generator seeded
+    by the cut id, so an utterance's features -- and the WER -- do not depend on which process,
+    rank or RNG state computed them (DDP validation equals single-process validation)."""
 
     def __init__(self, vocab: CharVocab, num_mel_bins: int = 80, dither: float = 1.0,
-                 clean_cuts: dict[str, Cut] | None = None) -> None:
+                 clean_cuts: dict[str, Cut] | None = None, seeded_dither: bool = False) -> None:
         self.vocab = vocab
         self.num_mel_bins = num_mel_bins
         self.dither = dither
         self.clean_cuts = clean_cuts
+        self.seeded_dither = seeded_dither
 
     def features(self, cut: Cut) -> torch.Tensor:
         """``(num_frames, num_mel_bins)`` CMVN log-mel features of a cut's first channel."""
         audio = torch.from_numpy(cut.load_audio()[0])
+        dither = self.dither
+        if self.seeded_dither and dither > 0:
+            # the same noise level as Kaldi's dither (16-bit units), but reproducible per cut
+            gen = torch.Generator().manual_seed(zlib.crc32(cut.id.encode()))
+            audio = audio + torch.randn(audio.shape, generator=gen, dtype=audio.dtype) * (dither / 32768.0)
+            dither = 0.0
         return utterance_cmvn(log_mel_fbank(audio, cut.sampling_rate, self.num_mel_bins,
-                                            dither=self.dither))
+                                            dither=dither))
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
         cuts = list(cuts)
@@ -159,8 +174,10 @@ class SpeechDataModule(pl.LightningDataModule):
                 f"source in {self.hparams.paired_clean_manifest} (e.g. {missing[:5]})")
 
     def _loader(self, sampler) -> DataLoader:
+        train = sampler is self._train_sampler
         dataset = SpeechBatchDataset(self.vocab, self.hparams.num_mel_bins, self.hparams.dither,
-                                     clean_cuts=self._clean_cuts if sampler is self._train_sampler else None)
+                                     clean_cuts=self._clean_cuts if train else None,
+                                     seeded_dither=not train)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
                           persistent_workers=workers > 0)
@@ -178,8 +195,17 @@ class SpeechDataModule(pl.LightningDataModule):
                 cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
                 world_size=_world_size(), rank=_rank())
         if self._pending_sampler_state is not None:
-            self._train_sampler.load_state_dict(self._pending_sampler_state)
-            self._pending_sampler_state = None
+            state, self._pending_sampler_state = self._pending_sampler_state, None
+            saved_world = state.get("world_size", self._train_sampler.world_size)
+            if saved_world == self._train_sampler.world_size:
+                self._train_sampler.load_state_dict(state)
+            else:
+                # lhotse cannot map a mid-epoch position across world sizes (it asserts): resume
+                # a checkpoint saved by N ranks on M != N ranks from the start of its epoch
+                log.warning("checkpoint's train sampler ran on %d ranks, now %d: resuming at the "
+                            "start of epoch %d (its mid-epoch position is dropped)",
+                            saved_world, self._train_sampler.world_size, state.get("epoch", 0))
+                self._train_sampler.set_epoch(state.get("epoch", 0))
         return self._loader(self._train_sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
