@@ -232,3 +232,16 @@ def test_decode_cli_greedy_and_beam(overfit, tmp_path, capsys):
         assert row["cer"] == pytest.approx(cer)
         assert row["frames_per_second"] == pytest.approx(25, abs=1.5)
     assert "frames/s" in capsys.readouterr().out
+
+
+def test_min_frames_hand_computed():
+    """Fewest frames a path needs: a shortest gram segmentation plus a blank between two equal
+    consecutive grams (CTC: characters + repeats)."""
+    from speechlab.tasks.gram_select import min_frames, segment_greedy
+
+    grams = GramSet(CharVocab("ab"), ["a", "b", "ab"])
+    assert min_frames("aab", grams) == 2  # a | ab
+    assert min_frames("abab", grams) == 3  # ab _ ab, or a b ab
+    assert min_frames("aab", GramSet.unigrams(CharVocab("ab"))) == 4  # a _ a b
+    assert min_frames("", grams) == 0
+    assert segment_greedy("abab", grams) == ["ab", "ab"]
