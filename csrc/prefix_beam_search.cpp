@@ -82,11 +82,48 @@ struct Options {
   double unk_score;         // lexicon: added once to a word outside it
 };
 
+// What outlives one utterance (one per decoder object): the LM score cache, keyed by (LM state,
+// word) — the Python side interns LM states, so ids are stable — and the lexicon trie.
+struct Context {
+  std::unordered_map<std::string, std::pair<double, int32_t>> lm_cache;
+  bool has_lexicon = false;
+  uint64_t width = 0;               // num_chars + 1
+  std::vector<int32_t> lex_next;    // lexicon trie: (node, char) -> node, -1 none
+  std::vector<char> lex_word;       // trie node ends a word
+  std::vector<double> lex_look;     // α · max unigram ln P of the words below the node
+
+  void set_lexicon(const int32_t* chars, const int32_t* offsets, int32_t n, const double* lm,
+                   double lm_weight, int32_t num_chars) {
+    has_lexicon = n > 0;
+    width = static_cast<uint64_t>(num_chars) + 1;
+    lex_next.assign(width, -1);
+    lex_word.assign(1, 0);
+    lex_look.assign(1, 0.0);
+    for (int32_t w = 0; w < n; ++w) {
+      const double look = lm ? lm_weight * lm[w] : 0.0;
+      int32_t v = 0;
+      for (int32_t j = offsets[w]; j < offsets[w + 1]; ++j) {
+        const size_t at = static_cast<size_t>(v) * width + chars[j];
+        if (lex_next[at] < 0) {
+          lex_next[at] = static_cast<int32_t>(lex_word.size());
+          lex_word.push_back(0);
+          lex_look.push_back(look);
+          lex_next.resize(lex_next.size() + width, -1);
+        }
+        v = lex_next[at];
+        lex_look[v] = std::max(lex_look[v], look);
+      }
+      lex_word[v] = 1;
+    }
+  }
+};
+
 class Search {
  public:
   Search(const int32_t* gram_chars, const int32_t* gram_offsets, int32_t num_tokens,
-         int32_t num_chars, const Options& opt, lm_fn lm)
-      : num_tokens_(num_tokens), base_(static_cast<uint64_t>(num_chars) + 1), opt_(opt), lm_(lm) {
+         int32_t num_chars, const Options& opt, lm_fn lm, Context& ctx)
+      : num_tokens_(num_tokens), base_(static_cast<uint64_t>(num_chars) + 1), opt_(opt), lm_(lm),
+        ctx_(ctx), has_lexicon_(ctx.has_lexicon && opt.lm_mode != 2) {
     gram_len_.assign(num_tokens, 0);
     gram_start_.assign(num_tokens, 0);
     max_n_ = 1;
@@ -103,38 +140,14 @@ class Search {
     suffix_.resize(8, -1);
   }
 
-  void set_lexicon(const int32_t* chars, const int32_t* offsets, int32_t n, const double* lm) {
-    has_lexicon_ = n > 0;
-    const int32_t width = static_cast<int32_t>(base_);
-    lex_next_.assign(width, -1);
-    lex_word_.assign(1, 0);
-    lex_look_.assign(1, 0.0);
-    for (int32_t w = 0; w < n; ++w) {
-      const double look = lm ? opt_.lm_weight * lm[w] : 0.0;
-      int32_t v = 0;
-      for (int32_t j = offsets[w]; j < offsets[w + 1]; ++j) {
-        int32_t& nxt = lex_next_[static_cast<size_t>(v) * width + chars[j]];
-        if (nxt < 0) {
-          nxt = static_cast<int32_t>(lex_word_.size());
-          lex_word_.push_back(0);
-          lex_look_.push_back(look);
-          lex_next_.resize(lex_next_.size() + width, -1);
-        }
-        v = lex_next_[static_cast<size_t>(v) * width + chars[j]];
-        lex_look_[v] = std::max(lex_look_[v], look);
-      }
-      lex_word_[v] = 1;
-    }
-  }
-
   // lexicon trie node after char c from trie node v (v >= 0); -1 when it leaves the lexicon
   int32_t lex_step(int32_t v, int32_t c) const {
-    return lex_next_[static_cast<size_t>(v) * base_ + c];
+    return ctx_.lex_next[static_cast<size_t>(v) * base_ + c];
   }
 
   // the word ending at a node with trie state v is finished: penalty when not a lexicon word
   void finish_word(Node* n) {
-    if (has_lexicon_ && n->lex > 0 && !lex_word_[n->lex]) n->lm_score += opt_.unk_score;
+    if (has_lexicon_ && n->lex > 0 && !ctx_.lex_word[n->lex]) n->lm_score += opt_.unk_score;
     n->lex = 0;
     n->look = 0.0;
   }
@@ -145,7 +158,7 @@ class Search {
     for (int32_t j = 0; j < gram_len_[g]; ++j) {
       const int32_t c = chars_[gram_start_[g] + j];
       if (c == opt_.space_id) {
-        if (v > 0 && !lex_word_[v]) return true;
+        if (v > 0 && !ctx_.lex_word[v]) return true;
         v = 0;
       } else {
         if (v < 0) return true;
@@ -177,14 +190,14 @@ class Search {
     std::string key(reinterpret_cast<const char*>(&state), sizeof(state));
     if (n >= 0) key.append(reinterpret_cast<const char*>(w), sizeof(int32_t) * n);
     else key.append("$");
-    auto it = lm_cache_.find(key);
-    if (it != lm_cache_.end()) {
+    auto it = ctx_.lm_cache.find(key);
+    if (it != ctx_.lm_cache.end()) {
       *next = it->second.second;
       return it->second.first;
     }
     double s = lm_(state, w, n, next);
     if (std::isnan(s)) failed_ = true;
-    lm_cache_.emplace(std::move(key), std::make_pair(s, *next));
+    if (!std::isnan(s)) ctx_.lm_cache.emplace(std::move(key), std::make_pair(s, *next));
     return s;
   }
 
@@ -219,7 +232,7 @@ class Search {
         n.look = 0.0;
         n.lm_score += opt_.unk_score;
       } else {
-        n.look = lex_look_[n.lex];
+        n.look = ctx_.lex_look[n.lex];
       }
     }
     nodes_.push_back(n);
@@ -377,14 +390,11 @@ class Search {
   lm_fn lm_;
   int32_t max_n_;
   bool failed_ = false;
-  bool has_lexicon_ = false;
-  std::vector<int32_t> lex_next_;  // lexicon trie: (node, char) -> node, -1 none
-  std::vector<char> lex_word_;     // trie node ends a word
-  std::vector<double> lex_look_;   // α · max unigram ln P of the words below the node
+  Context& ctx_;
+  bool has_lexicon_;
   std::vector<int32_t> gram_len_, gram_start_, chars_, suffix_;
   std::unordered_map<uint64_t, int32_t> gram_by_key_;
   std::unordered_map<uint64_t, int32_t> children_;
-  std::unordered_map<std::string, std::pair<double, int32_t>> lm_cache_;
   std::vector<Node> nodes_;
   std::vector<Hyp> beam_;
 };
@@ -393,13 +403,24 @@ class Search {
 
 extern "C" {
 
+// A decoding context: the lexicon (words as char ids, concatenated, offsets (n + 1,); lm: (n,)
+// unigram ln P of each word for the look-ahead, or null) and an empty LM cache. Free it with
+// slpbs_context_free. The LM cache is only valid for one LM scorer (its interned state ids).
+void* slpbs_context_new(const int32_t* lex_chars, const int32_t* lex_offsets, int32_t lex_words,
+                        const double* lex_lm, double lm_weight, int32_t num_chars) {
+  Context* ctx = new Context();
+  if (lex_words > 0) ctx->set_lexicon(lex_chars, lex_offsets, lex_words, lex_lm, lm_weight, num_chars);
+  return ctx;
+}
+
+void slpbs_context_free(void* ctx) { delete static_cast<Context*>(ctx); }
+
 // Decode one utterance.
 //   log_probs    (T, V) float32, row-major; V = 1 + number of grams (blank = 0)
 //   gram_chars   char ids of every gram, concatenated; gram g = gram_chars[off[g]:off[g+1]]
 //   gram_offsets (V + 1,); off[0] = off[1] = 0 (the blank has no chars)
-//   lex_*        optional lexicon (word mode): words as char ids, concatenated, with offsets
-//                (lex_words + 1,); unk_score is added once to a word outside it; lex_lm
-//                (lex_words,) unigram ln P of each word for the look-ahead, or null
+//   context      from slpbs_context_new (LM cache and lexicon kept across calls) or null;
+//                unk_score is added once to a word outside the context's lexicon
 //   nbest        hypotheses wanted; out_chars (nbest, max_len), out_lens/out_words (nbest,),
 //                out_scores (nbest, 3): total, acoustic (ln), LM part (α·ln P + β·words)
 // Returns the number of hypotheses written, -1 when the LM callback failed, -2 bad arguments.
@@ -407,8 +428,7 @@ int32_t slpbs_decode(const float* log_probs, int32_t T, int32_t V, const int32_t
                      const int32_t* gram_offsets, int32_t num_chars, int32_t beam_size,
                      int32_t token_beam, double token_threshold, double beam_threshold,
                      double lm_weight, double word_score, int32_t lm_mode, int32_t space_id,
-                     lm_fn lm, const int32_t* lex_chars, const int32_t* lex_offsets,
-                     int32_t lex_words, const double* lex_lm, double unk_score, int32_t nbest, int32_t max_len,
+                     lm_fn lm, void* context, double unk_score, int32_t nbest, int32_t max_len,
                      int32_t* out_chars, int32_t* out_lens, int32_t* out_words,
                      double* out_scores) {
   if (T < 0 || V < 1 || beam_size < 1 || nbest < 1 || (lm_mode != 0 && lm == nullptr)) return -2;
@@ -418,8 +438,9 @@ int32_t slpbs_decode(const float* log_probs, int32_t T, int32_t V, const int32_t
   }
   Options opt{beam_size, token_beam, token_threshold, beam_threshold, lm_weight, word_score,
               lm_mode, space_id, unk_score};
-  Search s(gram_chars, gram_offsets, V, num_chars, opt, lm);
-  if (lex_words > 0 && lm_mode != 2) s.set_lexicon(lex_chars, lex_offsets, lex_words, lex_lm);
+  Context local;
+  Context& ctx = context ? *static_cast<Context*>(context) : local;
+  Search s(gram_chars, gram_offsets, V, num_chars, opt, lm, ctx);
   s.run(log_probs, T, V);
   if (s.failed()) return -1;
   auto fin = s.finals();

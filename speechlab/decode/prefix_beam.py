@@ -148,9 +148,13 @@ def _load_library() -> ctypes.CDLL | None:
     f = lib.slpbs_decode
     i32, dbl = ctypes.c_int32, ctypes.c_double
     p = ctypes.c_void_p
-    f.argtypes = [p, i32, i32, p, p, i32, i32, i32, dbl, dbl, dbl, dbl, i32, i32, _LM_FN, p, p, i32,
-                  p, dbl, i32, i32, p, p, p, p]
+    f.argtypes = [p, i32, i32, p, p, i32, i32, i32, dbl, dbl, dbl, dbl, i32, i32, _LM_FN, p, dbl,
+                  i32, i32, p, p, p, p]
     f.restype = i32
+    lib.slpbs_context_new.argtypes = [p, p, i32, p, dbl, i32]
+    lib.slpbs_context_new.restype = p
+    lib.slpbs_context_free.argtypes = [p]
+    lib.slpbs_context_free.restype = None
     return lib
 
 
@@ -236,6 +240,7 @@ class PrefixBeamSearch:
         self.backend = "native" if backend != "python" and native_available() else "python"
         self._error: BaseException | None = None
         self._callback = _LM_FN(self._lm_callback)
+        self._context: int | None = None
 
     @classmethod
     def from_gramset(cls, grams: Any, **kwargs: Any) -> PrefixBeamSearch:
@@ -294,6 +299,23 @@ class PrefixBeamSearch:
         lp = log_probs.detach().float().cpu()
         return [self.decode(lp[b, : lens[b]])[0].text for b in range(lp.shape[0])]
 
+    def _native_context(self) -> int:
+        """The C++ context (lexicon trie, LM cache across utterances), made on first use."""
+        if self._context is None:
+            assert isinstance(_LIB, ctypes.CDLL)
+            lex = self.lexicon if self._lm_mode() != 2 else []
+            self._context = _LIB.slpbs_context_new(
+                self._lex_chars.ctypes.data, self._lex_offsets.ctypes.data, len(lex),
+                None if self._lex_lm is None else self._lex_lm.ctypes.data,
+                float(self.lm_weight), len(self.chars))
+        return self._context
+
+    def __del__(self) -> None:
+        ctx = getattr(self, "_context", None)
+        if ctx is not None and isinstance(_LIB, ctypes.CDLL):
+            _LIB.slpbs_context_free(ctx)
+            self._context = None
+
     def _decode_native(self, lp: np.ndarray, nbest: int) -> list[BeamHypothesis]:
         assert isinstance(_LIB, ctypes.CDLL)
         t, v = lp.shape
@@ -307,10 +329,8 @@ class PrefixBeamSearch:
             lp.ctypes.data, t, v, self._gram_chars.ctypes.data, self._gram_offsets.ctypes.data,
             len(self.chars), self.beam_size, self.token_beam, float(self.token_threshold),
             float(self.beam_threshold), float(self.lm_weight), float(self.word_score),
-            self._lm_mode(), self.space_id, self._callback, self._lex_chars.ctypes.data,
-            self._lex_offsets.ctypes.data, len(self.lexicon),
-            None if self._lex_lm is None else self._lex_lm.ctypes.data, float(self.unk_score),
-            nbest, max_len,
+            self._lm_mode(), self.space_id, self._callback, self._native_context(),
+            float(self.unk_score), nbest, max_len,
             out_chars.ctypes.data,
             out_lens.ctypes.data, out_words.ctypes.data, out_scores.ctypes.data)
         if k == -1:
