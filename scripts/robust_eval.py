@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, default=Path("data/robust/test"))
     parser.add_argument("--out", type=Path, default=Path("exp/robust_eval"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the summaries here (docs/robust_results.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -52,6 +57,11 @@ def main() -> None:
             + "\nembedding distance to the clean view: relative L1 / cosine\n\n"
             + distance_table(results))
     (args.out / "tables.md").write_text(text)
+    if args.json is not None:
+        meta = {"command": "python scripts/robust_eval.py " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), "
+                           f"torch {torch.__version__}, {args.threads} thread(s)"}
+        args.json.write_text(json.dumps({"meta": meta, "models": results}, indent=1) + "\n")
     print(text)
 
 

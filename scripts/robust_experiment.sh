@@ -13,9 +13,13 @@ for cfg in $CONFIGS; do
   speechlab fit --config "recipes/tiny/robust_$cfg.yaml" --trainer.enable_progress_bar=false
   echo "$cfg: trained in $(( $(date +%s) - start )) s" | tee -a exp/robust_times.txt
 done
+# the study also reports the first GAN run (lambda_adv 0.1, embeddings collapsed), reproduced by
+#   speechlab fit --config recipes/tiny/robust_gan.yaml --model.init_args.lambda_adv=0.1
+#   mv exp/tiny_robust_gan exp/tiny_robust_gan_lambda0.1
 CKPTS=()   # every configuration trained so far (a rerun of some keeps the others)
-for cfg in clean augment l1 gan; do
+for cfg in clean augment l1 gan gan_lambda0.1; do
   ckpt=exp/tiny_robust_$cfg/checkpoints/last.ckpt
   [[ -f $ckpt ]] && CKPTS+=("$cfg=$ckpt")
 done
-python scripts/robust_eval.py --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}"
+python scripts/robust_eval.py --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}" \
+  --json docs/robust_results.json
