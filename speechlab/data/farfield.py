@@ -451,7 +451,7 @@ def _output_row(entry: Entry, wav: Path, out_dir: Path, duration: float,
 
 def read_manifest(path: str | Path) -> list[Entry]:
     """Entries of a NeMo-style JSONL manifest; errors name the manifest, line and reason. An
-    entry without ``"id"`` is named after its audio path (relative, without extension)."""
+    entry without ``"id"`` is named after its audio file's stem, as ``load_cuts`` names it."""
     from speechlab.data.audio import audio_info
 
     path = Path(path)
@@ -476,7 +476,8 @@ def read_manifest(path: str | Path) -> list[Entry]:
         audio = Path(os.path.abspath(audio if audio.is_absolute() else path.parent / audio))
         if not audio.is_file():
             raise ValueError(f"{path}: line {lineno}: {audio}: audio file not found")
-        clean_id = str(row.get("id") or Path(row["audio_filepath"]).with_suffix("").as_posix())
+        # the id load_cuts gives such an entry (file stem), so clean_id links to the clean cut
+        clean_id = str(row.get("id") or Path(row["audio_filepath"]).stem)
         if clean_id in seen:
             raise ValueError(f"{path}: line {lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
         seen[clean_id] = lineno
