@@ -209,8 +209,14 @@ class SpeechDataModule(pl.LightningDataModule):
         return self._loader(self._train_sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        sampler = DynamicCutSampler(self._cuts[split], max_duration=self.hparams.max_duration,
-                                    shuffle=False, world_size=_world_size(), rank=_rank())
+        cuts, world, rank = self._cuts[split], _world_size(), _rank()
+        if world > 1:
+            # every cut on exactly one rank: lhotse's own split duplicates cuts when its last
+            # round has fewer than world_size of them, and the summed WER counts would count
+            # those twice (ranks may get unequal numbers of eval batches: no step collectives)
+            cuts = CutSet.from_cuts(c for i, c in enumerate(cuts) if i % world == rank)
+        sampler = DynamicCutSampler(cuts, max_duration=self.hparams.max_duration, shuffle=False,
+                                    world_size=1, rank=0)  # the shard is this rank's already
         return self._loader(sampler)
 
     def val_dataloader(self) -> DataLoader:
