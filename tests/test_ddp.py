@@ -23,7 +23,15 @@ def _bench():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks(tiny_corpus, tmp_path):
-    data = tiny_corpus["train"].parent
+    # dev = all 12 utterances (the corpus's own dev split has fewer cuts than ranks)
+    corpus = tiny_corpus["train"].parent
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, source in (("train", "train"), ("dev", "all")):
+        rows = [json.loads(line) for line in tiny_corpus[source].read_text().splitlines() if line]
+        for row in rows:
+            row["audio_filepath"] = str((corpus / row["audio_filepath"]).resolve())
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     rc = _bench().main(["--out", str(out), "--data", str(data), "--recipes", "gram_ctc",
                         "--accelerator", "cpu", "--devices", "2", "--precision", "32",
