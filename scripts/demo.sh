@@ -4,6 +4,9 @@ set -euo pipefail
 DATA=${1:-data/tiny}
 N=${2:-1800}
 EXP=exp/tiny_ctc
+# one torch thread for training, the data worker on the other core: on 2 cores two OpenMP
+# threads per process oversubscribe the CPU (3x slower steps measured under load)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 start=$(date +%s)
 echo "== 1/3 synthesizing $N utterances with espeak-ng into $DATA (resumes if present)"
 speechlab data synth --out "$DATA" --utterances "$N" --seed 0
