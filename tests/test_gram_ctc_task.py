@@ -245,3 +245,27 @@ def test_min_frames_hand_computed():
     assert min_frames("aab", GramSet.unigrams(CharVocab("ab"))) == 4  # a _ a b
     assert min_frames("", grams) == 0
     assert segment_greedy("abab", grams) == ["ab", "ab"]
+
+
+def test_speechlab_test_decodes_with_the_beam_search(overfit, tmp_path):
+    """With ``decoding.method: beam`` the task's test loop writes the prefix beam search's
+    transcripts (and validation stays greedy)."""
+    from speechlab.decode.prefix_beam import PrefixBeamSearch
+    from speechlab.tasks.gram_ctc import GramDecoding
+
+    task = load_gram_ctc(overfit["ckpt"])
+    task.decoding = GramDecoding(method="beam", beam_size=4)
+    task.hparams.output_dir = str(tmp_path)
+    dm = SpeechDataModule(test_manifest=str(overfit["manifest"]), num_workers=0, dither=0.0,
+                          output_frame_rate=None)
+    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+               enable_model_summary=False).test(task, datamodule=dm)
+    rows = {r["id"]: r["hyp"] for r in map(json.loads, (tmp_path / "hyps.jsonl").read_text().splitlines())}
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        lp, lens = task.eval()(batch["features"], batch["feature_lens"])
+    beam = PrefixBeamSearch.from_gramset(task.grams, beam_size=4, token_threshold=12.0,
+                                         beam_threshold=30.0)
+    assert rows == dict(zip(batch["ids"], beam.decode_batch(lp, lens), strict=True))
+    assert task._use_beam() is False  # attached to a trainer that is not testing: greedy
