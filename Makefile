@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check speechlab tests bench
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+# One OpenMP thread per process: CI has 2 cores, and tests start data workers and subprocesses;
+# two threads each oversubscribe the CPU (steps measured 3x slower under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPEECHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
