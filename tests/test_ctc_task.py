@@ -21,14 +21,15 @@ def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
     manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
     dm = SpeechDataModule(str(manifest), str(manifest), max_duration=100,
                           num_workers=0, dither=0.0)
-    task = CTCTask(encoder=SpeechEncoderConfig(hidden_size=96, dropout=0.0), spec_augment=False,
-                   lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=250,
+    task = CTCTask(encoder=SpeechEncoderConfig(rnn_type="gru", hidden_size=128, dropout=0.0), spec_augment=False,
+                   lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=300,
                    output_dir=str(tmp_path / "out"))
-    trainer = pl.Trainer(max_steps=250, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, check_val_every_n_epoch=1000,
                          gradient_clip_val=2.0, use_distributed_sampler=False, num_sanity_val_steps=0)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.val_dataloader()))  # all six utterances in one batch
+    assert len(batch["ids"]) == 6
     task.eval()
     with torch.no_grad():
         loss_before = task.compute_loss(batch).item()
