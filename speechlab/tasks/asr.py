@@ -33,6 +33,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str, Any]:
+    """The optimizer set-up every speechlab task uses: AdamW (``hparams.lr``,
+    ``hparams.weight_decay``) with :func:`warmup_cosine` stepped per batch over
+    ``hparams.total_steps`` (default ``trainer.max_steps``; constant after warm-up if neither)."""
+    hp = module.hparams
+    opt = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    max_steps = module.trainer.max_steps
+    total = hp.get("total_steps") or (max_steps if max_steps > 0 else None)
+    if total is None:
+        log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
+                    "after warm-up")
+        total = 10**12
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class ASRTask(pl.LightningModule):
     """Base of the ASR tasks (not used directly in recipes).
 
@@ -149,16 +166,7 @@ class ASRTask(pl.LightningModule):
         return list(self.parameters())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        opt = torch.optim.AdamW(self.asr_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
-        if total is None:
-            log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
-                        "after warm-up")
-            total = 10**12
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.asr_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()

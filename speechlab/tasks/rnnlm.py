@@ -24,7 +24,7 @@ from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.asr import warmup_cosine
+from speechlab.tasks.asr import adamw_warmup_cosine
 
 Vocab = CharVocab | SentencePieceVocab
 
@@ -117,12 +117,7 @@ class RNNLMTask(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10**12)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()

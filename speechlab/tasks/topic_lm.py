@@ -32,7 +32,7 @@ from speechlab.io import atomic_write_text
 from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
-from speechlab.tasks.asr import warmup_cosine
+from speechlab.tasks.asr import adamw_warmup_cosine
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
@@ -275,15 +275,7 @@ class TopicLMTask(pl.LightningModule):
 
     # -- optimization and checkpoints --------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else None)
-        if total is None:
-            log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
-                        "after warm-up")
-            total = 10**12
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, hp.warmup_steps, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lm_vocab is not None:
