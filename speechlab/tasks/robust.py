@@ -31,6 +31,12 @@ through ``LightningOptimizer.step``, so ``trainer.global_step`` — and with it 
 learning-rate schedule and checkpoint intervals — counts encoder updates only, the same in every
 mode. Gradient clipping of the encoder/head is done here (``grad_clip``): Lightning's
 ``trainer.gradient_clip_val`` does not apply to manual optimization, and recipes must not set it.
+
+Mixed precision (``precision: bf16-mixed``): the encoder runs under autocast, but the critic,
+its Wasserstein estimate and gradient penalty, the encoder's adversarial loss and the L1 distance
+are computed in float32 with autocast off (embeddings cast up). The critic is small, and the
+penalty differentiates its input gradient, which bf16 would round to 8 bits. bf16 needs no
+gradient scaling, so the manual steps are the same at every precision.
 """
 
 from __future__ import annotations
@@ -161,11 +167,23 @@ class RobustASRTask(CTCTask):
         """Critic loss terms on detached ``(B, T', D)`` embeddings: ``loss`` (= −W +
         gp_weight·GP), ``wasserstein`` (W) and ``gp``."""
         assert self.critic is not None
-        clean, noisy = clean.detach(), noisy.detach()
-        neg_w, w = wasserstein_critic_loss(self.critic(clean, clean_lens),
-                                           self.critic(noisy, noisy_lens))
-        gp = gradient_penalty(self.critic, clean, noisy, torch.maximum(clean_lens, noisy_lens))
+        clean, noisy = clean.detach().float(), noisy.detach().float()
+        with self.fp32():
+            neg_w, w = wasserstein_critic_loss(self.critic(clean, clean_lens),
+                                               self.critic(noisy, noisy_lens))
+            gp = gradient_penalty(self.critic, clean, noisy, torch.maximum(clean_lens, noisy_lens))
         return {"loss": neg_w + self.hparams.gp_weight * gp, "wasserstein": w, "gp": gp}
+
+    def adversarial_loss(self, noisy: torch.Tensor, noisy_lens: torch.Tensor) -> torch.Tensor:
+        """The encoder's adversarial loss ``−mean f(e(x̃))`` on far-field embeddings
+        ``(B, T', D)`` (float32; gradients flow into the encoder)."""
+        assert self.critic is not None
+        with self.fp32():
+            return generator_loss(self.critic(noisy.float(), noisy_lens))
+
+    def fp32(self) -> torch.autocast:
+        """Autocast off on this task's device: the critic and the penalties run in float32."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def critic_step(self, optimizer: Any, clean: torch.Tensor, clean_lens: torch.Tensor,
                     noisy: torch.Tensor, noisy_lens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -191,7 +209,8 @@ class RobustASRTask(CTCTask):
         noisy, noisy_lens, clean, clean_lens = self.encode_pair(batch)
         ctc_noisy = self.ctc_loss(noisy, noisy_lens, targets, target_lens)
         ctc_clean = self.ctc_loss(clean, clean_lens, targets, target_lens)
-        l1 = masked_l1_distance(clean.detach(), noisy, torch.minimum(clean_lens, noisy_lens))
+        l1 = masked_l1_distance(clean.detach().float(), noisy.float(),  # summed in fp32
+                                torch.minimum(clean_lens, noisy_lens))
         out = {"ctc_noisy": ctc_noisy, "ctc_clean": ctc_clean, "l1": l1,
                "emb": (noisy, noisy_lens, clean, clean_lens)}
         loss = ctc_noisy + ctc_clean
@@ -215,7 +234,7 @@ class RobustASRTask(CTCTask):
                            stats["wasserstein"], "train/gp": stats["gp"]}, batch_size=n)
         with self.toggled_optimizer(enc_opt):  # the critic's parameters get no gradient
             if critic_opt is not None:
-                out["adv"] = generator_loss(self.critic(noisy, noisy_lens))
+                out["adv"] = self.adversarial_loss(noisy, noisy_lens)
                 out["loss"] = out["loss"] + self.penalty_scale() * hp.lambda_adv * out["adv"]
             enc_opt.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])
