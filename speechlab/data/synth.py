@@ -270,15 +270,15 @@ def run_parallel(
 ) -> Iterator[Any]:
     """Run ``fn`` over ``tasks`` in a pool of ``jobs`` processes, yielding results as they
     finish (in-process, without ``initializer``, when ``jobs <= 1`` or there is at most one
-    task), with a tqdm bar over ``total`` items of which ``initial`` are already done.
+    task), with a progress bar (:func:`speechlab.progress.progress`: tqdm on a terminal, a line
+    every 30 s in a log) over ``total`` items of which ``initial`` are already done.
 
     The pool uses the ``spawn`` start method: forking a process that holds torch's or tqdm's
     threads is unsafe. A script that calls this must guard its entry point with
     ``if __name__ == "__main__":``."""
-    from tqdm import tqdm
+    from speechlab.progress import progress as progress_bar
 
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="utt", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=initial, desc=desc, unit="utt", disable=not progress)
     try:
         if jobs <= 1 or len(tasks) <= 1:
             for task in tasks:

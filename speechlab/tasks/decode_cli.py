@@ -26,6 +26,7 @@ from speechlab.data.speech import SpeechDataModule
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl
+from speechlab.progress import progress
 from speechlab.score import edit_counts
 from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
 
@@ -56,7 +57,8 @@ def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
     ids, texts, lps = [], [], []
     seconds, net = 0.0, 0.0
     model.eval()
-    with torch.inference_mode():
+    bar = progress(total=len(dm.cuts("test")), desc="network", unit="utt")
+    with torch.inference_mode(), bar:
         for batch in dm.test_dataloader():
             t0 = time.perf_counter()
             lp, lens = model(batch["features"], batch["feature_lens"])
@@ -65,6 +67,7 @@ def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
             ids += batch["ids"]
             texts += batch["texts"]
             lps += [lp[b, : int(lens[b])].clone() for b in range(lp.shape[0])]
+            bar.update(len(batch["ids"]))
     return Outputs(ids, texts, lps, seconds, net)
 
 
@@ -133,7 +136,8 @@ def main(args: argparse.Namespace) -> int:
                 model.grams, beam_size=args.beam_size, token_beam=args.token_beam,
                 token_threshold=args.token_threshold, beam_threshold=args.beam_threshold, lm=lm,
                 lm_weight=alpha, word_score=beta, lexicon=lexicon, unk_score=args.unk_score)
-            hyps = [dec.decode(lp)[0].text for lp in out.log_probs]
+            hyps = [dec.decode(lp)[0].text
+                    for lp in progress(out.log_probs, desc="beam search", unit="utt")]
             label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")
             label += " + lexicon" if lexicon else ""
         dt = time.perf_counter() - t0
