@@ -1,9 +1,12 @@
 """Training/evaluation glue shared by the speech recognition tasks.
 
 :class:`ASRTask` owns what every ASR task does the same way: the optimizer and learning-rate
-schedule, WER/CER from summed edit counts on validation and test, and the hypotheses file that
-``speechlab test`` writes. A subclass defines ``compute_loss(batch)`` and
-``transcribe(batch) -> list[str]``.
+schedule, WER/CER from summed edit counts on validation and test, the hypotheses file that
+``speechlab test`` writes, and what goes to TensorBoard besides the scalars: the total gradient
+norm before clipping (``train/grad_norm``, :func:`log_grad_norm`) and, at every validation, the
+reference and hypothesis of the first dev utterances (``val/samples``, text) and their audio
+(``val/audio/<i>``, at the first validation of a fit). A subclass defines
+``compute_loss(batch)`` and ``transcribe(batch) -> list[str]``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def log_grad_norm(module: pl.LightningModule, parameters: Any = None,
+                  name: str = "train/grad_norm") -> torch.Tensor:
+    """Log (and return) the total L2 norm of the gradients of ``parameters`` (default all of
+    ``module``'s). Called from ``on_before_optimizer_step``, which Lightning runs before it clips
+    gradients, it is the norm before clipping; manual-optimization tasks call it before their
+    own ``clip_gradients``."""
+    params = module.parameters() if parameters is None else parameters
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    module.log(name, norm.detach().float(), on_step=True, on_epoch=False)
+    return norm
 
 
 def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str, Any]:
@@ -63,6 +79,10 @@ class ASRTask(pl.LightningModule):
             folder.
     """
 
+    #: dev utterances (the first of the first validation batch) whose reference and hypothesis
+    #: (every validation) and audio (first validation) go to a TensorBoard logger; 0: none
+    logged_samples: int = 4
+
     def __init__(self, vocab: str, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
                  output_dir: str | None = None) -> None:
@@ -72,6 +92,7 @@ class ASRTask(pl.LightningModule):
             f"{split}_{unit}": ErrorRate(unit) for split in ("val", "test") for unit in ("word", "char")
         })
         self._test_rows: list[dict[str, str]] = []
+        self._audio_logged = False
 
     # -- subclass API ---------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -117,7 +138,54 @@ class ASRTask(pl.LightningModule):
         return hyps
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        hyps = self._evaluate(batch, "val")
+        if batch_idx == 0:
+            self.log_samples(batch, hyps)
+
+    def on_fit_start(self) -> None:
+        self._audio_logged = False
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.automatic_optimization:  # manual optimization logs its own (before clipping)
+            log_grad_norm(self)
+
+    def log_samples(self, batch: dict[str, Any], hyps: list[str]) -> None:
+        """Reference vs hypothesis of the batch's first :attr:`logged_samples` utterances as a
+        markdown table (``val/samples``), and their audio (``val/audio/<i>``, once per fit;
+        read from the datamodule's dev cuts), to every logger with ``add_text``/``add_audio``
+        (TensorBoard). Global rank 0 only; not during the sanity check."""
+        n = min(self.logged_samples, len(hyps))
+        if n == 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        writers = [lg.experiment for lg in self.loggers
+                   if callable(getattr(getattr(lg, "experiment", None), "add_text", None))]
+        if not writers:
+            return
+        step = self.global_step
+        rows = ["| # | id | reference | hypothesis |", "|---|---|---|---|"]
+        rows += [f"| {i} | {batch['ids'][i]} | {batch['texts'][i]} | {hyps[i]} |" for i in range(n)]
+        audio = [] if self._audio_logged else self._sample_audio(batch["ids"][:n])
+        for w in writers:
+            w.add_text("val/samples", "\n".join(rows), global_step=step)
+            for i, (wave, rate) in enumerate(audio):
+                if callable(getattr(w, "add_audio", None)):
+                    w.add_audio(f"val/audio/{i}", wave, global_step=step, sample_rate=rate)
+        self._audio_logged = self._audio_logged or bool(audio)
+
+    def _sample_audio(self, ids: list[str]) -> list[tuple[torch.Tensor, int]]:
+        """``(samples (1, L) float32 in [-1, 1], sample rate)`` of dev cuts by id; empty without
+        a datamodule that has them (dataloaders passed directly)."""
+        cuts = getattr(getattr(self.trainer, "datamodule", None), "cuts", None)
+        try:
+            by_id = {c.id: c for c in cuts("dev")} if callable(cuts) else {}
+        except KeyError:
+            return []
+        out = []
+        for i in ids:
+            if i in by_id:
+                wave = torch.from_numpy(by_id[i].load_audio()[:1]).float().clamp(-1, 1)
+                out.append((wave, int(by_id[i].sampling_rate)))
+        return out
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hyps = self._evaluate(batch, "test")

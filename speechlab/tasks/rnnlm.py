@@ -24,7 +24,7 @@ from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.asr import adamw_warmup_cosine
+from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
 
 Vocab = CharVocab | SentencePieceVocab
 
@@ -118,6 +118,9 @@ class RNNLMTask(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, self.parameters())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        log_grad_norm(self)  # before Lightning clips
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()

@@ -31,6 +31,8 @@ through ``LightningOptimizer.step``, so ``trainer.global_step`` — and with it 
 learning-rate schedule and checkpoint intervals — counts encoder updates only, the same in every
 mode. Gradient clipping of the encoder/head is done here (``grad_clip``): Lightning's
 ``trainer.gradient_clip_val`` does not apply to manual optimization, and recipes must not set it.
+The gradient norms before clipping are logged here too: ``train/grad_norm`` (encoder/head) and
+``train/critic_grad_norm`` (the last critic update of the step).
 
 Mixed precision (``precision: bf16-mixed``): the encoder runs under autocast, but the critic,
 its Wasserstein estimate and gradient penalty, the encoder's adversarial loss and the L1 distance
@@ -56,6 +58,7 @@ from speechlab.functional.adversarial import (
 )
 from speechlab.nn.critic import CriticConfig, SequenceCritic
 from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.tasks.asr import log_grad_norm
 from speechlab.tasks.ctc import CTCTask
 
 log = logging.getLogger("speechlab.tasks")
@@ -193,6 +196,7 @@ class RobustASRTask(CTCTask):
             optimizer.zero_grad(set_to_none=True)
             out = self.critic_losses(clean, clean_lens, noisy, noisy_lens)
             self.manual_backward(out["loss"])
+            log_grad_norm(self, self.critic.parameters(), "train/critic_grad_norm")
             self._inner_step(optimizer)
         return {k: v.detach() for k, v in out.items()}
 
@@ -238,6 +242,7 @@ class RobustASRTask(CTCTask):
                 out["loss"] = out["loss"] + self.penalty_scale() * hp.lambda_adv * out["adv"]
             enc_opt.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])
+            log_grad_norm(self, self.asr_parameters())
             if hp.grad_clip:
                 self.clip_gradients(enc_opt, gradient_clip_val=hp.grad_clip,
                                     gradient_clip_algorithm="norm")

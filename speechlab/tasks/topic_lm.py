@@ -32,7 +32,7 @@ from speechlab.io import atomic_write_text
 from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
-from speechlab.tasks.asr import adamw_warmup_cosine
+from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
@@ -229,6 +229,9 @@ class TopicLMTask(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        log_grad_norm(self)  # before Lightning clips
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
