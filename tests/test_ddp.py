@@ -1,17 +1,32 @@
-"""Two CPU processes (DDP, gloo) on the tiny corpus, through bench/ddp.py: the ranks train on
-different utterances (lhotse's rank-aware sampler), their validation ids partition the dev set,
-and the validation WER/CER reduced over the ranks (summed counts) equal a single process's
-on the same checkpoint. The GPU run of the same script is in docs/ddp.md."""
+"""Two CPU processes (DDP, gloo) on the tiny corpus.
+
+Fast (default suite): ``torchrun`` launches ``tests/ddp_worker.py`` on 2 ranks, as a user
+launches a recipe; Lightning takes the torchrun environment. The ranks train on different
+utterances at every step (lhotse's rank-aware sampler), their validation ids partition the dev
+set, and the WER/CER Lightning logs equal the single-process value of the whole dev set computed
+here from summed counts (the transcripts are a fixed function of the reference, so the expected
+value is known and differs from the mean of the per-rank rates).
+
+Slow: the same through bench/ddp.py and the tiny Gram-CTC recipe, with the DDP validation
+counts compared to a one-process validation of the same checkpoint. The GPU run of that script
+is in docs/ddp.md."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from ddp_worker import fake_hypothesis
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "ddp.py"
+from speechlab.score import edit_counts
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench" / "ddp.py"
 
 
 def _bench():
@@ -44,3 +59,55 @@ def test_ddp_two_cpu_ranks(tiny_corpus, tmp_path):
     assert res["wer_equal"]["ok"], res["wer_equal"]
     assert res["wer_equal"]["val_word"]["ddp"][1] > 0
     assert rc == 0
+
+
+def _absolute(manifest: Path, out: Path) -> Path:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line]
+    for row in rows:
+        row["audio_filepath"] = str((manifest.parent / row["audio_filepath"]).resolve())
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_ddp_two_gloo_ranks_under_torchrun(tiny_corpus, tmp_path):
+    train = _absolute(tiny_corpus["train"], tmp_path / "train.jsonl")
+    dev = _absolute(tiny_corpus["all"], tmp_path / "dev.jsonl")  # 12 cuts: both ranks get some
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), str(train), str(dev)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    # Lightning ran as rank 0/1 of a torchrun world of 2, over gloo
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert {r["cluster_environment"] for r in ranks} == {"TorchElasticEnvironment"}
+    assert {r["backend"] for r in ranks} == {"gloo"}
+
+    # training: the same number of steps, never an utterance on both ranks
+    steps = [r["train_steps"] for r in ranks]
+    assert len(steps[0]) == len(steps[1]) == 2, steps
+    for a, b in zip(*steps, strict=True):
+        assert a and b and not set(a) & set(b), (a, b)
+
+    # validation: every dev utterance on exactly one rank
+    dev_rows = [json.loads(line) for line in dev.read_text().splitlines() if line]
+    val = [r["val_ids"] for r in ranks]
+    assert val[0] and val[1] and not set(val[0]) & set(val[1])
+    assert sorted(val[0] + val[1]) == sorted(row["id"] for row in dev_rows)
+
+    # the logged WER/CER: summed counts of the whole dev set, computed here in one process
+    refs = [row["text"] for row in dev_rows]
+    hyps = [fake_hypothesis(t) for t in refs]
+    for unit, key in (("word", "val/wer"), ("char", "val/cer")):
+        whole = edit_counts(refs, hyps, unit=unit)
+        expected = whole.errors / whole.ref_len
+        local = [r["local_counts"][unit] for r in ranks]
+        assert [sum(c[0] for c in local), sum(c[1] for c in local)] == [whole.errors, whole.ref_len]
+        mean_of_rates = sum(e / n for e, n in local) / 2
+        # the logged float32 rate is within 1e-7 of the pooled one; the mean of the two ranks'
+        # rates is not (the check can tell a sum of counts from a mean of rates)
+        assert abs(mean_of_rates - expected) > 1e-5, (mean_of_rates, expected)
+        for r in ranks:
+            assert r["logged"][key] == pytest.approx(expected, abs=1e-6), (unit, r["logged"], expected)

@@ -1,0 +1,94 @@
+"""One rank of the fast two-process DDP test (``tests/test_ddp.py``), launched by ``torchrun``
+exactly as a user would launch a recipe: Lightning finds the torchrun environment (``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ...), joins its process group (gloo on the CPU) and does not
+start processes of its own.
+
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT TRAIN DEV``
+
+A tiny :class:`~speechlab.tasks.ctc.CTCTask` fits 2 steps with ``strategy="ddp"`` and
+``use_distributed_sampler=False`` (the recipes' setting), then validates once. Transcripts are
+replaced by :func:`fake_hypothesis`, a fixed function of the reference, so that the validation
+WER/CER have a known value whatever the model learnt. Each rank writes ``OUT/rank{R}.json``:
+the ids of its training steps and validation batches, its local error counts, and the WER/CER
+Lightning logged (reduced over the ranks by the metric).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+
+from speechlab.data.speech import SpeechDataModule  # noqa: E402
+from speechlab.nn.encoders import SpeechEncoderConfig  # noqa: E402
+from speechlab.tasks.ctc import CTCTask  # noqa: E402
+
+
+def fake_hypothesis(ref: str) -> str:
+    """The reference for an even number of words, else its first word: utterances' error rates
+    differ widely, so a mean of per-rank rates differs from the pooled rate."""
+    words = ref.split()
+    return ref if len(words) % 2 == 0 else words[0]
+
+
+class FixedTranscripts(CTCTask):
+    """The CTC task with :func:`fake_hypothesis` as its transcripts (validation only)."""
+
+    def transcribe(self, batch: dict[str, Any]) -> list[str]:
+        return [fake_hypothesis(t) for t in batch["texts"]]
+
+
+class Recorder(pl.Callback):
+    def __init__(self) -> None:
+        self.train: list[list[str]] = []
+        self.val: list[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train.append(list(batch["ids"]))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        self.val.extend(batch["ids"])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # this rank's own counts (Lightning reduces and then resets the metrics after this hook)
+        self.counts = {u: [int(pl_module.metrics[f"val_{u}"].errors),
+                           int(pl_module.metrics[f"val_{u}"].ref_len)] for u in ("word", "char")}
+
+
+def main(out: str, train: str, dev: str) -> None:
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    enc = SpeechEncoderConfig(hidden_size=16, num_layers=1, conv_channels=4, dropout=0.0)
+    task = FixedTranscripts(encoder=enc, spec_augment=False, warmup_steps=1)
+    dm = SpeechDataModule(train, dev, max_duration=6.0, num_buckets=2, num_workers=0)
+    rec = Recorder()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2,
+                         use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[rec])
+    trainer.fit(task, datamodule=dm)
+    trainer.limit_val_batches = 1.0
+    logged = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    rank = trainer.global_rank
+    result = {
+        "rank": rank, "world_size": trainer.world_size,
+        "env": {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")},
+        "cluster_environment": type(trainer.strategy.cluster_environment).__name__,
+        "backend": torch.distributed.get_backend(),
+        "train_steps": rec.train, "val_ids": rec.val,
+        "local_counts": rec.counts,
+        "logged": {k: float(v) for k, v in logged.items()},
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
