@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -79,12 +80,62 @@ def _add_tool(sub: argparse._SubParsersAction, name: str, tool: tuple[str, str],
         p.set_defaults(_main=module.main)
 
 
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The recipe files named by ``-c``/``--config`` in a Lightning subcommand's arguments."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Parse each ``--config`` YAML first, so that a syntax error names its file, line and
+    column (Lightning's parser reports ``"<unicode string>"``). Missing files are left to
+    Lightning, whose error names them."""
+    import yaml
+
+    for name in config_files(argv):
+        path = Path(name)
+        if not path.is_file():
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise CLIError(f"{path}: not a YAML recipe (not UTF-8 text: {e.reason})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e)
+            context = getattr(e, "context", None)
+            reason = f"{context}: {problem}" if context else problem
+            raise CLIError(f"{path}: YAML syntax error{where}: {reason}") from None
+
+
 def run_lightning(argv: Sequence[str] | None) -> None:
     """Lightning's CLI over any LightningModule / LightningDataModule (recipes name them);
     ``argv=None`` reads ``sys.argv``."""
     from speechlab.tasks.cli import SpeechLabCLI
 
-    SpeechLabCLI(args=None if argv is None else list(argv))
+    check_config_files(sys.argv[1:] if argv is None else argv)
+    SpeechLabCLI(args=None if argv is None else list(argv), parser_kwargs={"prog": "speechlab"})
+
+
+def input_error(exc: BaseException) -> BaseException | None:
+    """The user-input error in ``exc``'s chain (``exc`` itself, or what it wraps: jsonargparse
+    wraps errors raised while it instantiates a recipe's classes), else ``None``."""
+    from speechlab.errors import InputError
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (CLIError, InputError, FileNotFoundError, FileExistsError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,13 +143,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning(None if from_command_line else argv)
+        # bad input (a missing checkpoint or manifest, a GramSet that does not fit the model):
+        # one line; anything else keeps its traceback
+        try:
+            run_lightning(None if from_command_line else argv)
+        except Exception as e:
+            cause = input_error(e)
+            if cause is None:
+                raise
+            print(f"speechlab {argv[0]}: error: {cause}", file=sys.stderr)
+            return 2
         return 0
     args = _tool_parser(argv).parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "tool", None))))
     try:
         return int(args._main(args) or 0)
     except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"speechlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"speechlab {command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -188,8 +188,13 @@ def test_resume_remakes_only_missing_files(clean: Path, tmp_path: Path) -> None:
     run(clean, out, seed=0)
     assert tree(out) == before
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    # other settings into the same folder re-make everything (no stale files reused)
-    run(clean, out, seed=0, snr_range=(5.0, 5.0))
+    # other settings into the same folder: an error (nothing overwritten) without force; with
+    # force everything is re-made (no stale files reused)
+    with pytest.raises(FileExistsError, match="other settings.*--force"):
+        run(clean, out, seed=0, snr_range=(5.0, 5.0))
+    assert tree(out) == before
+    config = FarfieldConfig(seed=0, snr_range=(5.0, 5.0), room=RoomSpec(max_order=30))
+    farfield_corpus(clean, out, config, jobs=1, progress=False, force=True)
     assert all(r["snr_db"] == 5.0 for r in rows(out / "test.jsonl"))
 
 

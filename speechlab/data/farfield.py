@@ -14,7 +14,8 @@ OUT/<input stem>.jsonl lists the noisy utterances: "id" = "<clean id>__farfield"
 
 Every random choice is seeded by (seed, clean id), so the output does not depend on --jobs or on
 the order of the manifest. Re-running into the same folder resumes: finished utterances (a WAV
-with its .json sidecar, both written atomically) are kept.
+with its .json sidecar, both written atomically) are kept; outputs made with other settings are
+an error unless --force.
 
 examples:
   speechlab data farfield --in data/tiny/test.jsonl --out data/tiny_far --snr-range 0 20 --seed 0
@@ -543,9 +544,11 @@ def farfield_corpus(
     config: FarfieldConfig = FarfieldConfig(),
     jobs: int = 2,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Corrupt every utterance of ``manifest`` into ``out_dir``; returns the output manifest
-    ``out_dir/<manifest stem>.jsonl``. Finished utterances are kept (resume)."""
+    ``out_dir/<manifest stem>.jsonl``. Finished utterances are kept (resume); outputs made with
+    other settings are an error (``FileExistsError``) unless ``force``, which overwrites them."""
     from speechlab.data.synth import run_parallel
 
     manifest, out_dir = Path(manifest), Path(out_dir)
@@ -566,10 +569,29 @@ def farfield_corpus(
 
     keys = _keys(entries, config)
     rows: dict[int, dict[str, Any]] = {}
+    other: list[Path] = []
     for i, e in enumerate(entries):
-        row = _finished(out_dir / "wavs" / (_safe_name(e.id) + ".wav"), keys[i])
+        wav = out_dir / "wavs" / (_safe_name(e.id) + ".wav")
+        row = _finished(wav, keys[i])
         if row is not None:
             rows[i] = row
+        elif wav.is_file():
+            other.append(wav)
+    if other and not force:
+        raise FileExistsError(
+            f"{out_dir}: {len(other)} far-field WAV(s) made with other settings (another --seed, "
+            f"SNR, noise, room or input) would be overwritten, e.g. {other[0]}; pass --force to "
+            f"overwrite them or choose another --out")
+    if out_manifest.is_file() and not force:
+        try:
+            listed = [json.loads(line).get("id") for line in
+                      out_manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            listed = None
+        if listed != [e.id + ID_SUFFIX for e in entries]:
+            raise FileExistsError(
+                f"{out_manifest}: exists and lists other utterances than {manifest}; pass "
+                f"--force to overwrite it or choose another --out")
     if rows:
         log.info("resuming: %d of %d utterances already corrupted", len(rows), len(entries))
     todo = [i for i in range(len(entries)) if i not in rows]
@@ -624,6 +646,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rooms", type=int, default=0,
                         help="simulate a bank of this many rooms and draw one per utterance "
                         "(default 0: a fresh room per utterance, about 0.1-0.5 s each)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite outputs in --out made with other settings")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -647,5 +671,5 @@ def main(args: argparse.Namespace) -> int:
                       tuple(args.distance_range), args.max_order, args.rooms),
         sample_rate=args.sample_rate,
     )
-    farfield_corpus(args.input, args.out, config, jobs=args.jobs)
+    farfield_corpus(args.input, args.out, config, jobs=args.jobs, force=args.force)
     return 0

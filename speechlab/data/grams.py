@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from speechlab.data.text import CharVocab
+from speechlab.errors import InputError
 from speechlab.io import atomic_write_text
 
 _FORMAT = "gramset"
@@ -240,21 +241,21 @@ class GramSet:
     def from_dict(cls, d: dict, source: str = "GramSet dict") -> GramSet:
         """Inverse of :meth:`to_dict`; errors name ``source``."""
         if not isinstance(d, dict) or d.get("type") != _FORMAT:
-            raise ValueError(f"{source}: not a GramSet (expected an object with type={_FORMAT!r})")
+            raise InputError(f"{source}: not a GramSet (expected an object with type={_FORMAT!r})")
         if d.get("version") != _VERSION:
-            raise ValueError(f"{source}: unsupported GramSet version {d.get('version')!r}")
+            raise InputError(f"{source}: unsupported GramSet version {d.get('version')!r}")
         chars, grams = d.get("chars"), d.get("grams")
         if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-            raise ValueError(f"{source}: 'chars' must be a list of strings")
+            raise InputError(f"{source}: 'chars' must be a list of strings")
         if not isinstance(grams, list) or not all(isinstance(g, str) for g in grams):
-            raise ValueError(f"{source}: 'grams' must be a list of strings")
+            raise InputError(f"{source}: 'grams' must be a list of strings")
         try:
             vocab = CharVocab(chars)
             gs = cls(vocab, grams)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise InputError(f"{source}: {e}") from None
         if gs.grams != tuple(grams):
-            raise ValueError(f"{source}: 'grams' must list the unigrams first, in vocabulary order")
+            raise InputError(f"{source}: 'grams' must list the unigrams first, in vocabulary order")
         return gs
 
     def save(self, path: str | os.PathLike) -> None:
@@ -265,8 +266,10 @@ class GramSet:
     def load(cls, path: str | os.PathLike) -> GramSet:
         """Read a set written by :meth:`save`; errors name the file."""
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such GramSet file")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed GramSet JSON: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: malformed GramSet JSON: {e}") from None
         return cls.from_dict(d, source=str(path))

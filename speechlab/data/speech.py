@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
 from speechlab.data.manifests import ManifestError, load_cuts
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
+from speechlab.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "vocab" in state and CharVocab.from_dict(state["vocab"]) != self.vocab:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint vocabulary {CharVocab.from_dict(state['vocab'])} differs from the "
                 f"recipe's data.vocab {self.vocab}")
         self._pending_sampler_state = state.get("train_sampler")

@@ -9,8 +9,10 @@ output does not depend on --jobs. espeak-ng speaks at 22.05 kHz; the audio is re
 OUT/train.jsonl, OUT/dev.jsonl and OUT/test.jsonl (paths relative to OUT).
 
 Re-running into the same folder resumes: a WAV that exists is finished (writes are atomic) and
-is kept. The same seed gives byte-identical files. A sentence text never occurs in two splits,
-so the dev and test sets measure generalization to unseen sentences.
+is kept. Manifests in the folder that list another corpus (other seed, sentences or voice
+settings) are an error, not replaced, unless --force. The same seed gives byte-identical files.
+A sentence text never occurs in two splits, so the dev and test sets measure generalization
+to unseen sentences.
 
 examples:
   speechlab data synth --out data/tiny --utterances 1800 --seed 0
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -257,6 +260,28 @@ def _remove_stray_temps(wav_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _check_existing_manifests(out_dir: Path, splits: dict[str, list[UtteranceSpec]],
+                              paths: dict[int, Path]) -> None:
+    """Refuse to replace a manifest of ``out_dir`` that lists other utterances than this run's
+    (a resumed run with the same settings lists the same ids and files)."""
+    for split, members in splits.items():
+        manifest = out_dir / f"{split}.jsonl"
+        if not manifest.is_file():
+            continue
+        planned = [(u.id, paths[u.index].relative_to(out_dir).as_posix()) for u in members]
+        try:
+            rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()
+                    if line.strip()]
+            existing = [(r.get("id"), r.get("audio_filepath")) for r in rows]
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            existing = None
+        if existing != planned:
+            raise FileExistsError(
+                f"{manifest}: exists and lists another corpus than this run's (other --seed, "
+                f"--utterances, --text, voice or split settings); pass --force to replace the "
+                f"manifests (WAVs of other settings are kept) or choose another --out")
+
+
 def run_parallel(
     tasks: Sequence[Any],
     fn: Callable[[Any], Any],
@@ -309,12 +334,15 @@ def synthesize_corpus(
     pitch_range: tuple[int, int] = (30, 70),
     id_prefix: str = "tts",
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Synthesize ``sentences`` (utterance ``i`` speaks ``sentences[i]``) into ``out_dir``.
 
     Writes ``out_dir/wavs/*.wav`` (16-bit PCM, mono, ``sample_rate`` Hz) and the manifests
     ``train.jsonl``, ``dev.jsonl``, ``test.jsonl``; returns ``{split: manifest path}``. Existing
-    WAVs are kept (resume). ``voices``/``variants`` default to those of :data:`DEFAULT_VOICES`
+    WAVs are kept (resume). A manifest in ``out_dir`` that lists another corpus (other seed,
+    sentences or voice settings) is an error before anything is synthesized, unless ``force``
+    (then it is replaced). ``voices``/``variants`` default to those of :data:`DEFAULT_VOICES`
     and :data:`DEFAULT_VARIANTS` that espeak-ng has; ``speed_range`` is in words per minute,
     ``pitch_range`` in espeak-ng's 0-99 units, both inclusive.
     """
@@ -334,6 +362,9 @@ def synthesize_corpus(
         for i, s in enumerate(sentences)
     ]
     paths = {spec.index: wav_dir / spec.wav_name(sample_rate) for spec in specs}
+    splits = split_corpus(specs, seed, dev_fraction, test_fraction)
+    if not force:
+        _check_existing_manifests(out_dir, splits, paths)
     num_samples: dict[int, int] = {}
     todo = []
     for spec in specs:
@@ -349,7 +380,6 @@ def synthesize_corpus(
         num_samples[index] = n
 
     manifests = {}
-    splits = split_corpus(specs, seed, dev_fraction, test_fraction)
     for split, members in splits.items():
         rows = (
             {
@@ -406,6 +436,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=[30, 70], metavar=("LO", "HI"),
                         help="espeak-ng pitch 0-99, inclusive (default 30 70)")
     parser.add_argument("--id-prefix", default="tts", help="utterance id prefix (default tts)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace manifests in --out that list another corpus")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -429,6 +461,6 @@ def main(args: argparse.Namespace) -> int:
         args.out, sentences, seed=args.seed, jobs=args.jobs, sample_rate=args.sample_rate,
         dev_fraction=args.dev_fraction, test_fraction=args.test_fraction, voices=args.voices,
         variants=args.variants, speed_range=tuple(args.speed_range),
-        pitch_range=tuple(args.pitch_range), id_prefix=args.id_prefix,
+        pitch_range=tuple(args.pitch_range), id_prefix=args.id_prefix, force=args.force,
     )
     return 0

@@ -122,19 +122,29 @@ class KenLMScorer:
 
 def arpa_words(path: str | os.PathLike) -> list[str]:
     """The words of an ARPA model's 1-gram section (without ``<s>``, ``</s>``, ``<unk>``): a
-    lexicon for :class:`PrefixBeamSearch`."""
-    words, in_unigrams = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("\\1-grams:"):
-                in_unigrams = True
-                continue
-            if in_unigrams:
-                if not line.strip() or line.startswith("\\"):
-                    break
-                w = line.split("\t")[1].strip()
-                if w not in ("<s>", "</s>", "<unk>"):
-                    words.append(w)
+    lexicon for :class:`PrefixBeamSearch`. A file that is not an ARPA model raises
+    ``ValueError`` naming it."""
+    words, in_unigrams, seen = [], False, False
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.startswith("\\1-grams:"):
+                    in_unigrams = seen = True
+                    continue
+                if in_unigrams:
+                    if not line.strip() or line.startswith("\\"):
+                        break
+                    fields = line.split("\t")
+                    if len(fields) < 2:
+                        raise ValueError(f"{path}:{lineno}: not an ARPA 1-gram line: {line.strip()!r}")
+                    w = fields[1].strip()
+                    if w not in ("<s>", "</s>", "<unk>"):
+                        words.append(w)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not an ARPA model (not UTF-8 text; a binary KenLM model's "
+                         f"words cannot be read)") from None
+    if not seen:
+        raise ValueError(f"{path}: not an ARPA model (no \\1-grams: section)")
     return words
 
 

@@ -25,7 +25,7 @@ import torch
 from speechlab.data.speech import SpeechDataModule
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.functional.gram_decode import gram_greedy_decode
-from speechlab.io import atomic_write_jsonl
+from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
 from speechlab.progress import progress
 from speechlab.score import edit_counts
 from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
@@ -111,9 +111,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
     p.add_argument("--out", help="hypotheses JSONL ({id, ref, hyp}) of the best grid point")
     p.add_argument("--json", help="write the results (all grid points) as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite existing --out / --json files")
 
 
 def main(args: argparse.Namespace) -> int:
+    # every input and output is checked before the network runs over the manifest
+    for path in (args.out, args.json):
+        if path:
+            check_overwrite(path, args.force)
+    lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
+    lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = load_gram_ctc(args.checkpoint)
     out = network_outputs(model, args.manifest, args.sample_rate, args.resample)
     fps = out.frames / max(out.audio_seconds, 1e-9)
@@ -123,9 +130,7 @@ def main(args: argparse.Namespace) -> int:
     results = []
     grid = [(a, b) for a in args.lm_weight for b in args.word_score] if args.method == "beam" \
         else [(0.0, 0.0)]
-    lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     best_hyps: list[str] = []
-    lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     for alpha, beta in grid:
         t0 = time.perf_counter()
         if args.method == "greedy":
@@ -157,7 +162,6 @@ def main(args: argparse.Namespace) -> int:
         atomic_write_jsonl(args.out, ({"id": i, "ref": r, "hyp": h}
                                       for i, r, h in zip(out.ids, out.texts, best_hyps, strict=True)))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "manifest": args.manifest,
-                                               "results": [r for r, _ in results]}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "manifest": args.manifest,
+                                                 "results": [r for r, _ in results]}, indent=1) + "\n")
     return 0

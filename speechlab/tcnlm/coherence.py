@@ -24,11 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", default=None, help="override the test documents' source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the report as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlab.io import atomic_write_text
+    from speechlab.io import atomic_write_text, check_overwrite
     from speechlab.tcnlm.tools import coherence_report, datamodule_from_checkpoint, load_task
+
+    if args.out:
+        check_overwrite(args.out, args.force)
 
     task = load_task(args.checkpoint)
     dm = datamodule_from_checkpoint(args.checkpoint, {"train": args.train, "test": args.test})

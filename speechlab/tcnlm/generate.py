@@ -22,11 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="also write the sentences as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlab.io import atomic_write_text
+    from speechlab.io import atomic_write_text, check_overwrite
     from speechlab.tcnlm.tools import load_task, parse_topic_mixture, sample_sentences
+
+    if args.out:
+        check_overwrite(args.out, args.force)
 
     task = load_task(args.checkpoint, args.device)
     result: dict[str, list[str]] = {}

@@ -13,11 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="TopicLMTask checkpoint (.ckpt)")
     parser.add_argument("--top-k", type=int, default=10, help="words per topic")
     parser.add_argument("--out", default=None, help="also write the lists as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlab.io import atomic_write_text
+    from speechlab.io import atomic_write_text, check_overwrite
     from speechlab.tcnlm.tools import load_task
+
+    if args.out:
+        check_overwrite(args.out, args.force)
 
     task = load_task(args.checkpoint)
     topics = task.topic_words(args.top_k)

@@ -1,0 +1,14 @@
+"""Errors about the user's input: a file, a recipe value, a checkpoint that does not fit.
+
+The ``speechlab`` command reports these in one line (``speechlab <command>: error: <message>``,
+exit status 2) instead of a traceback, for tools and the Lightning subcommands alike; the
+message names the thing (a path, a recipe key) and the reason. They are ``ValueError``\\ s, so
+code that catches ``ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad user input, named in the message (e.g. ``"other.json: this GramSet (31 outputs) does
+    not match the checkpoint's gram head (79 outputs) ..."``)."""
