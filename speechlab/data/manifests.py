@@ -17,9 +17,9 @@ sample rate other than the recipe's when resampling is off, and a manifest with 
 
 Reason categories (the text before the first ``:`` of a reason): ``missing field``,
 ``bad field``, ``bad cut``, ``duplicate id``, ``audio not found``, ``unreadable audio``
-(garbage bytes, truncated or undecodable files), ``multi-channel``, ``non-finite samples``,
-``empty text``, ``OOV-only text``, ``OOV characters``, ``duration mismatch``, ``bad offset``,
-``too short``.
+(garbage bytes, truncated or undecodable files), ``empty audio`` (no samples),
+``multi-channel``, ``non-finite samples``, ``empty text``, ``OOV-only text``, ``OOV characters``,
+``duration mismatch``, ``bad offset``, ``too short``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from lhotse.utils import fastcopy
 
 from speechlab.data.audio import AudioError, audio_info
 from speechlab.data.text import CharVocab, normalize_text
+from speechlab.errors import InputError
 from speechlab.io import atomic_path, atomic_write_jsonl
 
 __all__ = [
@@ -76,7 +77,7 @@ LOG_LIMIT = 20
 _BLOCK_FRAMES = 1 << 18  # samples per read when scanning audio (bounded memory for long files)
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be used; the message reads ``"<manifest path>:<line>: <reason>"``.
 
     ``report`` holds the :class:`ValidationReport` when the error is raised after validation
@@ -142,7 +143,8 @@ def _open_text(path: Path):
 
 
 def _is_lhotse_cut(entry: dict) -> bool:
-    return entry.get("type") in LHOTSE_CUT_TYPES
+    kind = entry.get("type")
+    return isinstance(kind, str) and kind in LHOTSE_CUT_TYPES
 
 
 def _iter_entries(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -349,6 +351,8 @@ def _check_nemo(line: int, entry: dict, base: Path, s: _Settings) -> _Checked:
     if info.channels != 1:
         raise _Skip(f"multi-channel: {info.channels} channels in {path} (mono audio expected)")
     sr, total = info.samplerate, info.frames
+    if total == 0:
+        raise _Skip(f"empty audio: {path} has no samples")
     if sr != s.sample_rate and not s.resample:
         raise _Fatal(_sample_rate_error(str(path), sr, s.sample_rate))
     length = total / sr
@@ -438,6 +442,13 @@ def _check_lhotse(line: int, entry: dict, base: Path, s: _Settings) -> _Checked:
         raise _Skip(
             f"bad cut: not a valid lhotse {entry.get('type')} ({type(e).__name__}: {e})"
         ) from e
+    # lhotse does not check field types: a cut must have a string id and a positive duration
+    if not isinstance(cut.id, str) or not cut.id:
+        raise _Skip(f"bad cut: 'id' must be a non-empty string, got {cut.id!r}")
+    duration = getattr(cut, "duration", None)
+    if isinstance(duration, bool) or not isinstance(duration, int | float) \
+            or not math.isfinite(duration) or duration <= 0:
+        raise _Skip(f"bad cut: 'duration' must be a positive number, got {duration!r}")
     sups = [sup for sup in cut.supervisions if sup.text is not None]
     if not sups:
         raise _Skip("missing field: 'text' (no supervision with text)")
@@ -500,14 +511,21 @@ def _check_lhotse(line: int, entry: dict, base: Path, s: _Settings) -> _Checked:
 
 def _check(line: int, entry: dict, base: Path, s: _Settings) -> _Checked:
     utt_id = entry.get("id") if isinstance(entry.get("id"), str) else None
+    lhotse = _is_lhotse_cut(entry)
     try:
-        if _is_lhotse_cut(entry):
+        if lhotse:
             return _check_lhotse(line, entry, base, s)
         return _check_nemo(line, entry, base, s)
     except _Skip as e:
         return _Checked(line, reason=str(e), utt_id=utt_id)
     except _Fatal as e:
         return _Checked(line, fatal=str(e), utt_id=utt_id)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
+        if not lhotse:
+            raise
+        # lhotse builds cuts without checking field types; a malformed one fails on first use
+        return _Checked(line, reason=f"bad cut: malformed lhotse {entry['type']} "
+                                     f"({type(e).__name__}: {e})", utt_id=utt_id)
 
 
 # ------------------------------------------------------------------------------------- cut ids
