@@ -48,20 +48,23 @@ class Outputs:
 
 
 def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
-                    resample: bool = False, max_duration: float = 60.0) -> Outputs:
-    """Run ``model`` (eval, no grad) over every utterance of ``manifest``."""
+                    resample: bool = False, max_duration: float = 60.0,
+                    device: str | torch.device = "cpu") -> Outputs:
+    """Run ``model`` (eval, no grad) over every utterance of ``manifest`` on ``device``; the
+    log-probs come back on the CPU, in float32."""
     dm = SpeechDataModule(test_manifest=manifest, vocab="".join(model.vocab.chars),
                           sample_rate=sample_rate, resample=resample, max_duration=max_duration,
                           output_frame_rate=None, num_workers=0, dither=0.0)
     dm.setup("test")
     ids, texts, lps = [], [], []
     seconds, net = 0.0, 0.0
-    model.eval()
+    model.eval().to(device)
     bar = progress(total=len(dm.cuts("test")), desc="network", unit="utt")
     with torch.inference_mode(), bar:
         for batch in dm.test_dataloader():
             t0 = time.perf_counter()
-            lp, lens = model(batch["features"], batch["feature_lens"])
+            lp, lens = model(batch["features"].to(device), batch["feature_lens"].to(device))
+            lp, lens = lp.float().cpu(), lens.cpu()
             net += time.perf_counter() - t0
             seconds += float(batch["feature_lens"].sum()) * dm.frame_shift_ms / 1000
             ids += batch["ids"]
@@ -69,6 +72,18 @@ def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
             lps += [lp[b, : int(lens[b])].clone() for b in range(lp.shape[0])]
             bar.update(len(batch["ids"]))
     return Outputs(ids, texts, lps, seconds, net)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"``: the first CUDA device if there is one, else the CPU; otherwise ``spec``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the network runs: cpu, cuda, cuda:1, ... (auto: cuda if available)")
 
 
 def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
@@ -109,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="penalty of a word outside --lexicon (default -inf: lexicon words only)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
+    add_device_argument(p)
     p.add_argument("--out", help="hypotheses JSONL ({id, ref, hyp}) of the best grid point")
     p.add_argument("--json", help="write the results (all grid points) as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite existing --out / --json files")
@@ -122,7 +138,8 @@ def main(args: argparse.Namespace) -> int:
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = load_gram_ctc(args.checkpoint)
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample)
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample,
+                          device=resolve_device(args.device))
     fps = out.frames / max(out.audio_seconds, 1e-9)
     print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "
           f"{len(out.ids)} utterances, {out.audio_seconds:.1f} s audio, {out.frames} frames "

@@ -16,6 +16,7 @@ from collections import Counter
 
 from speechlab.data.grams import GramSet
 from speechlab.functional.gram_decode import gram_emission_counts
+from speechlab.tasks.decode_cli import add_device_argument
 
 
 def refine_grams(grams: GramSet, counts: dict[str, int], keep: int) -> GramSet:
@@ -57,13 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resample", action="store_true")
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    add_device_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
 
     from speechlab.io import check_overwrite
-    from speechlab.tasks.decode_cli import network_outputs
+    from speechlab.tasks.decode_cli import network_outputs, resolve_device
     from speechlab.tasks.gram_ctc import load_gram_ctc
     from speechlab.tasks.gram_select import gram_statistics
 
@@ -73,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--keep must be >= 0, got {args.keep}")
     model = load_gram_ctc(args.checkpoint)
     assert model.grams is not None
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample)
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample,
+                          device=resolve_device(args.device))
     total = torch.zeros(len(model.grams), dtype=torch.long)
     for lp in out.log_probs:
         total += gram_emission_counts(lp[None], torch.tensor([lp.shape[0]]))
