@@ -21,8 +21,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from ddp_worker import fake_hypothesis
+from torch.utils.data import DistributedSampler
 
+from speechlab.data.corpus import DocumentDataModule
+from speechlab.data.textlm import BucketBatchSampler
 from speechlab.score import edit_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +115,46 @@ def test_ddp_two_gloo_ranks_under_torchrun(tiny_corpus, tmp_path):
         assert abs(mean_of_rates - expected) > 1e-5, (mean_of_rates, expected)
         for r in ranks:
             assert r["logged"][key] == pytest.approx(expected, abs=1e-6), (unit, r["logged"], expected)
+
+
+def _fake_world(monkeypatch, rank: int, world: int) -> None:
+    """torch.distributed as seen by a data module on ``rank`` of ``world`` (no process group)."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world)
+
+
+def test_text_lm_batches_under_ddp():
+    lengths = [3 + (i * 7) % 11 for i in range(30)]  # 13 batches of <= 24 tokens
+    for world in (2, 3):
+        train = [BucketBatchSampler(lengths, 24, shuffle=True, seed=1, rank=r, world_size=world)
+                 for r in range(world)]
+        evals = [BucketBatchSampler(lengths, 24, shuffle=False, rank=r, world_size=world)
+                 for r in range(world)]
+        # training: equal steps on every rank, disjoint sentences
+        assert len({len(list(s)) for s in train}) == 1
+        seen = [i for s in train for b in s for i in b]
+        assert len(seen) == len(set(seen))
+        # evaluation: every sentence on exactly one rank, even when the batches do not divide
+        assert len(list(BucketBatchSampler(lengths, 24, shuffle=False))) % world != 0
+        assert sorted(i for s in evals for b in s for i in b) == list(range(len(lengths)))
+
+
+def _sentences(loader) -> list[tuple[int, ...]]:
+    return [tuple(t[:n].tolist()) for b in loader for t, n in zip(b["tokens"], b["lengths"], strict=True)]
+
+
+def test_topic_lm_evaluation_under_ddp(monkeypatch):
+    dm = DocumentDataModule(embedded_documents=40, batch_size=8)
+    dm.setup()
+    n = len(dm.dataset("val"))  # sentences
+    assert n % 3 != 0  # Lightning's padding DistributedSampler would repeat examples here
+    rows: list[tuple] = []
+    for rank in range(3):
+        _fake_world(monkeypatch, rank, 3)
+        loader = dm.val_dataloader()
+        assert isinstance(loader.sampler, DistributedSampler)  # Lightning leaves it in place
+        rows += _sentences(loader)
+    monkeypatch.undo()
+    whole = _sentences(dm.val_dataloader())
+    assert len(rows) == n == len(whole) and sorted(rows) == sorted(whole)

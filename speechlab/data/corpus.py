@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 log = logging.getLogger("speechlab.data.corpus")
 
@@ -507,6 +507,22 @@ def split_documents(docs: Sequence[Document], fractions: Sequence[float], seed: 
     return parts
 
 
+class EvalShardSampler(DistributedSampler):
+    """Evaluation under DDP: rank ``r`` of ``w`` takes examples ``r, r + w, ...`` in order,
+    each exactly once. Lightning's own evaluation ``DistributedSampler`` pads the ranks to equal
+    length with repeated examples, which summed perplexity counts would count twice; being a
+    ``DistributedSampler``, this one is left in place by Lightning."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):  # noqa: ANN204 - Sampler's
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class DocumentDataModule(pl.LightningDataModule):
     """Sentences with their document's topic input, for :class:`~speechlab.tasks.topic_lm.TopicLMTask`.
 
@@ -604,6 +620,13 @@ class DocumentDataModule(pl.LightningDataModule):
         vt = len(self.topic_vocab)
         ds = self.dataset(split)
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or hp.batch_size
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if not shuffle and world > 1:  # training: Lightning's DistributedSampler (shuffled)
+            sampler = EvalShardSampler(ds, world, torch.distributed.get_rank())
+            return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
+                              collate_fn=functools.partial(collate_sentences, topic_vocab_size=vt,
+                                                         pad_id=0, pad_to=pad_to),
+                              persistent_workers=hp.num_workers > 0)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
                           drop_last=shuffle and len(ds) > batch_size,
                           num_workers=hp.num_workers,

@@ -248,7 +248,10 @@ def bucket_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool = True
 class BucketBatchSampler(Sampler[list[int]]):
     """Length-bucketed batches (:func:`bucket_batches`), reshuffled every epoch
     (``set_epoch``, which Lightning calls), rank-aware: rank ``r`` of ``w`` takes batches
-    ``r, r + w, ...`` of a list cut to a multiple of ``w`` so every rank steps equally."""
+    ``r, r + w, ...``. Training (``shuffle``) cuts the list to a multiple of ``w`` so every rank
+    steps equally (DDP synchronizes every step); evaluation keeps every batch, so each sentence
+    is scored on exactly one rank and the summed perplexity is the whole split's (ranks may get
+    one batch more or less: no per-step collectives in evaluation)."""
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -265,7 +268,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         batches = bucket_batches(self.lengths, self.max_tokens, self.shuffle, self.seed + self.epoch)
-        if self.world_size > 1 and len(batches) >= self.world_size:
+        if self.shuffle and self.world_size > 1 and len(batches) >= self.world_size:
             batches = batches[: len(batches) - len(batches) % self.world_size]
         return batches[self.rank :: self.world_size]
 
