@@ -20,7 +20,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from speechlab.data.manifests import ctc_min_frames
 from speechlab.data.text import CharVocab
+from speechlab.errors import InputError
 from speechlab.io import atomic_write_jsonl, atomic_write_text
 from speechlab.metrics import ErrorRate
 
@@ -93,6 +95,8 @@ class ASRTask(pl.LightningModule):
         })
         self._test_rows: list[dict[str, str]] = []
         self._audio_logged = False
+        #: utterances whose transcript did not fit their frames (see :meth:`note_infeasible`)
+        self.infeasible_utterances = 0
 
     # -- subclass API ---------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -106,17 +110,57 @@ class ASRTask(pl.LightningModule):
         """Model output frames per second of audio."""
         raise NotImplementedError
 
+    def min_frames(self, text: str) -> int:
+        """Fewest output frames a path that spells ``text`` needs (CTC: one per character plus
+        a blank between equal neighbours)."""
+        return ctc_min_frames(text)
+
+    #: utterances warned about one by one before the warnings stop (the count goes on)
+    INFEASIBLE_LOG_LIMIT = 10
+
+    def note_infeasible(self, batch: dict[str, Any], lengths: torch.Tensor) -> int:
+        """Count and report the utterances of ``batch`` whose transcript is too long for their
+        ``lengths`` output frames. Their CTC / Gram-CTC loss is infinite; the tasks compute it
+        with ``zero_infinity=True``, so such an utterance contributes loss 0 and gradient 0
+        (it is skipped, though it still counts in the batch mean's denominator). Data modules
+        skip most of them at set-up (``output_frame_rate``); the ones that get through are
+        counted in :attr:`infeasible_utterances`, logged as ``train/infeasible`` (a sum per
+        epoch) and warned about, naming the utterance (the first ``INFEASIBLE_LOG_LIMIT``)."""
+        texts = batch.get("texts")
+        if texts is None:  # a hand-made batch: the transcripts from the target ids
+            texts = [self.vocab.decode(t[:n].tolist()) for t, n in
+                     zip(batch["targets"], batch["target_lens"].tolist(), strict=True)]
+        ids = batch.get("ids") or [f"#{i}" for i in range(len(texts))]
+        bad = [(utt, text, n, need) for utt, text, n in zip(ids, texts, lengths.tolist(), strict=True)
+               if n < (need := self.min_frames(text))]
+        if not bad:
+            return 0
+        before = self.infeasible_utterances
+        self.infeasible_utterances += len(bad)
+        for k, (utt, text, n, need) in enumerate(bad, start=before + 1):
+            if k > self.INFEASIBLE_LOG_LIMIT:
+                break
+            log.warning("utterance %s: transcript of %d characters needs %d output frames, the "
+                        "model has %d; loss and gradient set to 0 (zero_infinity), skipped%s",
+                        utt, len(text), need, n,
+                        "; further ones are only counted (train/infeasible)"
+                        if k == self.INFEASIBLE_LOG_LIMIT else "")
+        if self._trainer is not None and self.training:
+            self.log("train/infeasible", float(len(bad)), reduce_fx="sum", on_step=False,
+                     on_epoch=True, batch_size=len(texts))
+        return len(bad)
+
     # -- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             return
         if getattr(dm, "vocab", self.vocab) != self.vocab:
-            raise ValueError(f"recipe mismatch: model vocab {self.vocab} != data vocab {dm.vocab}; "
+            raise InputError(f"recipe mismatch: model vocab {self.vocab} != data vocab {dm.vocab}; "
                              "set the same characters in model.init_args.vocab and data.init_args.vocab")
         rate = getattr(dm.hparams, "output_frame_rate", None)
         if rate is not None and abs(rate - self.frame_rate) > 1e-6:
-            raise ValueError(
+            raise InputError(
                 f"recipe mismatch: data.init_args.output_frame_rate is {rate} but the model emits "
                 f"{self.frame_rate} frames/s (100 / stride); set output_frame_rate: {self.frame_rate}")
 

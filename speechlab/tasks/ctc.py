@@ -60,6 +60,7 @@ class CTCTask(ASRTask):
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         enc, lengths = self.encode(batch["features"], batch["feature_lens"])
+        self.note_infeasible(batch, lengths)  # counted, warned; zero_infinity skips them
         return self.ctc_loss(enc, lengths, batch["targets"], batch["target_lens"])
 
     def transcribe(self, batch: dict[str, Any]) -> list[str]:

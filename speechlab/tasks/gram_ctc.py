@@ -24,6 +24,7 @@ import torch
 from speechlab.data.grams import GramSet
 from speechlab.data.text import DEFAULT_CHARS
 from speechlab.decode.prefix_beam import PrefixBeamSearch
+from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.nn.encoders import SpeechEncoderConfig
@@ -131,7 +132,7 @@ class GramCTCTask(CTCTask):
         """Read a GramSet file and check its characters against the model's vocabulary."""
         gs = GramSet.load(path)
         if gs.vocab != self.vocab:
-            raise ValueError(f"{path}: the GramSet's characters {''.join(gs.vocab.chars)!r} are not "
+            raise InputError(f"{path}: the GramSet's characters {''.join(gs.vocab.chars)!r} are not "
                              f"the model's vocabulary {''.join(self.vocab.chars)!r}")
         return gs
 
@@ -145,6 +146,7 @@ class GramCTCTask(CTCTask):
                 log.info("gram head rebuilt for %d outputs", len(grams))
         self.grams = grams
         self._beam = None
+        self._min_frames_cache: dict[str, int] = {}
 
     def default_grams(self) -> GramSet:
         """The handpicked default set from the training manifest of the trainer's data module."""
@@ -179,7 +181,7 @@ class GramCTCTask(CTCTask):
         saved = GramSet.from_dict(checkpoint[CKPT_KEY], source="checkpoint GramSet")
         if self.grams is not None and saved != self.grams:
             if self.hparams.grams is not None:
-                raise ValueError(
+                raise InputError(
                     f"{self.hparams.grams}: this GramSet ({len(self.grams)} outputs) does not match "
                     f"the checkpoint's gram head ({len(saved)} outputs, the set it was trained "
                     f"with); use the GramSet file of the training run")
@@ -203,10 +205,24 @@ class GramCTCTask(CTCTask):
         return ctc_weight_at(self.global_step, hp.ctc_weight, hp.ctc_weight_schedule,
                              hp.ctc_weight_steps)
 
+    def min_frames(self, text: str) -> int:
+        """Fewest frames a Gram-CTC path over :attr:`grams` needs for ``text`` (fewer than CTC's
+        when longer grams cover it; cached per text)."""
+        from speechlab.tasks.gram_select import min_frames
+
+        assert self.grams is not None
+        need = self._min_frames_cache.get(text)
+        if need is None:
+            if len(self._min_frames_cache) > 100_000:
+                self._min_frames_cache.clear()
+            need = self._min_frames_cache[text] = min_frames(text, self.grams)
+        return need
+
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         enc, lengths = self.encode(batch["features"], batch["feature_lens"])
         log_probs = self._head()(enc).float().log_softmax(dim=-1)
         assert self.grams is not None
+        self.note_infeasible(batch, lengths)  # counted, warned; zero_infinity skips them
         loss = gram_ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths,
                              batch["target_lens"], self.grams, reduction="mean",
                              zero_infinity=True, backend=self.hparams.loss_backend)
@@ -264,11 +280,16 @@ def load_gram_ctc(path: str | Path, map_location: str = "cpu") -> GramCTCTask:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # pickle/zip errors of a file that is not a torch checkpoint
+        raise InputError(f"{path}: not a checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise InputError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     hp = dict(ckpt.get("hyper_parameters", {}))
     if CKPT_KEY not in ckpt:
         if "gram_head.weight" in ckpt.get("state_dict", {}):
-            raise ValueError(f"{path}: Gram-CTC checkpoint without its GramSet")
+            raise InputError(f"{path}: Gram-CTC checkpoint without its GramSet")
         # a CTCTask checkpoint: unigram Gram-CTC is CTC with the same ids
         keep = {k: hp[k] for k in ("vocab", "encoder", "spec_augment") if k in hp}
         model = GramCTCTask(**_configs(keep), ctc_weight=0.0)
