@@ -322,8 +322,8 @@ def read_transcripts(
             else:  # Kaldi style: id, one space, text (or a bare id: empty text)
                 utt, _, text = line.strip().partition(" ")
             utt = utt.strip()
-            if not utt:
-                raise fail(lineno, "empty utterance id")
+        if not utt:
+            raise fail(lineno, "empty utterance id")
         if utt in out:
             raise fail(lineno, f"duplicate id {utt!r} (first on line {first_line[utt]})")
         out[utt] = text
