@@ -6,8 +6,12 @@
   ranks, after ``warmup_steps`` (``throughput.rank{R}.json``; rank 0 also writes the total).
 * :class:`EvalCounts` -- the validation error counts summed over ranks (``val_counts.json``):
   the WER / CER of the whole dev set, whatever the number of processes.
+* :class:`StepLog` -- one JSON line per training step (global step, epoch, loss, utterance
+  ids), flushed as it is written, so a killed run leaves every finished step on disk.
+* :class:`RNGState` -- the RNG states (torch, CUDA, numpy, python) in checkpoints, restored
+  when a run resumes, and kept out of reach of validation (the tasks add it themselves).
 
-All of them take ``out_dir`` and only write there; add them to a recipe with
+The recorders take ``out_dir`` (or ``path``) and only write there; add them to a recipe with
 ``--trainer.callbacks+=speechlab.callbacks.BatchIdRecorder --trainer.callbacks.out_dir=DIR``.
 """
 
@@ -167,3 +171,120 @@ class EvalCounts(pl.Callback):
                          "rate": errors / max(ref_len, 1), "rank0_local": local}
         if rank == 0:
             _write(self.out_dir / "val_counts.json", out)
+
+
+class StepLog(pl.Callback):
+    """Appends one JSON line per training step to ``path``: ``{"step", "epoch", "loss",
+    "ids"}`` (the global step after the optimizer step, the epoch, the step's loss as returned
+    by ``training_step``, and the batch's utterance ids). Each line is flushed when written, so
+    a killed run leaves every finished step on disk; a resumed run appends to the same file.
+    Rank 0 only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._file: Any = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._file is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch,
+               "loss": float(loss.detach()) if isinstance(loss, torch.Tensor) else None,
+               "ids": list(batch["ids"]) if isinstance(batch, dict) and "ids" in batch else None}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of every random number generator training draws from: torch (CPU and each
+    CUDA device), numpy and python's ``random``, as tensors, lists and numbers (loadable with
+    ``torch.load(weights_only=True)``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = states["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class RNGState(pl.Callback):
+    """Makes the training steps' randomness (dropout, SpecAugment, ...) resumable.
+
+    The RNG states are taken at the end of every training step and put back at the start of the
+    next one, so whatever runs in between -- validation, a data-loader iterator drawing its
+    worker seed at an epoch boundary, prefetching -- does not shift the training streams. The
+    states of the last finished step go into checkpoints and are restored at the first step of
+    a resumed run: a run resumed from step k draws the same numbers from step k + 1 on as the
+    run that was never interrupted. Single process: exact. Under DDP the checkpoint holds rank
+    0's states; on resume every rank restores them and ranks > 0 then re-seed from them and
+    their rank (distinct, deterministic streams, not the interrupted run's).
+
+    The speechlab tasks add this callback themselves (``configure_callbacks``).
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._states is not None:
+            set_rng_states(self._states)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._states = rng_states()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": self._states} if self._states is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("states")
+        if states is None:
+            return
+        rank, _ = _dist()
+        if rank > 0:
+            set_rng_states(states)
+            seed = int(torch.randint(0, 2**62, (1,))) + rank
+            import random
+
+            import numpy as np
+
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            states = rng_states()
+        self._states = states

@@ -26,6 +26,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from torch.nn.utils.rnn import pad_sequence
+from lhotse.utils import fastcopy
 from torch.utils.data import DataLoader, Dataset
 
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
@@ -36,13 +37,41 @@ from speechlab.errors import InputError
 log = logging.getLogger(__name__)
 
 
+#: key of a training cut's ``custom`` that seeds its dither noise (set by the training sampler)
+DITHER_SEED = "dither_seed"
+
+
+def _clean_seed(cut: Cut) -> int:
+    """Dither seed of the clean view of a (far-field) cut: its own, decorrelated."""
+    base = (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
+    return zlib.crc32(f"{base}:clean".encode())
+
+
+class _TagDitherSeed:
+    """Sampler transform (runs where the sampler runs, in the main process): gives each cut of
+    a training batch the dither seed of (``seed``, the sampler's epoch, cut id), on a copy."""
+
+    def __init__(self, sampler: Any, seed: int) -> None:
+        self.sampler = sampler
+        self.seed = seed
+
+    def __call__(self, cuts: CutSet) -> CutSet:
+        epoch = self.sampler.epoch
+        return CutSet.from_cuts(
+            fastcopy(c, custom={**(c.custom or {}),
+                                DITHER_SEED: zlib.crc32(f"{self.seed}:{epoch}:{c.id}".encode())})
+            for c in cuts)
+
 class SpeechBatchDataset(Dataset):
     """Map-style dataset over *batches*: lhotse samplers yield a ``CutSet`` per batch, and
     ``__getitem__`` turns it into padded feature and target tensors (see module docstring).
 
-    ``seeded_dither`` (evaluation loaders): the dither noise is drawn from a generator seeded
-    by the cut id, so an utterance's features -- and the WER -- do not depend on which process,
-    rank or RNG state computed them (DDP validation equals single-process validation)."""
+    ``seeded_dither``: the dither noise is drawn from a generator seeded by the cut, so an
+    utterance's features do not depend on which process, rank, data-loader worker or RNG state
+    computed them. Evaluation loaders seed by the cut id (DDP validation equals single-process
+    validation); the training loader tags each cut with a seed of (``seed``, epoch, cut id)
+    (:data:`DITHER_SEED`), so the noise changes every epoch but a resumed run, and any number
+    of workers, compute the very same features as an uninterrupted run."""
 
     def __init__(self, vocab: CharVocab, num_mel_bins: int = 80, dither: float = 1.0,
                  clean_cuts: dict[str, Cut] | None = None, seeded_dither: bool = False) -> None:
@@ -52,13 +81,17 @@ class SpeechBatchDataset(Dataset):
         self.clean_cuts = clean_cuts
         self.seeded_dither = seeded_dither
 
-    def features(self, cut: Cut) -> torch.Tensor:
-        """``(num_frames, num_mel_bins)`` CMVN log-mel features of a cut's first channel."""
+    def features(self, cut: Cut, seed: int | None = None) -> torch.Tensor:
+        """``(num_frames, num_mel_bins)`` CMVN log-mel features of a cut's first channel
+        (dither seeded by ``seed``, else by the cut's :data:`DITHER_SEED` or id when
+        ``seeded_dither``)."""
         audio = torch.from_numpy(cut.load_audio()[0])
         dither = self.dither
-        if self.seeded_dither and dither > 0:
+        if seed is None and self.seeded_dither:
+            seed = (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
+        if seed is not None and dither > 0:
             # the same noise level as Kaldi's dither (16-bit units), but reproducible per cut
-            gen = torch.Generator().manual_seed(zlib.crc32(cut.id.encode()))
+            gen = torch.Generator().manual_seed(seed)
             audio = audio + torch.randn(audio.shape, generator=gen, dtype=audio.dtype) * (dither / 32768.0)
             dither = 0.0
         return utterance_cmvn(log_mel_fbank(audio, cut.sampling_rate, self.num_mel_bins,
@@ -79,7 +112,8 @@ class SpeechBatchDataset(Dataset):
             "texts": texts,
         }
         if self.clean_cuts is not None:
-            clean = [self.features(self.clean_cuts[c.custom["clean_id"]]) for c in cuts]
+            clean = [self.features(self.clean_cuts[c.custom["clean_id"]],
+                                   seed=_clean_seed(c) if self.seeded_dither else None) for c in cuts]
             batch["clean_features"] = pad_sequence(clean, batch_first=True)
             batch["clean_feature_lens"] = torch.tensor([f.shape[0] for f in clean])
         return batch
@@ -178,7 +212,7 @@ class SpeechDataModule(pl.LightningDataModule):
         train = sampler is self._train_sampler
         dataset = SpeechBatchDataset(self.vocab, self.hparams.num_mel_bins, self.hparams.dither,
                                      clean_cuts=self._clean_cuts if train else None,
-                                     seeded_dither=not train)
+                                     seeded_dither=True)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
                           persistent_workers=workers > 0)
@@ -201,6 +235,7 @@ class SpeechDataModule(pl.LightningDataModule):
             if saved_world == self._train_sampler.world_size:
                 self._train_sampler.load_state_dict(state)
             else:
+        self._train_sampler.map(_TagDitherSeed(self._train_sampler, hp.seed))
                 # lhotse cannot map a mid-epoch position across world sizes (it asserts): resume
                 # a checkpoint saved by N ranks on M != N ranks from the start of its epoch
                 log.warning("checkpoint's train sampler ran on %d ranks, now %d: resuming at the "
@@ -230,10 +265,37 @@ class SpeechDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def state_dict(self) -> dict[str, Any]:
-        """The training sampler's position, saved in checkpoints (resumable mid-epoch)."""
+        """The training sampler's position, saved in checkpoints (resumable mid-epoch).
+
+        The sampler runs ahead of training: Lightning prefetches a batch, and each data-loader
+        worker holds ``prefetch_factor`` more. Its own count of batches would make a resumed
+        run skip those, so the saved position is the number of batches that training consumed
+        in the epoch (Lightning's progress counter); a checkpoint taken at the last batch of an
+        epoch resumes at the start of the next."""
         if self._train_sampler is None:
             return {}
-        return {"train_sampler": self._train_sampler.state_dict(), "vocab": self.vocab.to_dict()}
+        state = self._train_sampler.state_dict()
+        consumed = self._consumed_batches()
+        if consumed is not None:
+            epoch, batches = consumed
+            diag = state["diagnostics"]
+            stats = diag["stats_per_epoch"].setdefault(epoch, {
+                "epoch": epoch, "kept_cuts": 0, "discarded_cuts": 0, "kept_batches": 0,
+                "discarded_batches": 0})
+            stats.update(kept_batches=batches, discarded_batches=0)
+            diag["current_epoch"] = epoch
+            state["epoch"] = epoch
+        return {"train_sampler": state, "vocab": self.vocab.to_dict()}
+
+    def _consumed_batches(self) -> tuple[int, int] | None:
+        """(epoch, training batches of that epoch already consumed) while fitting, else None."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:
+            return trainer.current_epoch + 1, 0
+        return trainer.current_epoch, progress.current.ready
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "vocab" in state and CharVocab.from_dict(state["vocab"]) != self.vocab:

@@ -280,5 +280,12 @@ class ASRTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, self.asr_parameters())
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers
+        (dropout, SpecAugment) as uninterrupted ones."""
+        from speechlab.callbacks import RNGState
+
+        return [RNGState()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
