@@ -17,6 +17,7 @@ In paired mode (``paired_clean_manifest`` set; the train manifest holds far-fiel
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from typing import Any
 
@@ -25,8 +26,8 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
-from torch.nn.utils.rnn import pad_sequence
 from lhotse.utils import fastcopy
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
@@ -35,7 +36,6 @@ from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.errors import InputError
 
 log = logging.getLogger(__name__)
-
 
 #: key of a training cut's ``custom`` that seeds its dither noise (set by the training sampler)
 DITHER_SEED = "dither_seed"
@@ -61,6 +61,7 @@ class _TagDitherSeed:
             fastcopy(c, custom={**(c.custom or {}),
                                 DITHER_SEED: zlib.crc32(f"{self.seed}:{epoch}:{c.id}".encode())})
             for c in cuts)
+
 
 class SpeechBatchDataset(Dataset):
     """Map-style dataset over *batches*: lhotse samplers yield a ``CutSet`` per batch, and
@@ -160,6 +161,11 @@ class SpeechDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # checkpoints carry this data config (speechlab test --ckpt_path needs nothing else):
+        # name the manifests by absolute path, so that it works from any folder
+        for key in ("train_manifest", "dev_manifest", "test_manifest", "paired_clean_manifest"):
+            if self.hparams[key] is not None:
+                self.hparams[key] = os.path.abspath(self.hparams[key])
         self.vocab = CharVocab(list(vocab))
         self._cuts: dict[str, CutSet] = {}
         self._clean_cuts: dict[str, Cut] | None = None
@@ -229,13 +235,13 @@ class SpeechDataModule(pl.LightningDataModule):
             self._train_sampler = DynamicCutSampler(
                 cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
                 world_size=_world_size(), rank=_rank())
+        self._train_sampler.map(_TagDitherSeed(self._train_sampler, hp.seed))
         if self._pending_sampler_state is not None:
             state, self._pending_sampler_state = self._pending_sampler_state, None
             saved_world = state.get("world_size", self._train_sampler.world_size)
             if saved_world == self._train_sampler.world_size:
                 self._train_sampler.load_state_dict(state)
             else:
-        self._train_sampler.map(_TagDitherSeed(self._train_sampler, hp.seed))
                 # lhotse cannot map a mid-epoch position across world sizes (it asserts): resume
                 # a checkpoint saved by N ranks on M != N ranks from the start of its epoch
                 log.warning("checkpoint's train sampler ran on %d ranks, now %d: resuming at the "
