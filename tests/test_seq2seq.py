@@ -244,9 +244,9 @@ def test_recipe_mismatch_errors_are_clear(tmp_path):
 
 
 def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, tmp_path):
-    """LightningCLI lets a checkpoint's hyper-parameters override the command line; the task
-    keeps its search options out of them, so `speechlab test --ckpt_path` honours
-    output_dir / test_lm_checkpoint / lm_weight / beam_size given on the command line."""
+    """`speechlab test --ckpt_path` honours output_dir / test_lm_checkpoint / lm_weight /
+    beam_size given on the command line over the checkpoint's saved values (SpeechLabCLI: the
+    command line wins); the training-start init_checkpoint is saved as None."""
     from speechlab.cli import main
 
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
@@ -266,7 +266,8 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
           f"--model.init_args.output_dir={tmp_path / 'train_out'}"])
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)["hyper_parameters"]
-    assert "output_dir" not in saved and "beam_size" not in saved and saved["fusion"] == "none"
+    assert saved["output_dir"] == str(tmp_path / "train_out") and saved["fusion"] == "none"
+    assert saved["init_checkpoint"] is None
     out = tmp_path / "test_out"
     main(["test", "--config", recipe, "--config", str(callbacks), *small, "--ckpt_path", str(ckpt),
           "--trainer.limit_test_batches=1",

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+import yaml
 from pytorch_lightning.callbacks import Callback, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 
+from speechlab.errors import InputError
 from speechlab.progress import default_interval, is_terminal, rate
+
+#: ``--ckpt_path`` values that Lightning resolves itself (not files)
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 class LogProgressBar(ProgressBar):
@@ -91,12 +98,37 @@ class SpeechLabCLI(LightningCLI):
     When stdout is not a terminal, the progress bar enabled and the recipe names no progress bar
     callback, the trainer gets a :class:`LogProgressBar` instead of Lightning's TQDM bar (a
     recipe or ``--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar`` keeps TQDM).
+
+    ``--ckpt_path FILE`` (any subcommand): the checkpoint's model and data module (class paths
+    and init args, saved by the tasks' and data modules' ``save_hyperparameters``) are read
+    into the configuration, so ``speechlab test --ckpt_path FILE`` needs no recipe. Precedence,
+    lowest first: defaults, ``--config`` recipes, the checkpoint, then the ``--model.*`` /
+    ``--data.*`` arguments of the command line (``--model.init_args.output_dir``, decoding
+    options, another test manifest): what the command line says wins. (Lightning's own
+    ``LightningCLI`` lets the checkpoint override the command line, and ignores the data module's
+    hyper-parameters.) A ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/
+    ``registry``) is an :class:`~speechlab.errors.InputError` naming it.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._ckpt_config_done = False
         super().__init__(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, args=args, **kwargs)
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        if isinstance(args, (list, tuple)) or args is None:
+            argv = list(sys.argv[1:] if args is None else args)
+            with_ckpt = with_checkpoint_config(argv)
+            if with_ckpt is not argv:
+                self._ckpt_config_done = True
+                self.config = parser.parse_args(with_ckpt)
+                return
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        if not self._ckpt_config_done:  # e.g. ckpt_path set in a recipe: Lightning's way
+            super()._parse_ckpt_path()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         configured = list(callbacks)
@@ -106,3 +138,63 @@ class SpeechLabCLI(LightningCLI):
                 and not any(isinstance(c, ProgressBar) for c in configured)):
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _option_value(argv: list[str], name: str) -> tuple[int, str] | None:
+    """(index of the value, value) of the last ``name VALUE`` / ``name=VALUE`` in ``argv``."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            found = (i + 1, argv[i + 1])
+        elif arg.startswith(name + "="):
+            found = (i, arg.split("=", 1)[1])
+    return found
+
+
+def _subclass_value(hparams: Any) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of hyper-parameters saved through LightningCLI (which
+    records the class under ``_class_path``), else None."""
+    if not isinstance(hparams, dict) or "_class_path" not in hparams:
+        return None
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    return {"class_path": hparams["_class_path"], "init_args": init_args}
+
+
+def with_checkpoint_config(argv: list[str]) -> list[str]:
+    """``argv`` of a Lightning subcommand with the model and data module of its ``--ckpt_path``
+    checkpoint inserted as ``--model=…`` / ``--data=…`` after the last ``--config`` (so that
+    the recipe < the checkpoint < the rest of the command line); ``argv`` itself when there is
+    no checkpoint file or it holds no class paths.
+
+    Raises:
+        InputError: ``--ckpt_path`` names no file, or a file that is not a checkpoint.
+    """
+    if not argv or argv[0].startswith("-"):
+        return argv
+    ckpt = _option_value(argv, "--ckpt_path")
+    if ckpt is None or ckpt[1] in SPECIAL_CKPT_PATHS or "://" in ckpt[1] or ckpt[1] in ("", "null"):
+        return argv
+    path = Path(ckpt[1])
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint" + (" (a folder)" if path.is_dir() else ""))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise InputError(f"{path}: not a checkpoint ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"{path}: not a checkpoint (a {type(checkpoint).__name__})")
+    inserted = []
+    for key, hp_key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        value = _subclass_value(checkpoint.get(hp_key))
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+        except yaml.YAMLError:  # objects, not a LightningCLI dump: Lightning's way
+            value = None
+        if value is not None:
+            inserted.append(f"--{key}={text}")
+    if not inserted:
+        return argv
+    config = [i for i, a in enumerate(argv) if a in ("-c", "--config") or a.startswith("--config=")]
+    at = (config[-1] + (1 if "=" in argv[config[-1]] else 2)) if config else 1
+    return [*argv[:at], *inserted, *argv[at:]]

@@ -165,7 +165,8 @@ class GramCTCTask(CTCTask):
         return gs
 
     def setup(self, stage: str) -> None:
-        if self.grams is None:
+        # validate/test/predict without a gram set: the checkpoint brings it (on_load_checkpoint)
+        if self.grams is None and stage == "fit":
             self.set_grams(self.default_grams())
             self.gram_head.to(self.device)  # type: ignore[union-attr]
         super().setup(stage)
@@ -174,6 +175,11 @@ class GramCTCTask(CTCTask):
         super().on_save_checkpoint(checkpoint)
         if self.grams is not None:
             checkpoint[CKPT_KEY] = self.grams.to_dict()
+            # the set travels in the checkpoint: a model rebuilt from its hyper-parameters
+            # (speechlab test --ckpt_path) needs no GramSet file and takes the saved set
+            hp = checkpoint.get("hyper_parameters")
+            if isinstance(hp, dict) and "grams" in hp:
+                hp["grams"] = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if CKPT_KEY not in checkpoint:

@@ -122,6 +122,12 @@ class RNNLMTask(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         log_grad_norm(self)  # before Lightning clips
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers."""
+        from speechlab.callbacks import RNGState
+
+        return [RNGState()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
         checkpoint["speechlab_lm_config"] = dict(self.lm_config)

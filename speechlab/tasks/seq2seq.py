@@ -21,6 +21,7 @@ retraining — it must share the vocabulary (and, for deep fusion, the hidden si
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,21 +55,11 @@ def scheduled_sampling_prob(step: int, max_prob: float, start: int, ramp: int) -
     return max_prob * min(1.0, (step - start + 1) / max(1, ramp))
 
 
-#: search-time and training-start options: not saved in checkpoints' ``hyper_parameters``, so
-#: that ``speechlab test --ckpt_path`` (whose LightningCLI lets a checkpoint's hyper-parameters
-#: override the command line) takes them from the recipe and the command line.
-DECODING_OPTIONS: tuple[str, ...] = ("test_lm_checkpoint", "lm_weight", "beam_size",
-                                     "length_penalty", "max_len_ratio", "output_dir",
-                                     "init_checkpoint")
-
-
-def strip_decoding_options(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Remove :data:`DECODING_OPTIONS` from a checkpoint's ``hyper_parameters`` (in place)."""
-    hp = checkpoint.get("hyper_parameters")
-    if isinstance(hp, dict):
-        for key in DECODING_OPTIONS:
-            hp.pop(key, None)
-    return checkpoint
+#: training-start options: a trained model's checkpoint saves them as None (the run started
+#: from them; rebuilding the model from the checkpoint must not load them again). Search-time
+#: options (beam size, LM weight, output_dir, ...) are saved; ``speechlab test --ckpt_path``
+#: takes them from the command line when it gives them (:class:`~speechlab.tasks.cli.SpeechLabCLI`).
+TRAINING_START_OPTIONS: tuple[str, ...] = ("init_checkpoint",)
 
 
 class Seq2SeqTask(ASRTask):
@@ -83,9 +74,9 @@ class Seq2SeqTask(ASRTask):
         test_lm_checkpoint: another LM swapped in for validate/test/predict (and whenever a
             checkpoint is loaded), without retraining; with ``fusion: none`` it is the LM of
             shallow fusion (``lm_weight``), so any trained model can be tested with shallow fusion.
-        lm_weight: shallow fusion weight β at search time (also usable on top of deep/cold).
-            This and the other search options (:data:`DECODING_OPTIONS`) are not saved in
-            checkpoints: they come from the recipe / command line at test time.
+        lm_weight: shallow fusion weight β at search time (also usable on top of deep/cold);
+            like the other search options, ``speechlab test --ckpt_path … --model.init_args.X``
+            overrides the checkpoint's value.
         beam_size: beams for test/predict (1 = greedy).
         val_beam_size: beams for validation during fit.
         length_penalty: α of the final ranking ``score / length^α``.
@@ -115,6 +106,8 @@ class Seq2SeqTask(ASRTask):
                  output_dir: str | None = None) -> None:
         super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir)
         self.save_hyperparameters()
+        if lm_checkpoint is not None:  # checkpoints name the LM by absolute path (any cwd)
+            self.hparams.lm_checkpoint = os.path.abspath(lm_checkpoint)
         if fusion != "none" and lm_checkpoint is None:
             raise ValueError(f"fusion={fusion!r} needs model.init_args.lm_checkpoint (an RNNLMTask "
                              "checkpoint: speechlab fit --config recipes/tiny/rnnlm.yaml)")
@@ -180,7 +173,9 @@ class Seq2SeqTask(ASRTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        strip_decoding_options(checkpoint)
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):
+            hp.update((key, None) for key in TRAINING_START_OPTIONS if key in hp)
         if self.lm is not None:
             bundle = lm_bundle(self.lm, self._lm_config, self.vocab)
             bundle["source"] = self._lm_source

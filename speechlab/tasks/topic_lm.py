@@ -280,6 +280,12 @@ class TopicLMTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, self.parameters())
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers."""
+        from speechlab.callbacks import RNGState
+
+        return [RNGState()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lm_vocab is not None:
             checkpoint["speechlab_lm_vocab"] = self.lm_vocab.to_dict()
