@@ -4,6 +4,7 @@ exactly as a user would launch a recipe: Lightning finds the torchrun environmen
 start processes of its own.
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT TRAIN DEV``
+(``... tests/ddp_worker.py robust_gan OUT``: the GAN-robust task, see :func:`robust_gan`)
 
 A tiny :class:`~speechlab.tasks.ctc.CTCTask` fits 2 steps with ``strategy="ddp"`` and
 ``use_distributed_sampler=False`` (the recipes' setting), then validates once. Transcripts are
@@ -90,5 +91,41 @@ def main(out: str, train: str, dev: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def robust_gan(out: str) -> None:
+    """The GAN-robust task (critic updates are backward passes of their own) under
+    ``ddp_find_unused_parameters_true`` on random paired batches, different on each rank
+    (Lightning's DistributedSampler); writes each rank's parameters before and after 3 steps."""
+    from speechlab.nn.critic import CriticConfig
+    from speechlab.tasks.robust import RobustASRTask
+
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    enc = SpeechEncoderConfig(hidden_size=16, num_layers=1, conv_channels=4, dropout=0.0)
+    task = RobustASRTask(encoder=enc, spec_augment=False, lambda_adv=0.1, lambda_l1=0.1,
+                         n_critic=2, critic=CriticConfig(channels=8, kernel_size=3),
+                         warmup_steps=1, lr=1e-2, critic_lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for i in range(6):
+        lens = torch.tensor([40, 32])
+        batches.append({"features": torch.randn(2, 40, 80, generator=g), "feature_lens": lens,
+                        "clean_features": torch.randn(2, 40, 80, generator=g),
+                        "clean_feature_lens": lens, "targets": torch.randint(1, 29, (2, 4), generator=g),
+                        "target_lens": torch.tensor([4, 3]), "ids": [f"b{i}u0", f"b{i}u1"],
+                        "texts": ["abcd", "abc"]})
+    before = {k: v.detach().clone() for k, v in task.state_dict().items()}
+    rec = Recorder()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
+                         precision="bf16-mixed", max_steps=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[rec])
+    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    torch.save({"before": before, "after": task.state_dict(), "train_steps": rec.train},
+               Path(out, f"robust.rank{trainer.global_rank}.pt"))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if sys.argv[1] == "robust_gan":
+        robust_gan(sys.argv[2])
+    else:
+        main(*sys.argv[1:4])

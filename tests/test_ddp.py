@@ -158,3 +158,22 @@ def test_topic_lm_evaluation_under_ddp(monkeypatch):
     monkeypatch.undo()
     whole = _sentences(dm.val_dataloader())
     assert len(rows) == n == len(whole) and sorted(rows) == sorted(whole)
+
+
+@pytest.mark.slow
+def test_robust_gan_ranks_stay_identical_under_ddp(tmp_path):
+    """Critic updates are backward passes of their own: with unused-parameter detection each one
+    averages its gradients over the ranks, so the ranks' encoders and critics stay equal while
+    training on different batches."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "ddp_worker.py"), "robust_gan", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"robust.rank{r}.pt") for r in (0, 1))
+    assert all(not set(a) & set(b) for a, b in zip(r0["train_steps"], r1["train_steps"], strict=True))
+    moved = [k for k in r0["after"] if not torch.equal(r0["after"][k], r0["before"][k])]
+    assert any(k.startswith("critic.") for k in moved) and any(k.startswith("encoder.") for k in moved)
+    for k in r0["after"]:
+        assert torch.equal(r0["after"][k], r1["after"][k]), k
