@@ -385,13 +385,10 @@ def test_gramset_file_that_does_not_match_the_checkpoint_head(gram_run, tmp_path
     assert not (tmp_path / "hyps.jsonl").exists()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "LightningCLI's _parse_ckpt_path replaces the recipe's and the command line's model.init_args "
-    "with the checkpoint's hyper-parameters, so `speechlab test --model.init_args.grams OTHER` "
-    "silently uses the checkpoint's GramSet path (and output_dir); left to the `speechlab test "
-    "--ckpt_path` self-contained work in speechlab/tasks/cli.py"))
 def test_speechlab_test_with_a_gramset_file_that_does_not_match(gram_run, tmp_path, capsys,
                                                                  monkeypatch):
+    """``speechlab test --ckpt_path C --model.init_args.grams OTHER``: the command line wins over
+    the checkpoint's hyper-parameters, so OTHER is used and found not to fit the head."""
     monkeypatch.chdir(tmp_path)
     other = tmp_path / "other.json"
     GramSet.from_ngrams(VOCAB, ["th", "he"]).save(other)
