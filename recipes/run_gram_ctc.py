@@ -8,6 +8,11 @@ on dev (grid). The candidates recipe is followed by ``speechlab grams refine``. 
   python recipes/run_gram_ctc.py --suite fsdd            # FSDD spoken digits (real speech)
   python recipes/run_gram_ctc.py --suite tiny            # embedded espeak-ng corpus
   python recipes/run_gram_ctc.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
+  python recipes/run_gram_ctc.py --suite fsdd --jobs 9 --max-steps 3000 --results exp/gpu.json  # GPU
+
+``--jobs K`` trains and decodes K recipes at once (a candidates recipe and the refined recipe that
+needs its grams run one after the other); their wall times then overlap and are not comparable
+with sequential runs: compare steps.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -61,9 +68,12 @@ def sh(cmd: list[str], log: Path | None = None) -> None:
         raise SystemExit(f"command failed ({rc}), log {log}:\n{tail}")
 
 
+DECODE_DEVICE = "auto"
+
+
 def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "speechlab.cli", "decode", "--checkpoint", ckpt, "--manifest",
-           manifest, "--json", str(out_json), *extra]
+           manifest, "--json", str(out_json), "--force", "--device", DECODE_DEVICE, *extra]
     if resample:
         cmd.append("--resample")
     sh(cmd)
@@ -131,7 +141,7 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
         refined = exp / "refined.json"
         cmd = [sys.executable, "-m", "speechlab.cli", "grams", "refine", "--checkpoint", ckpt,
                "--manifest", f"{data}/train.jsonl", "--keep", str(suite["refine_keep"]),
-               "--out", str(refined), "--force"]
+               "--out", str(refined), "--force", "--device", DECODE_DEVICE]
         if rs:
             cmd.append("--resample")
         sh(cmd, REPO / exp / "refine.log")
@@ -164,12 +174,20 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, help="override every recipe's trainer.max_steps")
     p.add_argument("--warmup-steps", type=int, help="override every recipe's warm-up steps")
     p.add_argument("--val-every", type=int, help="override check_val_every_n_epoch")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more `speechlab fit` overrides for every recipe, e.g. "
+                   "trainer.accelerator=gpu data.init_args.num_workers=2")
+    p.add_argument("--jobs", type=int, default=1, help="recipes trained and decoded at once")
+    p.add_argument("--device", default="auto", help="where decoding runs the network")
+    p.add_argument("--results", type=Path, help="results JSON (default exp/results_<suite>.json)")
     p.add_argument("--table", action="store_true", help="only print the table of saved results")
     p.add_argument("--reuse", action="store_true",
                    help="do not retrain a recipe whose best checkpoint and train time exist")
     args = p.parse_args()
     suite = SUITES[args.suite]
-    out = REPO / "exp" / f"results_{args.suite}.json"
+    global DECODE_DEVICE
+    DECODE_DEVICE = args.device
+    out = args.results or REPO / "exp" / f"results_{args.suite}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.table:
         print(table(results))
@@ -192,13 +210,39 @@ def main() -> None:
         overrides.append(f"--model.init_args.warmup_steps={args.warmup_steps}")
     if args.val_every:
         overrides.append(f"--trainer.check_val_every_n_epoch={args.val_every}")
-    for name in suite["recipes"]:
-        if args.only and name not in args.only and name.split("/")[-1] not in args.only:
-            continue
-        run_recipe(name, suite, lm, overrides, results, args.reuse)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        print(table(results), flush=True)
+    overrides += [f"--{kv}" for kv in args.set]
+    names = [n for n in suite["recipes"]
+             if not args.only or n in args.only or n.split("/")[-1] in args.only]
+    # a refined recipe trains on the grams its candidates recipe chose: one chain
+    chains = [[n] for n in names if not n.endswith("_refined")]
+    for n in names:
+        if n.endswith("_refined"):
+            cand = n.replace("_refined", "_candidates")
+            chain = next((c for c in chains if c[0] == cand), None)
+            (chain.append(n) if chain else chains.append([n]))
+    lock = threading.Lock()
+
+    def run_chain(chain: list[str]) -> None:
+        for name in chain:
+            run_recipe(name, suite, lm, overrides, results, args.reuse)
+            with lock:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(results, indent=1) + "\n")
+                tmp.replace(out)
+                print(table(results), flush=True)
+
+    failed = []
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_chain, c): c for c in chains}
+        for future, chain in futures.items():
+            try:
+                future.result()
+            except BaseException as e:  # noqa: BLE001 - report every chain, then fail
+                failed.append(chain[0])
+                print(f"{' -> '.join(chain)} failed: {e}", file=sys.stderr, flush=True)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
