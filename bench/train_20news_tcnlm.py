@@ -49,7 +49,9 @@ def train_one(name: str, dm: Any, args: argparse.Namespace, deadline: float) -> 
     pl.seed_everything(0, verbose=False)
     model_args, _, trainer_args = recipe_args(name, args.recipes)
     out_dir = Path(args.out)
-    model_args = {**model_args, "total_steps": args.steps, "output_dir": str(out_dir / name)}
+    # a re-run into the same --out replaces its results (as it does <out>/<name>.json)
+    model_args = {**model_args, "total_steps": args.steps, "output_dir": str(out_dir / name),
+                  "overwrite": True}
     if args.accelerator == "cpu":
         model_args.update(args.cpu_model or {})
     task = TopicLMTask(**model_args)

@@ -13,7 +13,10 @@ speechlab data synth --out "$DATA" --utterances "$N" --seed 0
 echo "== 2/3 training the CTC baseline (recipes/tiny/ctc.yaml; at most 11 minutes)"
 speechlab fit --config recipes/tiny/ctc.yaml --trainer.enable_progress_bar "${PROGRESS:-true}"
 echo "== 3/3 testing the best checkpoint on $DATA/test.jsonl"
-speechlab test --config recipes/tiny/ctc.yaml --ckpt_path "$EXP/checkpoints/best.ckpt"
+# speechlab test refuses to replace earlier results; the demo trains its model afresh every
+# run, so its own test results (hyps.jsonl, wer.json) replace those of the previous demo
+speechlab test --config recipes/tiny/ctc.yaml --ckpt_path "$EXP/checkpoints/best.ckpt" \
+  --model.init_args.overwrite true
 speechlab score --ref "$DATA/test.jsonl" --hyp "$EXP/hyps.jsonl" --show-alignments 3
 end=$(date +%s)
 cat <<EOT

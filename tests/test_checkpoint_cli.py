@@ -170,3 +170,143 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     cli = SpeechLabCLI(args=common)
     assert cli.model.decoding.method == "greedy"
     assert (tmp_path / "exp" / "train_out" / "wer.json").is_file()
+
+
+def test_second_test_into_the_same_folder_refuses(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """A second ``speechlab test`` into the same ``output_dir`` stops before the data module reads
+    anything, with one line naming the existing file and the option; the first run's files stay
+    byte-identical. With ``--model.init_args.overwrite true`` (the demo's form) it replaces them."""
+    from speechlab.data.speech import SpeechDataModule
+
+    ckpt = _fit(tmp_path / "train", tiny_corpus, "ctc")
+    assert "overwrite" not in torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    monkeypatch.chdir(tmp_path)
+    common = ["test", "--ckpt_path", str(ckpt), "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false"]
+    assert main(common) == 0
+    out = Path("exp") / "train_out"
+    first = {name: (out / name).read_bytes() for name in ("hyps.jsonl", "wer.json")}
+    capsys.readouterr()
+
+    def no_data(self, stage=None):
+        raise AssertionError("the data module was set up: the refusal came too late")
+
+    with monkeypatch.context() as m:
+        m.setattr(SpeechDataModule, "setup", no_data)
+        assert main(common) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"speechlab test: error: {out / 'hyps.jsonl'}: exists (an earlier speechlab test "
+                   "wrote it); pass --model.init_args.overwrite true to replace it, or give another "
+                   "--model.init_args.output_dir"]
+    assert {name: (out / name).read_bytes() for name in first} == first
+    assert sorted(p.name for p in out.iterdir()) == ["hyps.jsonl", "wer.json"]  # no temporary files
+
+    (out / "wer.json").write_text("stale\n")
+    assert main([*common, "--model.init_args.overwrite", "true"]) == 0
+    assert {name: (out / name).read_bytes() for name in first} == first
+
+
+# -- the LM tasks -------------------------------------------------------------------------------
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+LM_FIT = ["--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
+          "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
+          "--trainer.limit_val_batches=0"]
+
+
+def _lm_text(root: Path) -> None:
+    """``data/tiny/{train,dev}.jsonl`` under ``root``: generated sentences in the recipe's
+    characters (only the ``text`` field is read)."""
+    import random
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "it's", "red", "blue", "green", "lamp", "turn",
+             "off", "please", "light", "kitchen"]
+    rng = random.Random(0)
+    (root / "data" / "tiny").mkdir(parents=True)
+    for split, n in (("train", 60), ("dev", 12)):
+        rows = [json.dumps({"id": f"{split}{i}", "text": " ".join(rng.choices(words, k=rng.randint(2, 8)))})
+                for i in range(n)]
+        (root / "data" / "tiny" / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def _lm_oracle(task: str, ckpt: Path, run: Path) -> float:
+    """Test perplexity of ``ckpt`` in-process: Lightning's ``load_from_checkpoint``, a data
+    module built here with the recipe's settings (not the checkpoint's), summed NLL / tokens."""
+    import math
+
+    if task == "rnnlm":
+        from speechlab.data.textlm import TextDataModule
+        from speechlab.tasks.rnnlm import RNNLMTask, perplexity
+
+        model = RNNLMTask.load_from_checkpoint(ckpt, map_location="cpu")
+        dm = TextDataModule(train_text=str(run / "data/tiny/train.jsonl"),
+                            dev_text=str(run / "data/tiny/dev.jsonl"), vocab="abcdefghijklmnopqrstuvwxyz '")
+        dm.setup("test")
+        return perplexity(model.lm, list(dm.test_dataloader()))
+    from speechlab.data.corpus import DocumentDataModule
+    from speechlab.tasks.topic_lm import TopicLMTask
+
+    model = TopicLMTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = DocumentDataModule(train="embedded", embedded_documents=400, batch_size=32, min_freq=2,
+                            topic_min_count=5)
+    dm.setup("test")
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            out = model.compute(batch)
+            nll, tokens = nll + float(out["lm_nll"]), tokens + int(out["tokens"])
+    return math.exp(nll / tokens)
+
+
+@pytest.mark.parametrize("task", ["rnnlm", "tcnlm"])
+def test_lm_checkpoint_tests_alone_from_another_folder(task, tmp_path, monkeypatch, capsys):
+    """The tiny LM recipes trained for 3 steps (relative paths, cwd ``train``); ``speechlab test
+    --ckpt_path X`` alone from another folder gives the in-process perplexity; a second run
+    into the same folder refuses; the Python API (``trainer.test``) refuses the same way."""
+    import pytorch_lightning as pl
+
+    from speechlab.errors import InputError
+
+    run = tmp_path / "train"
+    run.mkdir()
+    if task == "rnnlm":
+        _lm_text(run)
+    monkeypatch.chdir(run)
+    assert main(["fit", "--config", str(RECIPES / f"{task}.yaml"), *LM_FIT]) == 0
+    ckpt = run / "exp" / f"tiny_{task}" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    data = saved["datamodule_hyper_parameters"]
+    if task == "rnnlm":
+        assert Path(data["train_text"]) == (run / "data/tiny/train.jsonl").resolve()
+        assert Path(data["dev_text"]) == (run / "data/tiny/dev.jsonl").resolve()
+    else:
+        assert data["train"] == "embedded"
+    assert "overwrite" not in saved["hyper_parameters"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    common = ["test", "--ckpt_path", str(ckpt), "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false"]
+    capsys.readouterr()
+    assert main(common) == 0
+    # rnnlm: no output_dir, no logger: the trainer's default_root_dir (the cwd); tcnlm: the
+    # recipe's output_dir (relative: resolved in this cwd)
+    out = elsewhere / ("results.json" if task == "rnnlm" else "exp/tiny_tcnlm/results.json")
+    results = json.loads(out.read_text())
+    assert results["perplexity"] == pytest.approx(_lm_oracle(task, ckpt, run), rel=1e-5)
+    assert f"test perplexity {results['perplexity']:.2f}" in capsys.readouterr().out
+    first = out.read_bytes()
+
+    assert main(common) == 2
+    assert f"{out.relative_to(elsewhere)}: exists" in capsys.readouterr().err
+    module, name = {"rnnlm": ("speechlab.tasks.rnnlm", "RNNLMTask"),
+                    "tcnlm": ("speechlab.tasks.topic_lm", "TopicLMTask")}[task]
+    import importlib
+
+    model = getattr(importlib.import_module(module), name).load_from_checkpoint(
+        ckpt, map_location="cpu", output_dir=str(out.parent))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with pytest.raises(InputError, match=f"{out}: exists"):
+        trainer.test(model, dataloaders=[])
+    assert out.read_bytes() == first

@@ -45,10 +45,13 @@ wait
 fit deep recipes/domain/seq2seq_deep.yaml
 
 run_test() {  # name config checkpoint test_manifest [overrides...]
+  # a re-run of this script tests again (BEAM/BETA may have changed): it replaces its own
+  # earlier results in $E/results/NAME (speechlab test refuses that without overwrite)
   local name=$1 cfg=$2 ckpt=$3 manifest=$4
   shift 4
   speechlab test --config "$cfg" --ckpt_path "$ckpt" --data.init_args.test_manifest="$manifest" \
-    --model.init_args.output_dir=$E/results/"$name" --model.init_args.beam_size=$BEAM \
+    --model.init_args.output_dir=$E/results/"$name" --model.init_args.overwrite=true \
+    --model.init_args.beam_size=$BEAM \
     --trainer.logger=false $P "$@" > $E/results/"$name".log 2>&1
   grep -E "^test:" $E/results/"$name".log | sed "s/^/$name  /"
 }

@@ -558,6 +558,13 @@ class DocumentDataModule(pl.LightningDataModule):
                  embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # checkpoints carry this data config (speechlab test --ckpt_path needs nothing else):
+        # name the files by absolute path, so that it works from any folder
+        for key in ("train", "val", "test"):
+            if self.hparams[key] is not None and str(self.hparams[key]) != EMBEDDED:
+                self.hparams[key] = os.path.abspath(self.hparams[key])
+        if stop_words not in ("sklearn", "none"):
+            self.hparams.stop_words = os.path.abspath(stop_words)
         self.lm_vocab: WordVocab | None = None
         self.topic_vocab: WordVocab | None = None
         self.splits: dict[str, ProcessedDocuments] = {}

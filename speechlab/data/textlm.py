@@ -32,6 +32,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -339,6 +340,15 @@ class TextDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # checkpoints carry this data config (speechlab test --ckpt_path needs nothing else):
+        # name the files by absolute path, so that it works from any folder
+        for key in ("train_text", "dev_text", "test_text"):
+            value = self.hparams[key]
+            if value is not None:
+                self.hparams[key] = (os.path.abspath(value) if isinstance(value, str)
+                                     else [os.path.abspath(v) for v in value])
+        if sentencepiece_model is not None:
+            self.hparams.sentencepiece_model = os.path.abspath(sentencepiece_model)
         self.vocab: Vocab = (SentencePieceVocab.load(sentencepiece_model) if sentencepiece_model
                              else CharVocab(list(vocab)))
         self._data: dict[str, tuple[list[list[int]], list[str]]] = {}

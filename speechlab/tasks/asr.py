@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,6 +24,7 @@ from speechlab.data.text import CharVocab
 from speechlab.errors import InputError
 from speechlab.io import atomic_write_jsonl, atomic_write_text
 from speechlab.metrics import ErrorRate
+from speechlab.tasks.outputs import TestOutputs
 
 log = logging.getLogger("speechlab.tasks")
 
@@ -68,7 +68,7 @@ def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class ASRTask(pl.LightningModule):
+class ASRTask(TestOutputs, pl.LightningModule):
     """Base of the ASR tasks (not used directly in recipes).
 
     Args:
@@ -79,7 +79,11 @@ class ASRTask(pl.LightningModule):
         total_steps: steps of the cosine schedule; default ``trainer.max_steps``.
         output_dir: where ``test`` writes ``hyps.jsonl`` and ``wer.json``; default the logger's
             folder.
+        overwrite: let ``test`` replace those files when they exist (without it ``test``
+            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
     """
+
+    test_output_names = ("hyps.jsonl", "wer.json")
 
     #: dev utterances (the first of the first validation batch) whose reference and hypothesis
     #: (every validation) and audio (first validation) go to a TensorBoard logger; 0: none
@@ -87,7 +91,7 @@ class ASRTask(pl.LightningModule):
 
     def __init__(self, vocab: str, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__()
         self.vocab = CharVocab(list(vocab))
         self.metrics = torch.nn.ModuleDict({
@@ -152,6 +156,7 @@ class ASRTask(pl.LightningModule):
 
     # -- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self.setup_test_outputs(stage)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             return
@@ -262,13 +267,6 @@ class ASRTask(pl.LightningModule):
               f"summary:    {out / 'wer.json'}\nrescore:    speechlab score --ref "
               f"{out / 'hyps.jsonl'} --hyp {out / 'hyps.jsonl'}")
 
-    def test_output_dir(self) -> Path:
-        if self.hparams.get("output_dir"):
-            return Path(self.hparams.output_dir)
-        if self.trainer.log_dir is not None:
-            return Path(self.trainer.log_dir)
-        return Path(self.trainer.default_root_dir)
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]
 
@@ -289,3 +287,4 @@ class ASRTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
+        self.strip_run_options(checkpoint)

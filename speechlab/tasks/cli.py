@@ -108,6 +108,10 @@ class SpeechLabCLI(LightningCLI):
     ``LightningCLI`` lets the checkpoint override the command line, and ignores the data module's
     hyper-parameters.) A ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/
     ``registry``) is an :class:`~speechlab.errors.InputError` naming it.
+
+    ``test`` refuses to start, before the trainer runs, when the task would replace files an
+    earlier ``test`` wrote (``--model.init_args.overwrite true`` allows it; see
+    :mod:`speechlab.tasks.outputs`).
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
@@ -129,6 +133,11 @@ class SpeechLabCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         if not self._ckpt_config_done:  # e.g. ckpt_path set in a recipe: Lightning's way
             super()._parse_ckpt_path()
+
+    def before_test(self) -> None:
+        check = getattr(self.model, "check_test_outputs", None)
+        if callable(check):
+            check(self.trainer, early=True)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         configured = list(callbacks)

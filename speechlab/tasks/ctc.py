@@ -22,14 +22,15 @@ class CTCTask(ASRTask):
         vocab: output characters (blank = 0 implicit).
         encoder: encoder hyper-parameters (shared with Gram-CTC, robust and seq2seq tasks).
         spec_augment: apply SpecAugment to training batches.
-        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`.
+        lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`.
     """
 
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
                  encoder: SpeechEncoderConfig | None = None, spec_augment: bool = True,
                  lr: float = 2e-3, weight_decay: float = 1e-2, warmup_steps: int = 200,
-                 total_steps: int | None = None, output_dir: str | None = None) -> None:
-        super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir)
+                 total_steps: int | None = None, output_dir: str | None = None,
+                 overwrite: bool = False) -> None:
+        super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite)
         self.save_hyperparameters()
         self.encoder = SpeechEncoder(encoder or SpeechEncoderConfig())
         self.head = torch.nn.Linear(self.encoder.output_dim, len(self.vocab))

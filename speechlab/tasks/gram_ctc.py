@@ -98,7 +98,7 @@ class GramCTCTask(CTCTask):
         spec_augment: SpecAugment on training batches.
         decoding: decoding of ``test``/``predict`` (:class:`GramDecoding`).
         loss_backend: ``gram_ctc_loss`` backend (``auto``, ``cuda``, ``cpu``, ``reference``).
-        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`.
+        lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`.
 
     Shapes: ``forward(features (B, T, F), lengths (B,))`` → ``(log_probs (B, T', |V|), (B,))``
     with ``T' = ceil(T / stride)`` and ``|V| = len(grams)``.
@@ -111,9 +111,9 @@ class GramCTCTask(CTCTask):
                  spec_augment: bool = True, decoding: GramDecoding | None = None,
                  loss_backend: str = "auto", lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
-                         total_steps, output_dir)
+                         total_steps, output_dir, overwrite)
         self.save_hyperparameters()
         ctc_weight_at(0, ctc_weight, ctc_weight_schedule, ctc_weight_steps)  # validates
         if ctc_weight < 0:

@@ -1,6 +1,7 @@
 """``RNNLMTask``: trains :class:`~speechlab.nn.lm.RNNLanguageModel` on sentences from
 :class:`~speechlab.data.textlm.TextDataModule`; reports perplexity; its checkpoint is what the
-seq2seq task loads as the (frozen) LM of shallow, deep and cold fusion.
+seq2seq task loads as the (frozen) LM of shallow, deep and cold fusion. ``speechlab test`` writes
+``results.json`` (perplexity) to ``output_dir``.
 
 Checkpoint contract (read by :func:`load_language_model`): a Lightning checkpoint whose
 ``state_dict`` holds the LM under ``lm.``, with ``speechlab_lm_config`` (the constructor
@@ -11,7 +12,9 @@ checkpoints) is accepted as well.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +26,10 @@ from torchmetrics import Metric
 from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
+from speechlab.io import atomic_write_text
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
+from speechlab.tasks.outputs import TestOutputs
 
 Vocab = CharVocab | SentencePieceVocab
 
@@ -63,7 +68,7 @@ def lm_nll(model: RNNLanguageModel, inputs: torch.Tensor, targets: torch.Tensor
     return nll, (targets != IGNORE_INDEX).sum()
 
 
-class RNNLMTask(pl.LightningModule):
+class RNNLMTask(TestOutputs, pl.LightningModule):
     """Character (or SentencePiece) LSTM/GRU language model.
 
     Args:
@@ -74,15 +79,24 @@ class RNNLMTask(pl.LightningModule):
             :class:`~speechlab.nn.lm.RNNLanguageModel`.
         lr, weight_decay, warmup_steps, total_steps: AdamW with linear warm-up + cosine decay
             (``total_steps`` defaults to ``trainer.max_steps``).
+        output_dir: where ``test`` writes ``results.json`` (perplexity, tokens); default the
+            logger's folder.
+        overwrite: let ``test`` replace an existing ``results.json`` (without it ``test``
+            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
     """
+
+    test_output_names = ("results.json",)
 
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS), sentencepiece_model: str | None = None,
                  embed_dim: int = 64, hidden_size: int = 256, num_layers: int = 2,
                  rnn_type: Literal["lstm", "gru"] = "lstm", dropout: float = 0.1,
                  tie_weights: bool = False, lr: float = 2e-3, weight_decay: float = 1e-2,
-                 warmup_steps: int = 100, total_steps: int | None = None) -> None:
+                 warmup_steps: int = 100, total_steps: int | None = None,
+                 output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if sentencepiece_model is not None:  # checkpoints name it by absolute path (any cwd)
+            self.hparams.sentencepiece_model = os.path.abspath(sentencepiece_model)
         self.vocab: Vocab = (SentencePieceVocab.load(sentencepiece_model) if sentencepiece_model
                              else CharVocab(list(vocab)))
         self.lm_config = {"vocab_size": len(self.vocab), "embed_dim": embed_dim,
@@ -92,6 +106,7 @@ class RNNLMTask(pl.LightningModule):
         self.ppl = torch.nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
 
     def setup(self, stage: str) -> None:
+        self.setup_test_outputs(stage)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "vocab", self.vocab) != self.vocab:
             raise ValueError(f"recipe mismatch: model vocabulary {self.vocab!r} != data vocabulary "
@@ -116,6 +131,16 @@ class RNNLMTask(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def on_test_epoch_end(self) -> None:
+        ppl = float(self.ppl["test"].compute())
+        if not self.trainer.is_global_zero:
+            return
+        results = {"perplexity": ppl, "tokens": int(self.ppl["test"].tokens),
+                   "vocab_size": len(self.vocab)}
+        out = self.test_output_dir() / "results.json"
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+        print(f"\ntest perplexity {ppl:.3f} over {results['tokens']} tokens\nresults: {out}")
+
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, self.parameters())
 
@@ -131,6 +156,7 @@ class RNNLMTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
         checkpoint["speechlab_lm_config"] = dict(self.lm_config)
+        self.strip_run_options(checkpoint)
 
 
 def lm_bundle(lm: RNNLanguageModel, config: dict[str, Any], vocab: Vocab) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class RobustASRTask(CTCTask):
             carry no information yet and a full-strength penalty can collapse them (all views
             equal, CTC stuck on blanks), as ``lambda_l1 = 40`` did in the CPU study.
         grad_clip: max global L2 norm of the encoder/head gradients (``None``: no clipping).
-        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`; the
+        lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`; the
             schedule applies to the encoder/head optimizer.
     """
 
@@ -105,9 +105,9 @@ class RobustASRTask(CTCTask):
                  critic_lr: float = 5e-4, critic_betas: tuple[float, float] = (0.5, 0.9),
                  penalty_warmup_steps: int = 0, grad_clip: float | None = 2.0, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
-                         total_steps, output_dir)
+                         total_steps, output_dir, overwrite)
         self.save_hyperparameters()
         if views not in ("clean", "noisy", "both"):
             raise ValueError(f"views must be 'clean', 'noisy' or 'both', got {views!r}")

@@ -88,7 +88,7 @@ class Seq2SeqTask(ASRTask):
             baseline); parameters whose shapes match are loaded, the output layer is widened.
         freeze_seq2seq: train only the fusion gate and the output DNN (deep fusion).
         spec_augment: SpecAugment on training batches.
-        lr, weight_decay, warmup_steps, total_steps, output_dir: see :class:`ASRTask`.
+        lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`.
     """
 
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
@@ -103,8 +103,8 @@ class Seq2SeqTask(ASRTask):
                  init_checkpoint: str | None = None, freeze_seq2seq: bool = False,
                  spec_augment: bool = True, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
-                 output_dir: str | None = None) -> None:
-        super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir)
+                 output_dir: str | None = None, overwrite: bool = False) -> None:
+        super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite)
         self.save_hyperparameters()
         if lm_checkpoint is not None:  # checkpoints name the LM by absolute path (any cwd)
             self.hparams.lm_checkpoint = os.path.abspath(lm_checkpoint)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -33,6 +32,7 @@ from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
 from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
+from speechlab.tasks.outputs import TestOutputs
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
@@ -58,7 +58,7 @@ def lstm_hidden_for_params(target: int, vocab_size: int, embed_dim: int, num_lay
     return min((lo, hi), key=lambda h: abs(params(h) - target))
 
 
-class TopicLMTask(pl.LightningModule):
+class TopicLMTask(TestOutputs, pl.LightningModule):
     """TCNLM (``lm_type: tcnlm``) or a plain LSTM LM baseline (``lm_type: lstm``) on a
     :class:`~speechlab.data.corpus.DocumentDataModule`.
 
@@ -83,9 +83,13 @@ class TopicLMTask(pl.LightningModule):
             ignored on CPU).
         top_k: words per topic for the topic lists and NPMI.
         output_dir: where ``test`` writes ``results.json``; default the logger's folder.
+        overwrite: let ``test`` replace an existing ``results.json`` (without it ``test``
+            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
         lm_vocab_size, topic_vocab_size: set from the data at ``setup`` (and saved, so that a
             checkpoint rebuilds the model); give them only to build a model without data.
     """
+
+    test_output_names = ("results.json",)
 
     def __init__(self, lm_type: Literal["tcnlm", "lstm"] = "tcnlm", num_topics: int = 50,
                  embed_dim: int = 300, hidden_size: int = 600, factor_size: int = 600,
@@ -97,7 +101,7 @@ class TopicLMTask(pl.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
                  total_steps: int | None = None, compile: bool = False, top_k: int = 10,
                  output_dir: str | None = None, lm_vocab_size: int | None = None,
-                 topic_vocab_size: int | None = None) -> None:
+                 topic_vocab_size: int | None = None, overwrite: bool = False) -> None:
         super().__init__()
         if lm_type not in ("tcnlm", "lstm"):
             raise ValueError(f"lm_type must be 'tcnlm' or 'lstm', got {lm_type!r}")
@@ -150,6 +154,8 @@ class TopicLMTask(pl.LightningModule):
                                    "lstm", hp.dropout)
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            self.setup_test_outputs(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "lm_vocab"):
             if self.lm is None:
@@ -250,18 +256,11 @@ class TopicLMTask(pl.LightningModule):
                 npmi = self.npmi(dm.splits["test"].doc_term_matrix(len(self.topic_vocab), binary=True))
                 results["npmi"] = npmi.tolist()
                 results["npmi_mean"] = float(npmi.mean())
-        out = self.output_dir() / "results.json"
+        out = self.test_output_dir() / "results.json"
         atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         print(f"\ntest perplexity {ppl:.2f} over {results['tokens']} tokens"
               + (f"; NPMI {results['npmi_mean']:.4f}" if "npmi_mean" in results else "")
               + f"\nresults: {out}")
-
-    def output_dir(self) -> Path:
-        if self.hparams.get("output_dir"):
-            return Path(self.hparams.output_dir)
-        if self.trainer.log_dir is not None:
-            return Path(self.trainer.log_dir)
-        return Path(self.trainer.default_root_dir)
 
     # -- topics ------------------------------------------------------------------------------
     def topic_words(self, k: int = 10) -> list[list[str]]:
@@ -287,6 +286,7 @@ class TopicLMTask(pl.LightningModule):
         return [RNGState()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.strip_run_options(checkpoint)
         if self.lm_vocab is not None:
             checkpoint["speechlab_lm_vocab"] = self.lm_vocab.to_dict()
         if self.topic_vocab is not None:
