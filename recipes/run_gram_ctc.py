@@ -69,6 +69,8 @@ def sh(cmd: list[str], log: Path | None = None) -> None:
 
 
 DECODE_DEVICE = "auto"
+CHECKPOINTS: Path | None = None  # --checkpoints: best checkpoints trained elsewhere, by exp name
+TRAINED = ""  # --trained: how those were trained (the table's train column)
 
 
 def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json: Path) -> list[dict]:
@@ -94,24 +96,33 @@ def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: 
             f"--data.init_args.dev_manifest={data}/dev.jsonl",
             f"--data.init_args.test_manifest={data}/test.jsonl"]
     fit += overrides
-    timing = REPO / exp / "train_seconds.txt"
-    if reuse and (REPO / exp / "checkpoints" / "best.ckpt").exists() and timing.exists():
-        train_s = float(timing.read_text())
-    else:
-        t0 = time.time()
-        sh(fit, REPO / exp / "fit.log")
-        train_s = time.time() - t0
-        timing.write_text(f"{train_s:.1f}\n")
-    ckpt = str(exp / "checkpoints" / "best.ckpt")
+    given = CHECKPOINTS / f"{exp.name}.ckpt" if CHECKPOINTS else None
     import torch
 
-    meta = torch.load(REPO / exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    steps = int(meta.get("global_step", 0))  # at the last validation
-    best_meta = torch.load(REPO / ckpt, map_location="cpu", weights_only=False)
-    best_step = int(best_meta.get("global_step", 0))
+    if given is not None and given.exists():  # trained elsewhere (e.g. on the GPU machine)
+        ckpt = str(given)
+        best_step = int(torch.load(given, map_location="cpu", weights_only=False).get("global_step", 0))
+        steps, train_s, epochs = best_step, None, None
+    else:
+        timing = REPO / exp / "train_seconds.txt"
+        if reuse and (REPO / exp / "checkpoints" / "best.ckpt").exists() and timing.exists():
+            train_s = float(timing.read_text())
+        else:
+            t0 = time.time()
+            sh(fit, REPO / exp / "fit.log")
+            train_s = time.time() - t0
+            timing.write_text(f"{train_s:.1f}\n")
+        ckpt = str(exp / "checkpoints" / "best.ckpt")
+        meta = torch.load(REPO / exp / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)
+        steps, epochs = int(meta.get("global_step", 0)), int(meta.get("epoch", 0))  # last validation
+        best_step = int(torch.load(REPO / ckpt, map_location="cpu", weights_only=False)
+                        .get("global_step", 0))
     rs = suite["resample"]
-    row: dict = {"recipe": str(cfg.relative_to(REPO)), "train_seconds": round(train_s, 1),
-                 "steps": steps, "best_step": best_step, "epochs": int(meta.get("epoch", 0)),
+    row: dict = {"recipe": str(cfg.relative_to(REPO)),
+                 "train_seconds": None if train_s is None else round(train_s, 1),
+                 "trained": TRAINED if train_s is None else "here",
+                 "steps": steps, "best_step": best_step, "epochs": epochs,
                  "overrides": overrides,
                  "load_average": round(os.getloadavg()[0], 1)}
     row["test_greedy"] = decode(ckpt, f"{data}/test.jsonl", rs, [], REPO / exp / "test_greedy.json")[0]
@@ -157,8 +168,11 @@ def table(results: dict) -> str:
             continue
         g, b, lm = row["test_greedy"], row["test_beam"], row["test_beam_lm"]
         lines.append(
-            f"| `{row['recipe']}` | {g['frames_per_second']:.1f} | {row['train_seconds'] / 60:.1f} min "
-            f"({row.get('best_step', '?')}/{row['steps']}) | {100 * g['wer']:.1f} / {100 * g['cer']:.1f} | "
+            f"| `{row['recipe']}` | {g['frames_per_second']:.1f} | "
+            + (f"{row['train_seconds'] / 60:.1f} min ({row.get('best_step', '?')}/{row['steps']})"
+               if row.get("train_seconds") is not None
+               else f"{row.get('trained', '?')} (best: step {row.get('best_step', '?')})")
+            + f" | {100 * g['wer']:.1f} / {100 * g['cer']:.1f} | "
             f"{100 * b['wer']:.1f} / {100 * b['cer']:.1f} | {100 * lm['wer']:.1f} / "
             f"{100 * lm['cer']:.1f} ({row['lm_weight']:g}, {row['word_score']:g}) | "
             + (f"{100 * lx['wer']:.1f} / {100 * lx['cer']:.1f} ({row['lexicon_lm_weight']:g}, "
@@ -179,14 +193,23 @@ def main() -> None:
                    "trainer.accelerator=gpu data.init_args.num_workers=2")
     p.add_argument("--jobs", type=int, default=1, help="recipes trained and decoded at once")
     p.add_argument("--device", default="auto", help="where decoding runs the network")
+    p.add_argument("--checkpoints", type=Path,
+                   help="decode the checkpoints DIR/<exp name>.ckpt instead of training (a recipe "
+                   "without one there is trained here)")
+    p.add_argument("--trained", default="elsewhere",
+                   help="with --checkpoints: how they were trained, for the table")
+    p.add_argument("--data", help="the suite's data folder (default: the suite's)")
     p.add_argument("--results", type=Path, help="results JSON (default exp/results_<suite>.json)")
     p.add_argument("--table", action="store_true", help="only print the table of saved results")
     p.add_argument("--reuse", action="store_true",
                    help="do not retrain a recipe whose best checkpoint and train time exist")
     args = p.parse_args()
     suite = SUITES[args.suite]
-    global DECODE_DEVICE
-    DECODE_DEVICE = args.device
+    global DECODE_DEVICE, CHECKPOINTS, TRAINED
+    DECODE_DEVICE, TRAINED = args.device, args.trained
+    CHECKPOINTS = args.checkpoints.resolve() if args.checkpoints else None
+    if args.data:
+        suite = {**suite, "data": args.data}
     out = args.results or REPO / "exp" / f"results_{args.suite}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.table:
