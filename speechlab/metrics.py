@@ -12,7 +12,10 @@ from speechlab.score import edit_counts
 
 
 class ErrorRate(Metric):
-    """Corpus word or character error rate: ``sum(errors) / sum(reference length)``."""
+    """Corpus word or character error rate: ``sum(errors) / sum(reference length)``, both sides
+    normalized with :func:`~speechlab.data.text.normalize_text` as ``speechlab score`` does (a
+    hypothesis like ``"what' is"`` counts as ``"what is"``), so a task's test WER equals the
+    scorer's on its ``hyps.jsonl``."""
 
     full_state_update = False
     higher_is_better = False
@@ -24,7 +27,7 @@ class ErrorRate(Metric):
         self.add_state("ref_len", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, hyps: list[str], refs: list[str]) -> None:
-        counts = edit_counts(refs, hyps, unit=self.unit)
+        counts = edit_counts(refs, hyps, unit=self.unit, normalize=True)
         self.errors += counts.errors
         self.ref_len += counts.ref_len
 

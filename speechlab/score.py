@@ -209,19 +209,24 @@ def _align(refs: Sequence[str], hyps: Sequence[str], unit: Unit) -> list[_Alignm
     return out  # type: ignore[return-value]
 
 
-def edit_counts(refs: Sequence[str], hyps: Sequence[str], unit: Unit = "word") -> ErrorCounts:
+def edit_counts(refs: Sequence[str], hyps: Sequence[str], unit: Unit = "word",
+                normalize: bool = False) -> ErrorCounts:
     """Summed word (``unit="word"``) or character (``unit="char"``) edit counts of the pairs.
 
     This is speechlab's one WER/CER function (built on ``jiwer.process_words`` /
-    ``process_characters``). Texts are taken as they are, apart from collapsing whitespace:
-    normalize them first (:func:`speechlab.data.text.normalize_text`). Characters include the
-    spaces between words. Sum the counts of batches/ranks, then take ``.rate``:
+    ``process_characters``). Texts are taken as they are, apart from collapsing whitespace,
+    unless ``normalize`` (both sides through :func:`speechlab.data.text.normalize_text`, as
+    ``speechlab score`` does by default; the training metrics and ``speechlab decode`` use it, so
+    their numbers equal the scorer's). Characters include the spaces between words. Sum the
+    counts of batches/ranks, then take ``.rate``:
 
     >>> edit_counts(["the cat sat"], ["the cat sat down"]).rate
     0.3333333333333333
     >>> edit_counts([""], ["a b c"])
     ErrorCounts(substitutions=0, deletions=0, insertions=3, hits=0, ref_len=0)
     """
+    if normalize:
+        refs, hyps = [normalize_text(r) for r in refs], [normalize_text(h) for h in hyps]
     return sum((a.counts for a in _align(refs, hyps, unit)), ErrorCounts())
 
 

@@ -299,3 +299,20 @@ def test_cli_errors_exit_2(cli, tmp_path: Path, capsys: pytest.CaptureFixture) -
     empty = _write(tmp_path / "empty.tsv", "")
     assert cli(["score", "--ref", str(empty), "--hyp", str(empty)]) == 2
     assert "no utterances" in capsys.readouterr().err
+
+
+def test_training_metric_counts_equal_the_scorer() -> None:
+    """The tasks' ErrorRate and `speechlab score` (both normalized) count the same errors, also
+    for raw model output that normalization changes (a stray apostrophe, doubled spaces); found
+    when a demo's test WER was one word off the scorer's."""
+    from speechlab.metrics import ErrorRate
+
+    refs = ["what is the temperature in the study", "turn on the lights", "don't stop"]
+    hyps = ["what' is the temperatur in the stardy", "turn  on the 'lights", "dont stop"]
+    report = score(dict(enumerate(refs)), dict(enumerate(hyps)))
+    for unit, expected in (("word", report.words), ("char", report.chars)):
+        metric = ErrorRate(unit)
+        metric.update(hyps, refs)
+        assert (int(metric.errors), int(metric.ref_len)) == (expected.errors, expected.ref_len)
+    # without normalization the stray apostrophes are errors: the test can tell the difference
+    assert edit_counts(refs, hyps).errors > report.words.errors

@@ -163,8 +163,8 @@ def main(args: argparse.Namespace) -> int:
             label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")
             label += " + lexicon" if lexicon else ""
         dt = time.perf_counter() - t0
-        w = edit_counts(out.texts, hyps, unit="word")
-        c = edit_counts(out.texts, hyps, unit="char")
+        w = edit_counts(out.texts, hyps, unit="word", normalize=True)
+        c = edit_counts(out.texts, hyps, unit="char", normalize=True)
         row = {"decoding": label, "lm_weight": alpha, "word_score": beta, "wer": w.rate,
                "cer": c.rate, "word_errors": w.errors, "words": w.ref_len, "decode_seconds": dt,
                "frames_per_second": fps, "utterances": len(hyps)}

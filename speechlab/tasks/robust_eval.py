@@ -93,7 +93,8 @@ def evaluate_manifest(task: CTCTask, name: str, manifest: str | Path, resample: 
             for i, cut_id in enumerate(batch["ids"]):
                 embeddings[cut_id] = enc[i, :int(lens[i])].clone()
     refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
-    words, chars = edit_counts(refs, hyps, unit="word"), edit_counts(refs, hyps, unit="char")
+    words = edit_counts(refs, hyps, unit="word", normalize=True)
+    chars = edit_counts(refs, hyps, unit="char", normalize=True)
     return SetResult(name, len(rows), words.errors, words.ref_len, chars.errors, chars.ref_len,
                      sorted(rows, key=lambda r: r["id"]))
 
