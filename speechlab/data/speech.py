@@ -16,8 +16,10 @@ In paired mode (``paired_clean_manifest`` set; the train manifest holds far-fiel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 import zlib
 from typing import Any
 
@@ -36,6 +38,17 @@ from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _eager_cutset_ok():
+    """lhotse warns that an eagerly read CutSet gains nothing from its dynamic samplers; ours are
+    read eagerly on purpose (every entry is validated at set-up), so that warning is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r"You are using Dynamic\w*Sampler with an eagerly read CutSet")
+        yield
+
 
 #: key of a training cut's ``custom`` that seeds its dither noise (set by the training sampler)
 DITHER_SEED = "dither_seed"
@@ -227,14 +240,15 @@ class SpeechDataModule(pl.LightningDataModule):
         cuts, hp = self._cuts["train"], self.hparams
         # lhotse needs 2 <= num_buckets <= len(cuts); below that, plain shuffled batches
         num_buckets = min(hp.num_buckets, len(cuts))
-        if num_buckets >= 2:
-            self._train_sampler = DynamicBucketingSampler(
-                cuts, max_duration=hp.max_duration, shuffle=True, num_buckets=num_buckets,
-                seed=hp.seed, drop_last=False, world_size=_world_size(), rank=_rank())
-        else:
-            self._train_sampler = DynamicCutSampler(
-                cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
-                world_size=_world_size(), rank=_rank())
+        with _eager_cutset_ok():
+            if num_buckets >= 2:
+                self._train_sampler = DynamicBucketingSampler(
+                    cuts, max_duration=hp.max_duration, shuffle=True, num_buckets=num_buckets,
+                    seed=hp.seed, drop_last=False, world_size=_world_size(), rank=_rank())
+            else:
+                self._train_sampler = DynamicCutSampler(
+                    cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
+                    world_size=_world_size(), rank=_rank())
         self._train_sampler.map(_TagDitherSeed(self._train_sampler, hp.seed))
         if self._pending_sampler_state is not None:
             state, self._pending_sampler_state = self._pending_sampler_state, None
@@ -257,8 +271,9 @@ class SpeechDataModule(pl.LightningDataModule):
             # round has fewer than world_size of them, and the summed WER counts would count
             # those twice (ranks may get unequal numbers of eval batches: no step collectives)
             cuts = CutSet.from_cuts(c for i, c in enumerate(cuts) if i % world == rank)
-        sampler = DynamicCutSampler(cuts, max_duration=self.hparams.max_duration, shuffle=False,
-                                    world_size=1, rank=0)  # the shard is this rank's already
+        with _eager_cutset_ok():
+            sampler = DynamicCutSampler(cuts, max_duration=self.hparams.max_duration,
+                                        shuffle=False, world_size=1, rank=0)  # this rank's shard
         return self._loader(sampler)
 
     def val_dataloader(self) -> DataLoader:
