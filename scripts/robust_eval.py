@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from speechlab.io import atomic_write_text, check_overwrite
 from speechlab.tasks.robust_eval import distance_table, evaluate_sets, results_table
 
 #: evaluation order: clean references first (their embeddings are the distance targets)
@@ -36,7 +37,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the summaries here (docs/robust_results.json)")
+    parser.add_argument("--force", action="store_true", help="replace earlier results in --out/--json")
     args = parser.parse_args()
+    for path in (args.out / "all_results.json", args.json):
+        if path is not None:
+            check_overwrite(path, args.force)  # before any model runs
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     sets = {}
@@ -51,17 +56,17 @@ def main() -> None:
         results[name] = evaluate_sets(ckpt, sets, out_dir=args.out / name)
         results[name]["eval_seconds"] = round(time.time() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "all_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.out / "all_results.json", json.dumps(results, indent=1) + "\n")
     text = ("WER % (noisy − clean gap)\n\n" + results_table(results, "wer")
             + "\nCER % (noisy − clean gap)\n\n" + results_table(results, "cer")
             + "\nembedding distance to the clean view: relative L1 / cosine\n\n"
             + distance_table(results))
-    (args.out / "tables.md").write_text(text)
+    atomic_write_text(args.out / "tables.md", text)
     if args.json is not None:
         meta = {"command": "python scripts/robust_eval.py " + " ".join(sys.argv[1:]),
                 "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), "
                            f"torch {torch.__version__}, {args.threads} thread(s)"}
-        args.json.write_text(json.dumps({"meta": meta, "models": results}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({"meta": meta, "models": results}, indent=1) + "\n")
     print(text)
 
 

@@ -21,5 +21,5 @@ for cfg in clean augment l1 gan gan_lambda0.1; do
   ckpt=exp/tiny_robust_$cfg/checkpoints/last.ckpt
   [[ -f $ckpt ]] && CKPTS+=("$cfg=$ckpt")
 done
-python scripts/robust_eval.py --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}" \
+python scripts/robust_eval.py --force --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}" \
   --json docs/robust_results.json

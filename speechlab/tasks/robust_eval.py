@@ -19,6 +19,7 @@ import torch
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.functional.ctc import ctc_greedy_decode
+from speechlab.io import atomic_write_jsonl, atomic_write_text
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
 
@@ -169,10 +170,9 @@ def evaluate_sets(checkpoint: str | Path, sets: Mapping[str, str | Path], resamp
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{name}.hyps.jsonl").write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res.rows))
+            atomic_write_jsonl(out / f"{name}.hyps.jsonl", res.rows)
     if out_dir is not None:
-        (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=1) + "\n")
     return results
 
 
