@@ -1,4 +1,4 @@
-"""Reusable Lightning callbacks for checking multi-process (DDP) training.
+"""Reusable Lightning callbacks: checking multi-process (DDP) training, resuming.
 
 * :class:`BatchIdRecorder` -- the utterance ids each rank trained and validated on, one JSON
   file per rank (``ids.rank{R}.json``): ranks must see disjoint batches.
@@ -10,6 +10,8 @@
   ids), flushed as it is written, so a killed run leaves every finished step on disk.
 * :class:`RNGState` -- the RNG states (torch, CUDA, numpy, python) in checkpoints, restored
   when a run resumes, and kept out of reach of validation (the tasks add it themselves).
+* :class:`LatestCheckpoint` -- ``last.ckpt`` = the latest training state (every validation and
+  the end of training), what a run resumes from; the recipes pair it with a monitored ``best``.
 
 The recorders take ``out_dir`` (or ``path``) and only write there; add them to a recipe with
 ``--trainer.callbacks+=speechlab.callbacks.BatchIdRecorder --trainer.callbacks.out_dir=DIR``.
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 #: feature frames per second (10 ms shift) -- the batches' ``feature_lens`` unit
 FRAMES_PER_SECOND = 100.0
@@ -288,3 +291,31 @@ class RNGState(pl.Callback):
             random.seed(seed)
             states = rng_states()
         self._states = states
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the latest training state, what a stopped or crashed run resumes from
+    (``speechlab fit --ckpt_path …/last.ckpt``). Rewritten at every validation (or epoch end,
+    as Lightning's unmonitored checkpoints are) and once more when training ends.
+
+    Lightning 2.6's ``save_last=True`` on a *monitored* checkpoint rewrites ``last.ckpt`` only
+    when the monitored score improves (and at the end only if it never saved), so a run whose dev
+    score stopped improving would resume from an older step; the recipes pair a monitored
+    ``best`` checkpoint with this one.
+
+    Args:
+        dirpath: the checkpoint folder.
+        filename: the file's stem (default ``last``).
+        **kwargs: other :class:`~pytorch_lightning.callbacks.ModelCheckpoint` arguments (e.g.
+            ``every_n_train_steps``); ``monitor`` and ``save_top_k`` are fixed.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last",
+                 **kwargs: Any) -> None:
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1,
+                         enable_version_counter=False, **kwargs)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # not saved at this step yet
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -80,3 +80,59 @@ def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path, request):
           "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]",
           "--trainer.enable_progress_bar=false"])
+
+
+def _checkpoint_callbacks(recipe: Path, dirpath: Path) -> list:
+    """The recipe's ModelCheckpoint callbacks, instantiated, writing into ``dirpath``."""
+    import importlib
+
+    out = []
+    for cb in yaml.safe_load(recipe.read_text())["trainer"].get("callbacks", []):
+        if cb["class_path"].endswith(("ModelCheckpoint", "LatestCheckpoint")):
+            module, name = cb["class_path"].rsplit(".", 1)
+            args = {**cb.get("init_args", {}), "dirpath": str(dirpath)}
+            out.append(getattr(importlib.import_module(module), name)(**args))
+    return out
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_recipe_last_checkpoint_is_the_latest_state(recipe, tmp_path):
+    """Resuming needs ``last.ckpt`` = the latest validation's state. Lightning 2.6's
+    ``save_last=True`` on a monitored checkpoint rewrites ``last.ckpt`` only when the monitored
+    score improves, so a run whose dev score got worse would resume from an older step; the
+    recipes keep a second one, :class:`speechlab.callbacks.LatestCheckpoint`. A dev score that
+    only gets worse: ``best.ckpt`` stays at the first validation (step 4), ``last.ckpt`` follows
+    training to its end (step 14, mid-epoch, after the last validation at 12)."""
+    import pytorch_lightning as pl
+    import torch
+
+    callbacks = _checkpoint_callbacks(recipe, tmp_path)
+    monitors = {cb.monitor for cb in callbacks}
+
+    class Worsening(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - 1).pow(2).sum()
+
+        def validation_step(self, batch, batch_idx):
+            for name in monitors - {None}:  # worse every validation, whatever "mode" is
+                mode = next(cb.mode for cb in callbacks if cb.monitor == name)
+                step = float(self.global_step)
+                self.log(name, step if mode == "min" else -step)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.zeros(4, 1), batch_size=1)
+    trainer = pl.Trainer(max_steps=14, val_check_interval=4, check_val_every_n_epoch=None,
+                         callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Worsening(), data, data)
+    steps = {p.stem: torch.load(p, map_location="cpu", weights_only=False)["global_step"]
+             for p in tmp_path.glob("*.ckpt")}
+    assert steps.get("last") == 14, steps
+    if "best" in steps:
+        assert steps["best"] == 4, steps
