@@ -62,3 +62,13 @@ def tiny_farfield(tiny_corpus) -> dict[str, Path]:
                        "--max-order", "20", "--noise-type", "white", "pink"])
             assert rc == 0
     return manifests
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test (tiny ops: two threads collapse on a busy 2-core machine);
+    modules that want it say ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,14 +22,9 @@ from speechlab.nn.critic import CriticConfig, SequenceCritic
 
 LENGTHS = torch.tensor([4, 2, 1])  # B = 3, T = 4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: one torch thread (two collapse on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 D = 3
 
 

@@ -14,13 +14,7 @@ from speechlab.decode.beam_search import beam_search, greedy_search, max_lengths
 from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memory
 from speechlab.nn.lm import RNNLanguageModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _models(fusion: str, vocab: int = 29, seed: int = 0, eos_bias: float = 0.0,

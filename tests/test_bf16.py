@@ -49,13 +49,7 @@ STEPS = 6
 #: the rounding errors), while a loss rounded to bf16 would be off by up to 2e-3
 REL_TOL = 1e-3
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- data ---------------------------------------------------------------------------------

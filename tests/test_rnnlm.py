@@ -26,13 +26,7 @@ from speechlab.data.textlm import (
 )
 from speechlab.tasks.rnnlm import LMCheckpointError, Perplexity, RNNLMTask, load_language_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_sources_are_normalized_with_file_and_line(tmp_path):

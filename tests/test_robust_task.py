@@ -16,13 +16,7 @@ from speechlab.tasks.robust import RobustASRTask
 
 ENC = SpeechEncoderConfig(hidden_size=32, num_layers=1, conv_channels=8, dropout=0.0)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def paired_batch(seed: int = 0, b: int = 3) -> dict:

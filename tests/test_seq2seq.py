@@ -25,13 +25,7 @@ ENC = SpeechEncoderConfig(hidden_size=48, num_layers=1, dropout=0.0)
 DEC = AttentionDecoderConfig(embed_dim=16, hidden_size=64, attention_dim=32, location_channels=4,
                              location_kernel=7, output_dim=64, fusion_dim=32, dropout=0.0)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_lm(path, seed=0, hidden=32, vocab=None):

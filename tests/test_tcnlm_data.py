@@ -28,14 +28,7 @@ from speechlab.data.corpus import (
     tokenize,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a busy 2-core CI machine are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_jsonl_reader_names_file_and_line(tmp_path):

@@ -15,14 +15,7 @@ from speechlab.nn.factorized_lstm import (
 )
 from speechlab.nn.topic import NeuralTopicModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a busy 2-core CI machine are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _identity_tc_layer(lstm: torch.nn.LSTM) -> TCLSTMLayer:

@@ -12,14 +12,8 @@ from speechlab.data.corpus import DocumentDataModule
 from speechlab.tasks.topic_lm import TopicLMTask, count_parameters, lstm_hidden_for_params
 from speechlab.tcnlm.tools import parse_topic_mixture, sample_sentences
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a busy 2-core CI machine are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SMALL = dict(embed_dim=24, hidden_size=32, factor_size=16, dropout=0.0, topic_hidden=32, lr=5e-3,
              warmup_steps=10)
