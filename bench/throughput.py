@@ -9,7 +9,7 @@ of the timing (data-loader start-up, cuDNN autotuning, first allocations). Then:
 * ASR tasks (ctc, gram_ctc, robust_gan, seq2seq_cold): **audio seconds per second**, from
   :class:`speechlab.callbacks.AudioThroughput` (the training utterances' duration; robust_gan
   encodes each utterance twice, clean and far-field, and runs ``n_critic`` critic updates);
-* LM tasks (rnnlm, tcnlm): **target tokens per second** (:class:`TokenThroughput`, below);
+* LM tasks (rnnlm, tcnlm): **target tokens per second** (:class:`speechlab.callbacks.TokenThroughput`);
 * peak GPU memory of the run (``torch.cuda.max_memory_allocated``) and, for gram_ctc, the Gram-CTC
   loss backend that ran (the CUDA kernel needs the compiled extension: ``pip install -e .``).
 
@@ -72,43 +72,6 @@ TASKS: dict[str, tuple[str, str]] = {
 
 
 # -- callbacks (imported by the CLI child as ``throughput.*``: bench/ is on its PYTHONPATH) ----
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class TokenThroughput(pl.Callback):
-    """Target tokens (``batch["targets"] != -100``) trained per wall-clock second after
-    ``warmup_steps`` steps, timed like :class:`speechlab.callbacks.AudioThroughput` (device
-    synchronized at the end of step ``warmup_steps`` and of every later step). One process;
-    writes ``throughput.json``."""
-
-    def __init__(self, out_dir: str, warmup_steps: int = 10) -> None:
-        self.out_dir = Path(out_dir)
-        self.warmup_steps = warmup_steps
-        self.steps, self.tokens, self.sentences = 0, 0, 0
-        self.t0: float | None = None
-        self.t1: float | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps += 1
-        if self.steps == self.warmup_steps:
-            _sync(pl_module.device)
-            self.t0 = time.perf_counter()
-        elif self.steps > self.warmup_steps:
-            self.tokens += int((batch["targets"] != -100).sum())
-            self.sentences += int(batch["targets"].shape[0])
-            _sync(pl_module.device)
-            self.t1 = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        wall = (self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
-        _write(self.out_dir / "throughput.json", {
-            "timed_steps": max(self.steps - self.warmup_steps, 0), "warmup_steps": self.warmup_steps,
-            "tokens": self.tokens, "sentences": self.sentences, "elapsed_s": wall,
-            "tokens_per_s": self.tokens / wall if wall > 0 else None})
-
-
 class RunStats(pl.Callback):
     """Peak memory, parameter count, precision and (Gram-CTC) the loss backend of the run;
     writes ``run_stats.json`` at the end of training."""
@@ -204,7 +167,7 @@ def task_config(task: str, run_dir: Path, args: argparse.Namespace, lm: Path | N
     counter = ({"class_path": "speechlab.callbacks.AudioThroughput",
                 "init_args": {"out_dir": str(run_dir), "warmup_steps": args.warmup}}
                if unit == "audio" else
-               {"class_path": "throughput.TokenThroughput",
+               {"class_path": "speechlab.callbacks.TokenThroughput",
                 "init_args": {"out_dir": str(run_dir), "warmup_steps": args.warmup}})
     t["callbacks"] = [counter, {"class_path": "throughput.RunStats",
                                 "init_args": {"out_dir": str(run_dir)}}]

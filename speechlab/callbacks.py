@@ -86,28 +86,34 @@ class BatchIdRecorder(pl.Callback):
         self._dump(trainer)
 
 
-class AudioThroughput(pl.Callback):
-    """Audio seconds trained per wall-clock second, after ``warmup_steps`` steps.
+class Throughput(pl.Callback):
+    """What a run trains per wall-clock second, after ``warmup_steps`` steps.
 
-    Each rank counts the audio of its own batches (``feature_lens`` frames); the time runs from
-    the end of step ``warmup_steps`` to the end of the last step (device synchronized), so
-    data-loader start-up, compilation and the first allocations are left out. Rank 0 writes
-    the total over ranks (``throughput.json``).
+    Each rank adds up :meth:`measure` of its own batches; the time runs from the end of step
+    ``warmup_steps`` to the end of the last step (device synchronized), so data-loader start-up,
+    compilation and the first allocations are left out. Every rank writes its own amounts
+    (``throughput.rank{R}.json``); rank 0 writes the totals over ranks, the wall time (the
+    slowest rank's) and ``<rate_of>_per_s`` (``throughput.json``). Subclasses say what a batch
+    holds (:meth:`measure`) and which amount the rate is of (:attr:`rate_of`).
     """
+
+    #: the amount of :meth:`measure` whose rate ``throughput.json`` gives
+    rate_of = ""
 
     def __init__(self, out_dir: str, warmup_steps: int = 10) -> None:
         self.out_dir = Path(out_dir)
         self.warmup_steps = warmup_steps
         self._reset()
 
+    def measure(self, batch: dict[str, Any]) -> dict[str, float]:
+        """The amounts in one training batch (e.g. ``{"audio_s": 12.5, "utterances": 8}``)."""
+        raise NotImplementedError
+
     def _reset(self) -> None:
         self.steps = 0
-        self.audio_s = 0.0
-        self.utterances = 0
+        self.totals: dict[str, float] = {}
         self.t0: float | None = None
         self.t1: float | None = None
-        self._pending = 0.0
-        self._pending_n = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._reset()
@@ -118,33 +124,66 @@ class AudioThroughput(pl.Callback):
             _sync(pl_module.device)
             self.t0 = time.perf_counter()
         elif self.steps > self.warmup_steps:
-            self.audio_s += float(batch["feature_lens"].sum()) / FRAMES_PER_SECOND
-            self.utterances += len(batch["ids"])
+            for key, value in self.measure(batch).items():
+                self.totals[key] = self.totals.get(key, 0.0) + value
             _sync(pl_module.device)
             self.t1 = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
         rank, world = _dist()
         elapsed = (self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
-        mine = {"rank": rank, "world_size": world, "steps": self.steps,
-                "timed_steps": max(self.steps - self.warmup_steps, 0), "audio_s": self.audio_s,
-                "utterances": self.utterances, "elapsed_s": elapsed}
+        keys = self.measure_keys()  # the same order on every rank
+        timed = max(self.steps - self.warmup_steps, 0)
+        mine = {"rank": rank, "world_size": world, "steps": self.steps, "timed_steps": timed,
+                **{k: self.totals.get(k, 0.0) for k in keys}, "elapsed_s": elapsed}
         _write(self.out_dir / f"throughput.rank{rank}.json", mine)
-        stats = torch.tensor([self.audio_s, float(self.utterances), elapsed], dtype=torch.float64,
-                             device=pl_module.device)
+        stats = torch.tensor([*(self.totals.get(k, 0.0) for k in keys), elapsed],
+                             dtype=torch.float64, device=pl_module.device)
         if world > 1:
             parts = [torch.zeros_like(stats) for _ in range(world)]
             torch.distributed.all_gather(parts, stats)
         else:
             parts = [stats]
         if rank == 0:
-            audio = sum(float(p[0]) for p in parts)
-            wall = max(float(p[2]) for p in parts)
+            totals = {k: sum(float(p[i]) for p in parts) for i, k in enumerate(keys)}
+            wall = max(float(p[-1]) for p in parts)
+            rate = totals.get(self.rate_of, 0.0)
             _write(self.out_dir / "throughput.json",
-                   {"world_size": world, "timed_steps": mine["timed_steps"],
-                    "warmup_steps": self.warmup_steps, "audio_s": audio,
-                    "utterances": int(sum(float(p[1]) for p in parts)), "elapsed_s": wall,
-                    "audio_s_per_s": audio / wall if wall > 0 else None})
+                   {"world_size": world, "timed_steps": timed, "warmup_steps": self.warmup_steps,
+                    **totals, "elapsed_s": wall,
+                    f"{self.rate_of}_per_s": rate / wall if wall > 0 else None})
+
+    def measure_keys(self) -> tuple[str, ...]:
+        """The keys of :meth:`measure` (written as zeros when no step was timed)."""
+        return (self.rate_of,)
+
+
+class AudioThroughput(Throughput):
+    """Audio seconds trained per wall-clock second (``audio_s_per_s``; ``feature_lens`` frames
+    of each rank's batches), plus utterances; see :class:`Throughput`."""
+
+    rate_of = "audio_s"
+
+    def measure(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"audio_s": float(batch["feature_lens"].sum()) / FRAMES_PER_SECOND,
+                "utterances": float(len(batch["ids"]))}
+
+    def measure_keys(self) -> tuple[str, ...]:
+        return ("audio_s", "utterances")
+
+
+class TokenThroughput(Throughput):
+    """Target tokens (``batch["targets"] != -100``) trained per wall-clock second
+    (``tokens_per_s``), plus sentences, for the language-model tasks; see :class:`Throughput`."""
+
+    rate_of = "tokens"
+
+    def measure(self, batch: dict[str, Any]) -> dict[str, float]:
+        targets = batch["targets"]
+        return {"tokens": float((targets != -100).sum()), "sentences": float(targets.shape[0])}
+
+    def measure_keys(self) -> tuple[str, ...]:
+        return ("tokens", "sentences")
 
 
 class EvalCounts(pl.Callback):
