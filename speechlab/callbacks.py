@@ -28,14 +28,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from speechlab.dist import rank_and_world
+
 #: feature frames per second (10 ms shift) -- the batches' ``feature_lens`` unit
 FRAMES_PER_SECOND = 100.0
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _write(path: Path, obj: Any) -> None:
@@ -74,7 +70,7 @@ class BatchIdRecorder(pl.Callback):
         self.val.extend(batch["ids"])
 
     def _dump(self, trainer) -> None:
-        rank, world = _dist()
+        rank, world = rank_and_world()
         _write(self.out_dir / f"ids.rank{rank}.json",
                {"rank": rank, "world_size": world, "global_step": trainer.global_step,
                 "train_steps": self.train, "losses": self.losses, "val_ids": self.val})
@@ -130,7 +126,7 @@ class Throughput(pl.Callback):
             self.t1 = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        rank, world = _dist()
+        rank, world = rank_and_world()
         elapsed = (self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
         keys = self.measure_keys()  # the same order on every rank
         timed = max(self.steps - self.warmup_steps, 0)
@@ -197,7 +193,7 @@ class EvalCounts(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        rank, world = _dist()
+        rank, world = rank_and_world()
         metrics = getattr(pl_module, "metrics", {})
         out: dict[str, Any] = {"world_size": world, "global_step": trainer.global_step}
         for name in sorted(metrics):
@@ -317,7 +313,7 @@ class RNGState(pl.Callback):
         states = state_dict.get("states")
         if states is None:
             return
-        rank, _ = _dist()
+        rank, _ = rank_and_world()
         if rank > 0:
             set_rng_states(states)
             seed = int(torch.randint(0, 2**62, (1,))) + rank

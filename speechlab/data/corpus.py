@@ -41,6 +41,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from speechlab.dist import rank_and_world
+
 log = logging.getLogger("speechlab.data.corpus")
 
 EMBEDDED = "embedded"
@@ -627,9 +629,9 @@ class DocumentDataModule(pl.LightningDataModule):
         vt = len(self.topic_vocab)
         ds = self.dataset(split)
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or hp.batch_size
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        rank, world = rank_and_world()
         if not shuffle and world > 1:  # training: Lightning's DistributedSampler (shuffled)
-            sampler = EvalShardSampler(ds, world, torch.distributed.get_rank())
+            sampler = EvalShardSampler(ds, world, rank)
             return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
                               collate_fn=functools.partial(collate_sentences, topic_vocab_size=vt,
                                                          pad_id=0, pad_to=pad_to),

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
 from speechlab.data.manifests import ManifestError, load_cuts
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
+from speechlab.dist import rank_and_world
 from speechlab.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,14 @@ def _eager_cutset_ok():
 DITHER_SEED = "dither_seed"
 
 
+def _dither_seed(cut: Cut) -> int:
+    """A cut's dither seed: the one the training sampler tagged it with, else from its id."""
+    return (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
+
+
 def _clean_seed(cut: Cut) -> int:
     """Dither seed of the clean view of a (far-field) cut: its own, decorrelated."""
-    base = (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
-    return zlib.crc32(f"{base}:clean".encode())
+    return zlib.crc32(f"{_dither_seed(cut)}:clean".encode())
 
 
 class _TagDitherSeed:
@@ -102,7 +107,7 @@ class SpeechBatchDataset(Dataset):
         audio = torch.from_numpy(cut.load_audio()[0])
         dither = self.dither
         if seed is None and self.seeded_dither:
-            seed = (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
+            seed = _dither_seed(cut)
         if seed is not None and dither > 0:
             # the same noise level as Kaldi's dither (16-bit units), but reproducible per cut
             gen = torch.Generator().manual_seed(seed)
@@ -240,15 +245,16 @@ class SpeechDataModule(pl.LightningDataModule):
         cuts, hp = self._cuts["train"], self.hparams
         # lhotse needs 2 <= num_buckets <= len(cuts); below that, plain shuffled batches
         num_buckets = min(hp.num_buckets, len(cuts))
+        rank, world = rank_and_world()
         with _eager_cutset_ok():
             if num_buckets >= 2:
                 self._train_sampler = DynamicBucketingSampler(
                     cuts, max_duration=hp.max_duration, shuffle=True, num_buckets=num_buckets,
-                    seed=hp.seed, drop_last=False, world_size=_world_size(), rank=_rank())
+                    seed=hp.seed, drop_last=False, world_size=world, rank=rank)
             else:
                 self._train_sampler = DynamicCutSampler(
                     cuts, max_duration=hp.max_duration, shuffle=True, seed=hp.seed,
-                    world_size=_world_size(), rank=_rank())
+                    world_size=world, rank=rank)
         self._train_sampler.map(_TagDitherSeed(self._train_sampler, hp.seed))
         if self._pending_sampler_state is not None:
             state, self._pending_sampler_state = self._pending_sampler_state, None
@@ -265,7 +271,7 @@ class SpeechDataModule(pl.LightningDataModule):
         return self._loader(self._train_sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        cuts, world, rank = self._cuts[split], _world_size(), _rank()
+        cuts, (rank, world) = self._cuts[split], rank_and_world()
         if world > 1:
             # every cut on exactly one rank: lhotse's own split duplicates cuts when its last
             # round has fewer than world_size of them, and the summed WER counts would count
@@ -330,9 +336,3 @@ class SpeechDataModule(pl.LightningDataModule):
         return self._cuts[split]
 
 
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab, normalize_text
+from speechlab.dist import rank_and_world
 
 log = logging.getLogger("speechlab.data")
 
@@ -399,9 +400,10 @@ class TextDataModule(pl.LightningDataModule):
         if split not in self._data:
             raise TextDataError(f"no {split} sentences: set data.{split}_text")
         ids, texts = self._data[split]
+        rank, world = rank_and_world()
         sampler = BucketBatchSampler([len(s) + 1 for s in ids], self.hparams.max_tokens,
                                      shuffle=shuffle, seed=self.hparams.seed,
-                                     rank=_rank(), world_size=_world_size())
+                                     rank=rank, world_size=world)
         if shuffle:
             self._train_sampler = sampler
         workers = self.hparams.num_workers
@@ -428,9 +430,3 @@ class TextDataModule(pl.LightningDataModule):
                              f"from the recipe's data vocabulary {self.vocab!r}")
 
 
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
