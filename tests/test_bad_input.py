@@ -347,6 +347,21 @@ def test_missing_checkpoint_one_line_naming_it(gram_run, tmp_path, capsys, monke
     assert rc == 2 and str(nope) in one_error_line(err, "test")
 
 
+def test_device_that_does_not_exist_one_line(gram_run, tmp_path, capsys, monkeypatch):
+    """``decode`` / ``grams refine --device``: a name that is no device, or a CUDA device the
+    machine lacks, is one line naming the option's value, before the checkpoint is read."""
+    monkeypatch.chdir(tmp_path)
+    missing_cuda = f"cuda:{torch.cuda.device_count()}"  # one past the last (cuda:0 on a CPU box)
+    for tool in (["decode"], ["grams", "refine", "--keep", "5"]):
+        for spec, reason in [("gpu0", "not a device"), (missing_cuda, "no such CUDA device")]:
+            rc, _, err = run_cli(capsys, *tool, "--checkpoint", tmp_path / "nope.ckpt",
+                                 "--manifest", gram_run["test"], "--device", spec)
+            line = one_error_line(err, " ".join(tool[:2]) if tool[0] == "grams" else "decode")
+            assert rc == 2 and line.endswith(f"--device {spec}: {reason}" + (
+                f" here ({torch.cuda.device_count()} visible)" if "CUDA" in reason else
+                " (cpu, cuda, cuda:N or auto)")), line
+
+
 def test_gramset_file_that_does_not_fit_the_model(gram_run, tmp_path, capsys, monkeypatch):
     """``speechlab fit`` with a GramSet file of other characters, a file that is not a GramSet, or
     none at all: one line naming the file and why."""

@@ -24,6 +24,7 @@ import torch
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
+from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
 from speechlab.progress import progress
@@ -75,10 +76,22 @@ def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``"auto"``: the first CUDA device if there is one, else the CPU; otherwise ``spec``."""
+    """``"auto"``: the first CUDA device if there is one, else the CPU; otherwise ``spec``.
+
+    Raises:
+        InputError: ``spec`` is not a device name, or names a CUDA device this machine lacks.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"--device {spec}: no such CUDA device here "
+                         f"({torch.cuda.device_count()} visible)")
+    return device
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:
@@ -132,14 +145,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # every input and output is checked before the network runs over the manifest
+    device = resolve_device(args.device)
     for path in (args.out, args.json):
         if path:
             check_overwrite(path, args.force)
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = load_gram_ctc(args.checkpoint)
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample,
-                          device=resolve_device(args.device))
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
     fps = out.frames / max(out.audio_seconds, 1e-9)
     print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "
           f"{len(out.ids)} utterances, {out.audio_seconds:.1f} s audio, {out.frames} frames "

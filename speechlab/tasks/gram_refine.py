@@ -69,14 +69,14 @@ def main(args: argparse.Namespace) -> int:
     from speechlab.tasks.gram_ctc import load_gram_ctc
     from speechlab.tasks.gram_select import gram_statistics
 
+    device = resolve_device(args.device)  # inputs and outputs checked before the network runs
     if args.out:
         check_overwrite(args.out, args.force)
     if args.keep < 0:
         raise ValueError(f"--keep must be >= 0, got {args.keep}")
     model = load_gram_ctc(args.checkpoint)
     assert model.grams is not None
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample,
-                          device=resolve_device(args.device))
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
     total = torch.zeros(len(model.grams), dtype=torch.long)
     for lp in out.log_probs:
         total += gram_emission_counts(lp[None], torch.tensor([lp.shape[0]]))
