@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The 20 Newsgroups TCNLM study on the GPU machine: the five recipes of this folder trained at the
+# same time on one H200 with `speechlab fit`, each to the end of its learning-rate schedule (its
+# best dev-perplexity checkpoint is best.ckpt), resumable across device calls, then tested.
+#
+#   OUT=/tmp/out MAX_TIME=00:00:08:30 bash recipes/20news/run_gpu.sh        # first call
+#   OUT=/tmp/out MAX_TIME=00:00:17:00 bash recipes/20news/run_gpu.sh        # next call, resumes
+#   OUT=/tmp/out TEST_ONLY=1 bash recipes/20news/run_gpu.sh                 # test best.ckpt only
+#
+# MAX_TIME is cumulative: Lightning's Timer state travels in last.ckpt, so a resumed run stops at
+# the total it is given. A call resumes from exp/20news_*/checkpoints/last.ckpt when it is there
+# (the GPU machine keeps git-ignored folders between calls only while it stays warm; the
+# checkpoints are ~110 MB each, too large to bring back). Settings beyond the recipes (the same for
+# every model, so the comparison stays equal): batch 128 sentences, 11,000 steps (10 epochs), lr
+# 1.5e-3. Carried (git-ignored): .whl2/ (cp312 wheels: jiwer, lhotse, jsonargparse, ...),
+# .cache/20news/{train,test}.jsonl.gz (gzip copies of ../shared/data/text/20news/*.jsonl).
+# Results: $OUT/<recipe>.json (speechlab test's results.json: perplexity, topics, NPMI), logs.
+set -uo pipefail
+START=$(date +%s)
+el() { echo "[$(($(date +%s) - START)) s] $*"; }
+OUT=${OUT:-/tmp/tcnlm_gpu}
+MAX_TIME=${MAX_TIME:-00:00:08:30}
+CONFIGS=${CONFIGS:-"lstm_equal_size lstm_equal_params tcnlm_10 tcnlm_30 tcnlm_50"}
+STEPS=${STEPS:-11000}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTORCH_NVML_BASED_CUDA_CHECK=1
+if ! python3 -c "import jiwer, lhotse, jsonargparse" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl2/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+DATA=(--data.init_args.train .cache/20news/train.jsonl.gz --data.init_args.test .cache/20news/test.jsonl.gz)
+SETTINGS=(--data.init_args.batch_size 128 --model.init_args.total_steps "$STEPS"
+          --model.init_args.lr 0.0015 --trainer.max_steps "$STEPS" --trainer.val_check_interval 500)
+
+if [ -z "${TEST_ONLY:-}" ]; then
+  PIDS=()
+  for c in $CONFIGS; do
+    ckpt=exp/20news_$c/checkpoints/last.ckpt
+    resume=(); [ -f "$ckpt" ] && resume=(--ckpt_path "$ckpt")
+    el "$c: fit ${resume[*]:-from scratch} until $MAX_TIME"
+    (python3 -m speechlab.cli fit --config "recipes/20news/$c.yaml" "${DATA[@]}" "${SETTINGS[@]}" \
+       --trainer.max_time "$MAX_TIME" "${resume[@]}" \
+       >>"$OUT/fit_$c.log" 2>&1; echo "fit rc=$?" >>"$OUT/fit_$c.log") &
+    PIDS+=($!)
+  done
+  for p in "${PIDS[@]}"; do wait "$p"; done
+  for c in $CONFIGS; do grep -E "Epoch|val/ppl|rc=" "$OUT/fit_$c.log" | tail -2; done
+fi
+if [ -n "${TEST_ONLY:-}" ] || [ -n "${TEST:-}" ]; then
+  PIDS=()
+  for c in $CONFIGS; do
+    (python3 -m speechlab.cli test --ckpt_path "exp/20news_$c/checkpoints/best.ckpt" "${DATA[@]}" \
+       --model.init_args.overwrite true >"$OUT/test_$c.log" 2>&1
+     cp "exp/20news_$c/results.json" "$OUT/$c.json") &
+    PIDS+=($!)
+  done
+  for p in "${PIDS[@]}"; do wait "$p"; done
+fi
+python3 - "$CONFIGS" <<'EOF'
+import glob, json, sys, torch
+for c in sys.argv[1].split():
+    d = f"exp/20news_{c}/checkpoints"
+    row = {"recipe": c}
+    for name in ("last", "best"):
+        try:
+            ck = torch.load(f"{d}/{name}.ckpt", map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            continue
+        row[f"{name}_step"] = ck.get("global_step")
+        for cb, state in ck.get("callbacks", {}).items():
+            if "best_model_score" in state and state["best_model_score"] is not None:
+                row["best_dev_ppl"] = round(float(state["best_model_score"]), 2)
+    print(json.dumps(row))
+EOF
+tar czf "$OUT/logs.tgz" "$OUT"/*.log 2>/dev/null && rm -f "$OUT"/*.log
+el "done"
