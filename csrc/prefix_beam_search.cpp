@@ -15,6 +15,8 @@
 // LM: word mode scores a word when a space follows it (α·ln P(w | history) + β), the last
 // partial word and </s> at the end; char mode scores every character (the space as a token).
 // Scores are cached per trie node (each node is created once) and per (LM state, word).
+// Character sets of any size (thousands of CJK characters): every (node, char) edge of the tries
+// is keyed node * (num_chars + 1) + char in 64 bits (node < 2^31, char <= num_chars < 2^31).
 // Optional lexicon (word mode): a word that leaves the lexicon's prefixes, or ends without being
 // one of its words, gets unk_score once (-inf: only lexicon words can be spelled); inside the
 // lexicon a partial word is ranked with a look-ahead: α·max unigram ln P of the words it can
@@ -88,29 +90,37 @@ struct Context {
   std::unordered_map<std::string, std::pair<double, int32_t>> lm_cache;
   bool has_lexicon = false;
   uint64_t width = 0;               // num_chars + 1
-  std::vector<int32_t> lex_next;    // lexicon trie: (node, char) -> node, -1 none
+  // lexicon trie: node * width + char -> node (a map, not a dense nodes x width table, which
+  // would take width ints per node: gigabytes for a large lexicon over thousands of characters)
+  std::unordered_map<uint64_t, int32_t> lex_next;
   std::vector<char> lex_word;       // trie node ends a word
   std::vector<double> lex_look;     // α · max unigram ln P of the words below the node
+
+  // the lexicon trie's node after char c from node v (v >= 0); -1 when it leaves the lexicon
+  int32_t lex_step(int32_t v, int32_t c) const {
+    auto it = lex_next.find(static_cast<uint64_t>(v) * width + static_cast<uint64_t>(c));
+    return it == lex_next.end() ? -1 : it->second;
+  }
 
   void set_lexicon(const int32_t* chars, const int32_t* offsets, int32_t n, const double* lm,
                    double lm_weight, int32_t num_chars) {
     has_lexicon = n > 0;
     width = static_cast<uint64_t>(num_chars) + 1;
-    lex_next.assign(width, -1);
+    lex_next.clear();
     lex_word.assign(1, 0);
     lex_look.assign(1, 0.0);
     for (int32_t w = 0; w < n; ++w) {
       const double look = lm ? lm_weight * lm[w] : 0.0;
       int32_t v = 0;
       for (int32_t j = offsets[w]; j < offsets[w + 1]; ++j) {
-        const size_t at = static_cast<size_t>(v) * width + chars[j];
-        if (lex_next[at] < 0) {
-          lex_next[at] = static_cast<int32_t>(lex_word.size());
+        const uint64_t at = static_cast<uint64_t>(v) * width + static_cast<uint64_t>(chars[j]);
+        auto it = lex_next.find(at);
+        if (it == lex_next.end()) {
+          it = lex_next.emplace(at, static_cast<int32_t>(lex_word.size())).first;
           lex_word.push_back(0);
           lex_look.push_back(look);
-          lex_next.resize(lex_next.size() + width, -1);
         }
-        v = lex_next[at];
+        v = it->second;
         lex_look[v] = std::max(lex_look[v], look);
       }
       lex_word[v] = 1;
@@ -131,19 +141,30 @@ class Search {
       gram_start_[g] = gram_offsets[g];
       gram_len_[g] = gram_offsets[g + 1] - gram_offsets[g];
       max_n_ = std::max(max_n_, gram_len_[g]);
-      uint64_t key = 0;
-      for (int32_t j = gram_offsets[g]; j < gram_offsets[g + 1]; ++j) key = key * base_ + gram_chars[j];
-      gram_by_key_[key] = g;
+      // the gram's chars, last first, as a path of the suffix trie (base_^n would overflow
+      // 64 bits as one number for long grams over a large character set)
+      int32_t v = 0;
+      for (int32_t j = gram_offsets[g + 1] - 1; j >= gram_offsets[g]; --j) {
+        const uint64_t key = edge(v, gram_chars[j]);
+        auto it = suffix_next_.find(key);
+        if (it == suffix_next_.end()) {
+          it = suffix_next_.emplace(key, static_cast<int32_t>(suffix_gram_.size())).first;
+          suffix_gram_.push_back(-1);
+        }
+        v = it->second;
+      }
+      suffix_gram_[v] = g;
     }
     chars_.assign(gram_chars, gram_chars + gram_offsets[num_tokens]);
     nodes_.push_back(Node{-1, 0, 0, 0, 0, 0.0, 0, 0, 0.0});  // lex 0: the lexicon's root
-    suffix_.resize(8, -1);
   }
 
-  // lexicon trie node after char c from trie node v (v >= 0); -1 when it leaves the lexicon
-  int32_t lex_step(int32_t v, int32_t c) const {
-    return ctx_.lex_next[static_cast<size_t>(v) * base_ + c];
+  // key of the edge (node, char c) of a trie: unique for 1 <= c <= num_chars
+  uint64_t edge(int32_t node, int32_t c) const {
+    return static_cast<uint64_t>(node) * base_ + static_cast<uint64_t>(c);
   }
+
+  int32_t lex_step(int32_t v, int32_t c) const { return ctx_.lex_step(v, c); }
 
   // the word ending at a node with trie state v is finished: penalty when not a lexicon word
   void finish_word(Node* n) {
@@ -175,13 +196,13 @@ class Search {
   // gram id of the suffix of length n of node (-1 when not a gram), n = 1..max_n
   void suffix_grams(int32_t node, int32_t* out) {
     for (int n = 0; n <= max_n_; ++n) out[n] = -1;
-    uint64_t key = 0, mult = 1;
+    int32_t s = 0;  // suffix trie node of the last n chars
     int32_t v = node;
     for (int n = 1; n <= max_n_ && v > 0; ++n) {
-      key += static_cast<uint64_t>(nodes_[v].ch) * mult;
-      mult *= base_;
-      auto it = gram_by_key_.find(key);
-      out[n] = it == gram_by_key_.end() ? -1 : it->second;
+      auto it = suffix_next_.find(edge(s, nodes_[v].ch));
+      if (it == suffix_next_.end()) break;  // no gram ends with these chars, nor a longer one
+      s = it->second;
+      out[n] = suffix_gram_[s];
       v = nodes_[v].parent;
     }
   }
@@ -203,7 +224,7 @@ class Search {
 
   // the child of node for char c, created (with its LM score) on first use
   int32_t child(int32_t node, int32_t c) {
-    uint64_t key = (static_cast<uint64_t>(node) << 8) | static_cast<uint64_t>(c);
+    const uint64_t key = edge(node, c);
     auto it = children_.find(key);
     if (it != children_.end()) return it->second;
     const Node p = nodes_[node];
@@ -392,9 +413,11 @@ class Search {
   bool failed_ = false;
   Context& ctx_;
   bool has_lexicon_;
-  std::vector<int32_t> gram_len_, gram_start_, chars_, suffix_;
-  std::unordered_map<uint64_t, int32_t> gram_by_key_;
-  std::unordered_map<uint64_t, int32_t> children_;
+  std::vector<int32_t> gram_len_, gram_start_, chars_;
+  // suffix trie of the grams (each gram's chars last first): edge -> node; node -> gram id, -1
+  std::unordered_map<uint64_t, int32_t> suffix_next_;
+  std::vector<int32_t> suffix_gram_{-1};
+  std::unordered_map<uint64_t, int32_t> children_;  // prefix trie: edge(node, char) -> node
   std::vector<Node> nodes_;
   std::vector<Hyp> beam_;
 };
@@ -435,6 +458,8 @@ int32_t slpbs_decode(const float* log_probs, int32_t T, int32_t V, const int32_t
   for (int32_t g = 1; g < V; ++g) {
     int32_t n = gram_offsets[g + 1] - gram_offsets[g];
     if (n < 1 || n > 7) return -2;
+    for (int32_t j = gram_offsets[g]; j < gram_offsets[g + 1]; ++j)
+      if (gram_chars[j] < 1 || gram_chars[j] > num_chars) return -2;  // the tries' keys need it
   }
   Options opt{beam_size, token_beam, token_threshold, beam_threshold, lm_weight, word_score,
               lm_mode, space_id, unk_score};

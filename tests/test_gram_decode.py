@@ -53,13 +53,13 @@ def test_greedy_checks_symbols():
 # ------------------------------------------------------------------------------- brute force
 def brute_force(lp: torch.Tensor, grams: list[str]) -> dict[str, float]:
     """ln P(string) summed over every frame path (exact)."""
-    probs = lp.double().exp()
-    t, v = probs.shape
+    probs = lp.double().exp().tolist()
+    t, v = lp.shape
     acc: dict[str, float] = defaultdict(float)
     for path in itertools.product(range(v), repeat=t):
         p = 1.0
         for i, k in enumerate(path):
-            p *= float(probs[i, k])
+            p *= probs[i][k]
         acc[collapse_gram_path(path, ["", *grams])] += p
     return {s: math.log(p) for s, p in acc.items() if p > 0}
 
@@ -133,6 +133,64 @@ def test_native_equals_python_with_lm_lexicon_and_pruning(arpa):
             b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=3)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+
+
+# ------------------------------------------------------------------------ large character sets
+#: CJK ideographs: a character set of thousands of symbols (ids beyond 8 bits)
+CJK = [chr(0x4E00 + i) for i in range(5000)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_than_255_symbols_keeps_prefixes_apart(backend):
+    """Issue 13: with 300 characters the C++ trie keyed a child (node << 8) | char, so the child
+    271 of one prefix was the child 15 of another and their probabilities were summed (native
+    gave [14, 15] at -0.67). The n-best list is the brute-force enumeration of all 301^2 paths;
+    the best is also hand-computed: ln(p0(14) p1(15)), one path only."""
+    chars = CJK[:300]
+    lp = torch.full((2, 301), -math.inf)
+    lp[0, [0, 14, 270]] = torch.tensor([0.0, 1.6, 1.2])
+    lp[1, [0, 15, 271]] = torch.tensor([0.2, 1.5, 1.4])
+    lp = lp.log_softmax(-1)
+    got = PrefixBeamSearch(chars, beam_size=100, backend=backend).decode(lp, nbest=3)
+    exact = sorted(brute_force(lp, chars).items(), key=lambda kv: -kv[1])[:3]
+    assert [h.text for h in got] == [s for s, _ in exact]
+    assert [h.am_score for h in got] == pytest.approx([p for _, p in exact], abs=1e-5)
+    ids = [[chars.index(c) + 1 for c in h.text] for h in got]
+    assert ids == [[14, 15], [14, 271], [270, 15]]
+    hand = math.log(math.exp(1.6) / (1 + math.exp(1.6) + math.exp(1.2))
+                    * math.exp(1.5) / (math.exp(0.2) + math.exp(1.5) + math.exp(1.4)))
+    assert got[0].am_score == pytest.approx(hand, abs=1e-5)
+
+
+@pytest.mark.skipif(not native_available(), reason="speechlab._decode not built")
+def test_native_equals_python_on_5000_characters():
+    """A character set of 5,000 symbols (+ space), grams of 2-7 characters over it (a 7-gram's
+    key in base 5,002 does not fit 64 bits) and a lexicon of words over it: the C++ and Python
+    searches give the same n-best lists and scores. Peaky random frames put the best tokens
+    anywhere in the 5,000 ids, so many (prefix, char) pairs share their low bits."""
+    gen = torch.Generator().manual_seed(13)
+    chars = [*CJK, " "]
+    pick = torch.randint(0, len(CJK), (400,), generator=gen).tolist()
+    grams = list(dict.fromkeys(
+        [*chars, *("".join(CJK[i] for i in pick[k:k + n]) for n, k0 in ((2, 0), (3, 200), (7, 300))
+                   for k in range(k0, k0 + 60, n))]))
+    lexicon = ["".join(CJK[i] for i in pick[k:k + 2]) for k in range(0, 200, 2)]
+    # even frames favour the lexicon's words that are grams, odd ones the space, so that
+    # hypotheses hold words of the lexicon and words outside it
+    favoured = [grams.index(w) + 1 for w in lexicon if w in grams]
+    space = grams.index(" ") + 1
+    for boost, kw in ((0.0, dict(beam_size=16, token_beam=40)),
+                      (20.0, dict(beam_size=8, token_beam=20, lexicon=lexicon, unk_score=-2.0))):
+        for _ in range(3):
+            lp = 5 * torch.randn(25, len(grams) + 1, generator=gen)
+            lp[::2, favoured] += boost
+            lp[1::2, space] += boost
+            lp = lp.log_softmax(-1)
+            a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=5)
+            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=5)
+            assert [h.text for h in a] == [h.text for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+            assert max(len(h.text) for h in a) >= 10  # long prefixes: many trie nodes
 
 
 # ------------------------------------------------------------------------------- with an LM

@@ -356,6 +356,7 @@ class PrefixBeamSearch:
         """The same algorithm as the C++ search, in Python (slow; fallback and cross-check)."""
         ninf = -math.inf
         mode = self._lm_mode()
+        index = {c: i + 1 for i, c in enumerate(self.chars)}
         gram_by_str = {g: i + 1 for i, g in enumerate(self.grams)}
         # trie nodes: [parent, char id, depth, word_start, lm_state, lm_score, words, text,
         #              off_lexicon, look-ahead]
@@ -390,7 +391,7 @@ class PrefixBeamSearch:
             n[6] += 1
             n[5] += self.word_score
             if mode == 1:
-                word = tuple(self.chars.index(c) + 1 for c in text[start:])
+                word = tuple(index[c] for c in text[start:])
                 s, n[4] = lm_call(n[4], word)
                 n[5] += self.lm_weight * s
 
