@@ -18,6 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from speechlab.errors import CLIError, InputError
+
+__all__ = ["CLIError", "TOOLS", "main"]
+
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 #: command -> (module, one-line help), or group -> {command -> (module, help)}
@@ -42,10 +46,6 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "coherence": ("speechlab.tcnlm.coherence", "NPMI topic coherence of a TCNLM (and of LDA)"),
     },
 }
-
-
-class CLIError(Exception):
-    """An error that the command reports in one line (no traceback) and exits 2 on."""
 
 
 def _tool_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -126,12 +126,10 @@ def run_lightning(argv: Sequence[str] | None) -> None:
 def input_error(exc: BaseException) -> BaseException | None:
     """The user-input error in ``exc``'s chain (``exc`` itself, or what it wraps: jsonargparse
     wraps errors raised while it instantiates a recipe's classes), else ``None``."""
-    from speechlab.errors import InputError
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
-        if isinstance(e, (CLIError, InputError, FileNotFoundError, FileExistsError)):
+        if isinstance(e, (InputError, FileNotFoundError, FileExistsError)):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -158,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(filter(None, (args.command, getattr(args, "tool", None))))
     try:
         return int(args._main(args) or 0)
-    except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # InputError is a ValueError
         print(f"speechlab {command}: error: {e}", file=sys.stderr)
         return 2
 

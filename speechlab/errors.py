@@ -12,3 +12,14 @@ from __future__ import annotations
 class InputError(ValueError):
     """Bad user input, named in the message (e.g. ``"other.json: this GramSet (31 outputs) does
     not match the checkpoint's gram head (79 outputs) ..."``)."""
+
+
+class CLIError(InputError):
+    """An error of a command-line tool's input (an option value, a missing program such as
+    espeak-ng) that the ``speechlab`` command reports in one line and exits 2 on.
+
+    It lives here, not in :mod:`speechlab.cli`, so that library modules can raise it without
+    importing the console script: ``python -m speechlab.cli`` runs that module as ``__main__``,
+    a second copy whose own classes would not match the ones a library module raised.
+    ``speechlab.cli.CLIError`` is this class, kept for compatibility.
+    """

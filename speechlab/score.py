@@ -29,6 +29,7 @@ from typing import Any, Literal
 import jiwer
 
 from speechlab.data.text import normalize_text
+from speechlab.errors import CLIError
 
 __all__ = [
     "ErrorCounts",
@@ -585,8 +586,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlab.cli import CLIError
-
     if args.worst < 0 or args.show_alignments < 0:
         raise CLIError("--worst and --show-alignments must be >= 0")
     refs = read_transcripts(args.ref, args.ref_field or REF_FIELDS)

@@ -14,7 +14,10 @@ import importlib
 import json
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -273,6 +276,51 @@ def test_task_skips_and_counts_utterances_too_long_for_their_frames(task_name, t
             ref = F.ctc_loss(lp.transpose(0, 1), batch["targets"], lens, batch["target_lens"],
                              zero_infinity=True)
             torch.testing.assert_close(task.compute_loss(batch), ref)
+
+
+# ============================================================================ entry points
+
+#: the three ways to start the command: the console script (pyproject's ``speechlab =
+#: "speechlab.cli:main"``, which pip's generated script calls just so), ``python -m
+#: speechlab.cli`` (README's form for torchrun/srun) and ``python -m speechlab``
+ENTRY_POINTS = {
+    "speechlab": ["-c", "import sys; from speechlab.cli import main; sys.exit(main())"],
+    "python -m speechlab.cli": ["-m", "speechlab.cli"],
+    "python -m speechlab": ["-m", "speechlab"],
+}
+
+
+def test_every_entry_point_gives_the_same_one_line_error(tmp_path):
+    """Issue 13: under ``python -m speechlab.cli`` the CLIError that speechlab.score raised was
+    the class of a second copy of speechlab.cli, not the one ``__main__`` caught: a traceback.
+    ``python -m speechlab`` did not exist. Each bad input below (a CLIError raised in a library
+    module, a missing file) gives one line on stderr, exit status 2, the same for all three."""
+    ref = tmp_path / "ref.tsv"
+    ref.write_text("u1\ta\nu2\tb\n")
+    hyp = tmp_path / "hyp.tsv"
+    hyp.write_text("u1\ta\n")
+    cases = {
+        "id missing": ["score", "--ref", ref, "--hyp", hyp],
+        "missing file": ["score", "--ref", ref, "--hyp", tmp_path / "nope.tsv"],
+        # no espeak-ng on PATH: the CLIError of speechlab.data.synth
+        "espeak-ng missing": ["data", "synth", "--out", tmp_path / "corpus"],
+    }
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for case, argv in cases.items():
+        errors = {}
+        for name, start in ENTRY_POINTS.items():
+            proc = subprocess.run([sys.executable, *start, *map(str, argv)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2, (case, name, proc.stderr)
+            assert "Traceback" not in proc.stderr, (case, name, proc.stderr)
+            assert len(proc.stderr.splitlines()) == 1, (case, name, proc.stderr)
+            errors[name] = proc.stderr
+        assert len(set(errors.values())) == 1, (case, errors)
+        line = errors["speechlab"]
+        assert line.startswith(f"speechlab {' '.join(argv[:2 if argv[0] == 'data' else 1])}: error: ")
+        assert {"id missing": "u2", "missing file": "nope.tsv",
+                "espeak-ng missing": "espeak-ng not found"}[case] in line, line
 
 
 # ============================================================================ recipes (YAML)

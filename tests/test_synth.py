@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 
 from speechlab import cli
-from speechlab.cli import CLIError
 from speechlab.data.sentences import Sentence, generate_sentences
 from speechlab.data.synth import (
     ESPEAK_MISSING,
@@ -21,6 +20,7 @@ from speechlab.data.synth import (
     utterance_spec,
 )
 from speechlab.data.text import normalize_text
+from speechlab.errors import CLIError
 
 N = 10
 

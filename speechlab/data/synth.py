@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from speechlab.cli import CLIError
 from speechlab.data.sentences import Sentence, available_domains, generate_sentences
 from speechlab.data.text import normalize_text
+from speechlab.errors import CLIError
 from speechlab.io import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ SPLITS = ("train", "dev", "test")
 # --------------------------------------------------------------------------- espeak-ng
 
 def find_espeak() -> str:
-    """Path of ``espeak-ng``; raises :class:`~speechlab.cli.CLIError` with install advice."""
+    """Path of ``espeak-ng``; raises :class:`~speechlab.errors.CLIError` with install advice."""
     path = shutil.which("espeak-ng")
     if path is None:
         raise CLIError(ESPEAK_MISSING)
