@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechlab.errors import CLIError, InputError
+from speechlab.io import read_text
 
 __all__ = ["CLIError", "TOOLS", "main"]
 
@@ -102,7 +103,7 @@ def check_config_files(argv: Sequence[str]) -> None:
         if not path.is_file():
             continue
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            yaml.safe_load(read_text(path))
         except UnicodeDecodeError as e:
             raise CLIError(f"{path}: not a YAML recipe (not UTF-8 text: {e.reason})") from None
         except yaml.YAMLError as e:

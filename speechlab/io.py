@@ -1,18 +1,41 @@
-"""Crash-safe file output: write to a temporary file beside the target, then rename.
+"""File I/O: crash-safe output, and reading the user's text files.
 
-A reader never sees a half-written file, and an interrupted run leaves at most a stray
-``*.tmp*`` file that the next run overwrites.
+Output goes to a temporary file beside the target, then is renamed: a reader never sees a
+half-written file, and an interrupted run leaves at most a stray ``*.tmp*`` file that the next
+run overwrites.
+
+The user's text files (manifests, transcripts, sentence lists, lexicons, vocabulary and gram
+JSON) are read with :func:`open_text` / :func:`read_text`: UTF-8 with or without the byte-order
+mark that many Windows tools write at the start, gzip-compressed when the name ends in ``.gz``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+#: UTF-8 that drops a byte-order mark at the start of the file (plain UTF-8 reads unchanged)
+TEXT_ENCODING = "utf-8-sig"
+
+
+def open_text(path: str | os.PathLike, errors: str = "strict") -> IO[str]:
+    """Open a user's text file for reading (universal newlines): UTF-8 with or without a
+    leading byte-order mark; ``*.gz`` is decompressed. ``errors`` as for :func:`open`."""
+    if Path(path).suffix == ".gz":
+        return gzip.open(path, "rt", encoding=TEXT_ENCODING, errors=errors)
+    return open(path, encoding=TEXT_ENCODING, errors=errors)
+
+
+def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
+    """The whole text of a user's file, as :func:`open_text` reads it."""
+    with open_text(path, errors) as f:
+        return f.read()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import itertools
 import json
 import math
@@ -30,6 +29,7 @@ import jiwer
 
 from speechlab.data.text import normalize_text
 from speechlab.errors import CLIError
+from speechlab.io import read_text
 
 __all__ = [
     "ErrorCounts",
@@ -243,12 +243,6 @@ class MissingIdsError(ValueError):
     """REF and HYP do not hold the same utterance ids; the message lists them."""
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 _ABSENT = object()
 
 
@@ -292,8 +286,7 @@ def read_transcripts(
         return TranscriptError(f"{path}:{lineno}: {reason}")
 
     try:
-        with _open_text(path) as f:
-            lines = f.read().splitlines()
+        lines = read_text(path).splitlines()
     except UnicodeDecodeError as e:
         raise TranscriptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except (OSError, EOFError) as e:

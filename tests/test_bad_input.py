@@ -88,7 +88,7 @@ NO_Z = "abcdefghijklmnopqrstuvwxy '"
 def bad_utterances(folder: Path, oov: bool = False) -> list[tuple[dict, str]]:
     """One manifest entry per kind of bad audio/transcript, with the skip category it gets
     (``oov``: also transcripts outside :data:`NO_Z`)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "wavs").mkdir(parents=True, exist_ok=True)
     (folder / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     full = wav(folder / "truncated.wav", seconds=1.0).read_bytes()
     (folder / "truncated.wav").write_bytes(full[: len(full) // 2])
@@ -112,6 +112,7 @@ def bad_utterances(folder: Path, oov: bool = False) -> list[tuple[dict, str]]:
         (entry(ok, id="empty_text", text=" ?! "), "empty text"),
         (entry(ok, id="other_script", text="日本語"), "empty text"),
         (entry(folder / "missing.wav", id="missing"), "audio not found"),
+        (entry(folder / "wavs", id="a_folder"), "audio is a directory"),
         (entry(short, id="too_long_text", duration=0.3,
                text="this transcript is far too long for a third of a second"), "too short"),
     ]
@@ -182,6 +183,74 @@ def test_manifest_with_nothing_usable_is_one_error(tiny_corpus, tmp_path, capsys
         "--data.init_args.train_manifest", train, "--data.init_args.num_workers", "0")
     line = one_error_line(err, "fit")
     assert rc == 2 and f"{train}: no usable entry, all {len(cases)} skipped (" in line
+
+
+# ============================================================================ byte-order marks
+
+def _user_file_readers(audio: Path) -> dict[str, tuple[str, str, object]]:
+    """name -> (file name, UTF-8 text, reader): the readers of files the user gives (those of
+    ARPA words and synth sentences were BOM-safe already: the first never reads line 1's text,
+    the second normalizes U+FEFF away)."""
+    from speechlab.data import corpus, farfield, subword, textlm
+    from speechlab.lm.ngram import read_lines
+    from speechlab.tasks.decode_cli import load_lexicon
+    from speechlab.tasks.robust_eval import clean_ids
+
+    rows = [{"id": "u1", "audio_filepath": str(audio), "duration": 1.0, "text": "hello world",
+             "clean_id": "c1", "label": "greeting"},
+            {"id": "u2", "audio_filepath": str(audio), "duration": 1.0, "text": "good bye"}]
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows)
+    lines = "hello world\ngood bye\n"
+    return {
+        "manifest": ("m.jsonl", jsonl, lambda p: list(read_manifest(p))),
+        "load_cuts": ("m.jsonl", jsonl, lambda p: [c.id for c in load_cuts(p)[0]]),
+        "score ref (jsonl)": ("r.jsonl", jsonl, read_transcripts),
+        "score ref (tsv)": ("r.tsv", "u1\thello world\nu2\tgood bye\n", read_transcripts),
+        "farfield manifest": ("m.jsonl", jsonl, farfield.read_manifest),
+        "text LM manifest": ("m.jsonl", jsonl,
+                             lambda p: [(t.text, t.line) for t in textlm.read_text_lines(p)]),
+        "text LM text": ("t.txt", lines,
+                         lambda p: [(t.text, t.line) for t in textlm.read_text_lines(p)]),
+        "subword manifest": ("m.jsonl", jsonl, subword.texts_from_manifest),
+        "documents (jsonl)": ("d.jsonl", jsonl, corpus.read_jsonl_documents),
+        "documents (folder)": ("d.txt", lines, lambda p: corpus.read_folder_documents(p.parent)),
+        "stop words": ("stop.txt", "the\na\n", lambda p: corpus.load_stop_words(str(p))),
+        "n-gram text": ("t.txt", lines, lambda p: read_lines(str(p), None, False, "word")),
+        "n-gram manifest": ("m.jsonl", jsonl, lambda p: read_lines(None, str(p), False, "word")),
+        "clean ids": ("m.jsonl", jsonl, clean_ids),
+        "lexicon": ("words.txt", "hello\nworld\n", lambda p: load_lexicon(str(p), None)),
+        "GramSet": ("g.json", json.dumps(GramSet.from_ngrams(VOCAB, ["th", "he"]).to_dict()),
+                    lambda p: GramSet.load(p).to_dict()),
+        "CharVocab": ("v.json", json.dumps(CharVocab().to_dict()), lambda p: CharVocab.load(p).chars),
+    }
+
+
+USER_FILE_READERS = (
+    "manifest", "load_cuts", "score ref (jsonl)", "score ref (tsv)", "farfield manifest",
+    "text LM manifest", "text LM text", "subword manifest", "documents (jsonl)",
+    "documents (folder)", "stop words", "n-gram text", "n-gram manifest", "clean ids", "lexicon",
+    "GramSet", "CharVocab",
+)
+
+
+@pytest.mark.parametrize("name", USER_FILE_READERS)
+def test_every_reader_of_user_files_accepts_a_byte_order_mark(tmp_path, name):
+    """Issue 13: a UTF-8 BOM at the start of a user's file (many Windows tools write one) made
+    JSON readers refuse line 1 and text readers keep U+FEFF in the first word or id. Each reader
+    returns for the file with a BOM what it returns for the same file without one."""
+    audio = wav(tmp_path / "a.wav")
+    readers = _user_file_readers(audio)
+    assert sorted(readers) == sorted(USER_FILE_READERS)
+    filename, text, reader = readers[name]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bom").mkdir()
+    plain = tmp_path / "plain" / filename
+    plain.write_bytes(text.encode("utf-8"))
+    bom = tmp_path / "bom" / filename
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    expected = reader(plain)
+    assert expected and "\ufeff" not in repr(expected)
+    assert reader(bom) == expected
 
 
 # ============================================================================ too long for frames

@@ -283,6 +283,18 @@ def test_missing_audio_file(tmp_path: Path, good: Path) -> None:
     assert "nope.wav" in issue.reason and issue.utt_id == "b"
 
 
+def test_directory_as_audio_is_named_a_directory(tmp_path: Path, good: Path) -> None:
+    """Issue 13: a folder given as ``audio_filepath`` was reported as "audio not found"."""
+    (tmp_path / "wavs").mkdir()
+    issue = check_skip(tmp_path, good, entry(tmp_path / "wavs", id="b"), "audio is a directory")
+    assert str(tmp_path / "wavs") in issue.reason and issue.utt_id == "b"
+    # a lhotse cut whose recording source is a folder
+    cut = load_cuts(manifest(tmp_path, [entry(good, id="a")], name="one.jsonl"))[0][0].to_dict()
+    cut["recording"]["sources"][0]["source"] = str(tmp_path / "wavs")
+    issue = check_skip(tmp_path, good, cut, "audio is a directory")
+    assert str(tmp_path / "wavs") in issue.reason
+
+
 def test_garbage_bytes(tmp_path: Path, good: Path) -> None:
     (tmp_path / "junk.wav").write_bytes(np.random.default_rng(1).bytes(4000))
     issue = check_skip(tmp_path, good, entry(tmp_path / "junk.wav"), "unreadable audio")
@@ -485,6 +497,21 @@ def test_all_skipped_is_an_error(tmp_path: Path, good: Path) -> None:
         load_cuts(manifest(tmp_path, [""], name="empty.jsonl"))
 
 
+@pytest.mark.parametrize("name", ["m.jsonl", "m.jsonl.gz"])
+def test_manifest_with_a_byte_order_mark(tmp_path: Path, good: Path, name: str) -> None:
+    """Issue 13: a manifest that starts with a UTF-8 BOM (many Windows tools write one) was
+    refused as malformed JSON at line 1; it reads as the same manifest without it."""
+    plain = manifest(tmp_path, [entry(good, id="a"), entry(good, id="b", text="good bye")])
+    data = b"\xef\xbb\xbf" + plain.read_bytes()
+    bom = tmp_path / name
+    bom.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert list(read_manifest(bom)) == list(read_manifest(plain))
+    cuts, report = load_cuts(bom)
+    assert report.kept == 2 and not report.issues
+    assert [c.id for c in cuts] == ["a", "b"]
+    assert [c.supervisions[0].text for c in cuts] == ["hello world", "good bye"]
+
+
 def test_manifest_not_found(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="manifest not found"):
         load_cuts(tmp_path / "nope.jsonl")
@@ -499,6 +526,18 @@ def run_cli(*argv: str, capsys) -> tuple[int, str, str]:
     rc = main(["data", "validate", *argv])
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def test_cli_validate_empty_manifest_is_one_error(tmp_path: Path, capsys) -> None:
+    """Issue 13: an empty manifest printed only "kept 0/0, skipped 0" and exited 1 (the status
+    of "bad utterances found"); it is one line naming the file, exit 2, like malformed JSON."""
+    for content in ("", "\n  \n"):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text(content)
+        rc, out, err = run_cli("--manifest", str(empty), capsys=capsys)
+        assert rc == 2 and out == ""
+        assert err.splitlines() == [f"speechlab data validate: error: {empty}: empty manifest "
+                                    f"(no entries, only blank lines or none)"]
 
 
 def test_cli_validate(tmp_path: Path, good: Path, capsys) -> None:

@@ -45,7 +45,9 @@ def read_audio(
     path: str | os.PathLike, offset: float = 0.0, duration: float | None = None
 ) -> tuple[np.ndarray, int]:
     """Read ``(samples (channels, num_samples) float32, sample_rate)``; ``offset``/``duration``
-    in seconds. Raises ``FileNotFoundError`` or :class:`AudioError`."""
+    in seconds. Raises ``FileNotFoundError`` or :class:`AudioError` (also for a directory)."""
+    if Path(path).is_dir():
+        raise AudioError(f"{path}: a directory, not an audio file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: audio file not found")
     info = audio_info(path)

@@ -23,7 +23,6 @@ topic-specific word pools mixed with shared function words, deterministic for a 
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from speechlab.dist import rank_and_world
+from speechlab.io import open_text, read_text
 
 log = logging.getLogger("speechlab.data.corpus")
 
@@ -67,8 +67,7 @@ def read_jsonl_documents(path: str | os.PathLike) -> list[Document]:
     ``ValueError`` naming the file and line."""
     path = Path(path)
     docs = []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -98,7 +97,7 @@ def read_folder_documents(root: str | os.PathLike, suffixes: Sequence[str] = (".
             continue
         rel = p.relative_to(root)
         label = str(rel.parent) if str(rel.parent) != "." else None
-        docs.append(Document(p.read_text(encoding="utf-8", errors="replace"), label, str(rel)))
+        docs.append(Document(read_text(p, errors="replace"), label, str(rel)))
     return docs
 
 
@@ -266,7 +265,7 @@ def load_stop_words(stop_words: str) -> frozenset[str]:
     path = Path(stop_words)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: stop-word file not found (or use 'sklearn' / 'none')")
-    return frozenset(w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines()
+    return frozenset(w.strip().lower() for w in read_text(path).splitlines()
                      if w.strip() and not w.lstrip().startswith("#"))
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from speechlab.io import atomic_write_jsonl, atomic_write_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def read_manifest(path: str | Path) -> list[Entry]:
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -475,6 +475,8 @@ def read_manifest(path: str | Path) -> list[Entry]:
             raise ValueError(f"{path}: line {lineno}: no \"audio_filepath\"")
         audio = Path(row["audio_filepath"])
         audio = Path(os.path.abspath(audio if audio.is_absolute() else path.parent / audio))
+        if audio.is_dir():
+            raise ValueError(f"{path}: line {lineno}: {audio}: a directory, not an audio file")
         if not audio.is_file():
             raise ValueError(f"{path}: line {lineno}: {audio}: audio file not found")
         # the id load_cuts gives such an entry (file stem), so clean_id links to the clean cut

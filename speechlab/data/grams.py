@@ -16,7 +16,7 @@ from pathlib import Path
 
 from speechlab.data.text import CharVocab
 from speechlab.errors import InputError
-from speechlab.io import atomic_write_text
+from speechlab.io import atomic_write_text, read_text
 
 _FORMAT = "gramset"
 _VERSION = 1
@@ -269,7 +269,7 @@ class GramSet:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such GramSet file")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = json.loads(read_text(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: malformed GramSet JSON: {e}") from None
         return cls.from_dict(d, source=str(path))

@@ -16,10 +16,12 @@ Never skipped, always an error: malformed JSON (a corrupt manifest is not a bad 
 sample rate other than the recipe's when resampling is off, and a manifest with nothing left.
 
 Reason categories (the text before the first ``:`` of a reason): ``missing field``,
-``bad field``, ``bad cut``, ``duplicate id``, ``audio not found``, ``unreadable audio``
-(garbage bytes, truncated or undecodable files), ``empty audio`` (no samples),
-``multi-channel``, ``non-finite samples``, ``empty text``, ``OOV-only text``, ``OOV characters``,
-``duration mismatch``, ``bad offset``, ``too short``.
+``bad field``, ``bad cut``, ``duplicate id``, ``audio not found``, ``audio is a directory``,
+``unreadable audio`` (garbage bytes, truncated or undecodable files), ``empty audio`` (no
+samples), ``multi-channel``, ``non-finite samples``, ``empty text``, ``OOV-only text``,
+``OOV characters``, ``duration mismatch``, ``bad offset``, ``too short``.
+
+The manifest is UTF-8, with or without a byte-order mark (:func:`speechlab.io.open_text`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from lhotse.utils import fastcopy
 from speechlab.data.audio import AudioError, audio_info
 from speechlab.data.text import CharVocab, normalize_text
 from speechlab.errors import InputError
-from speechlab.io import atomic_path, atomic_write_jsonl
+from speechlab.io import atomic_path, atomic_write_jsonl, open_text
 
 __all__ = [
     "ManifestError",
@@ -136,12 +138,6 @@ class ValidationReport:
 # ------------------------------------------------------------------------------------- reading
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _is_lhotse_cut(entry: dict) -> bool:
     kind = entry.get("type")
     return isinstance(kind, str) and kind in LHOTSE_CUT_TYPES
@@ -152,7 +148,7 @@ def _iter_entries(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    with _open_text(path) as f:
+    with open_text(path) as f:
         lines = enumerate(f, start=1)
         while True:
             try:
@@ -288,6 +284,8 @@ def _sample_rate_error(where: str, sr: int, expected: int) -> str:
 
 
 def _header(path: Path) -> sf._SoundFileInfo:
+    if path.is_dir():
+        raise _Skip(f"audio is a directory: {path} (an audio file expected)")
     if not path.is_file():
         raise _Skip(f"audio not found: {path}")
     try:
@@ -718,8 +716,8 @@ def load_cuts(
 
     report = ValidationReport(manifest, total=len(entries), kept=len(cuts), issues=issues)
     if not cuts:
-        if not entries:
-            raise ManifestError(f"{manifest}: has no entries", report=report)
+        if not entries:  # a manifest-level error like malformed JSON: no report to print
+            raise ManifestError(f"{manifest}: empty manifest (no entries, only blank lines or none)")
         counts = ", ".join(f"{k}: {v}" for k, v in report.counts_by_reason().items())
         raise ManifestError(
             f"{manifest}: no usable entry, all {report.total} skipped ({counts})", report=report
@@ -778,7 +776,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Validate the manifest; print the summary and each issue. Exit 1 when issues were found."""
+    """Validate the manifest; print the summary and each issue. Exit 1 when issues were found;
+    a manifest that cannot be checked (not found, malformed JSON, empty) raises
+    :class:`ManifestError`, which the command prints as one line (exit 2)."""
     data_logger = logging.getLogger("speechlab.data")
     level = data_logger.level
     data_logger.setLevel(logging.ERROR)  # the issues are printed below, not logged twice

@@ -16,7 +16,6 @@ writes the standard ``.model`` file (readable by ``spm_encode`` and friends).
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import io
 import json
@@ -28,7 +27,7 @@ from typing import Any, Literal
 import sentencepiece as spm
 
 from speechlab.data.text import CharVocab, normalize_text
-from speechlab.io import atomic_path
+from speechlab.io import atomic_path, open_text
 
 __all__ = ["SentencePieceVocab", "texts_from_manifest", "vocab_from_dict"]
 
@@ -267,9 +266,8 @@ def texts_from_manifest(path: str | os.PathLike, field: str = "text") -> list[st
     Errors name the file and the line: malformed JSON, a missing or non-string text.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     texts = []
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -43,7 +43,7 @@ import numpy as np
 from speechlab.data.sentences import Sentence, available_domains, generate_sentences
 from speechlab.data.text import normalize_text
 from speechlab.errors import CLIError
-from speechlab.io import atomic_write_jsonl
+from speechlab.io import atomic_write_jsonl, read_text
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def read_sentences(path: str | Path) -> tuple[list[Sentence], list[int]]:
     :func:`~speechlab.data.text.normalize_text`; returns ``(sentences, skipped line numbers)``
     where skipped lines are those that normalize to nothing (blank, punctuation only)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
     except FileNotFoundError:
         raise CLIError(f"{path}: text file not found") from None
     except UnicodeDecodeError as e:

@@ -11,9 +11,8 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-from speechlab.io import atomic_write_text
+from speechlab.io import atomic_write_text, read_text
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 # letters that have no decomposition into a-z but a conventional spelling in it
@@ -108,4 +107,4 @@ class CharVocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharVocab:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(json.loads(read_text(path)))

@@ -29,7 +29,6 @@ Batches are dicts::
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab, normalize_text
 from speechlab.dist import rank_and_world
+from speechlab.io import open_text
 
 log = logging.getLogger("speechlab.data")
 
@@ -103,8 +103,7 @@ def read_text_lines(path: str | Path, segmentation: Literal["line", "sentence"] 
     path = Path(path)
     if not path.is_file():
         raise TextDataError(f"{path}: text source not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="strict") as f:
+    with open_text(path) as f:
         try:
             if _is_manifest(path):
                 for lineno, raw in enumerate(f, 1):

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from speechlab.io import open_text
+
 LN10 = math.log(10.0)
 CHAR_SPACE = "|"
 _LM_FN = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32),
@@ -126,7 +128,7 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
     ``ValueError`` naming it."""
     words, in_unigrams, seen = [], False, False
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if line.startswith("\\1-grams:"):
                     in_unigrams = seen = True

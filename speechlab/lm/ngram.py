@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from speechlab.io import atomic_path
+from speechlab.io import atomic_path, read_text
 
 log = logging.getLogger("speechlab.lm")
 
@@ -238,9 +238,9 @@ def read_lines(text: str | None, manifest: str | None, normalize: bool, unit: st
 
     lines: list[str] = []
     if text:
-        lines = Path(text).read_text(encoding="utf-8").splitlines()
+        lines = read_text(text).splitlines()
     if manifest:
-        for i, line in enumerate(Path(manifest).read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(read_text(manifest).splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -26,7 +26,7 @@ from speechlab.data.speech import SpeechDataModule
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
-from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
+from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite, read_text
 from speechlab.progress import progress
 from speechlab.score import edit_counts
 from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
@@ -116,7 +116,7 @@ def load_lexicon(spec: str | None, lm: str | None) -> list[str] | None:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such lexicon file")
-    return [w for line in path.read_text(encoding="utf-8").splitlines() for w in line.split()[:1]]
+    return [w for line in read_text(path).splitlines() for w in line.split()[:1]]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.functional.ctc import ctc_greedy_decode
-from speechlab.io import atomic_write_jsonl, atomic_write_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
 
@@ -103,7 +103,7 @@ def evaluate_manifest(task: CTCTask, name: str, manifest: str | Path, resample: 
 def clean_ids(manifest: str | Path) -> dict[str, str]:
     """``{far-field id: clean_id}`` of a manifest's lines that have both (empty otherwise)."""
     out = {}
-    for line in Path(manifest).read_text().splitlines():
+    for line in read_text(manifest).splitlines():
         if line.strip():
             row = json.loads(line)
             if "clean_id" in row and "id" in row:
