@@ -134,6 +134,16 @@ class ValidationReport:
             line += " (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
         return line
 
+    def coverage(self, scored: int) -> str:
+        """What an evaluation of this manifest covered, e.g. ``"scored 297 of 300 utterances
+        of test.jsonl, skipped 3 (unreadable audio: 3)"`` (``scored``: utterances decoded)."""
+        line = f"scored {scored} of {self.total} utterances of {self.manifest}"
+        counts = self.counts_by_reason()
+        if counts:
+            line += f", skipped {self.skipped} (" + ", ".join(
+                f"{k}: {v}" for k, v in counts.items()) + ")"
+        return line
+
 
 # ------------------------------------------------------------------------------------- reading
 
@@ -647,7 +657,7 @@ def load_cuts(
             skip) unless ``resample`` is set, in which case the cut resamples lazily on load.
         output_frame_rate: model output frames per second (e.g. 25 for 10 ms fbank with 4x
             subsampling); when given, utterances too short for CTC to emit their transcript
-            are skipped.
+            are skipped (for training data: evaluation sets keep them, ``None``).
         check_samples: read every sample (catches undecodable data and NaN/inf); otherwise
             only headers are read.
         on_error: ``"skip"`` counts, logs and skips bad entries; ``"raise"`` raises

@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from speechlab.data.features import FRAME_SHIFT_MS, log_mel_fbank, utterance_cmvn
-from speechlab.data.manifests import ManifestError, load_cuts
+from speechlab.data.manifests import ManifestError, ValidationReport, load_cuts
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.dist import rank_and_world
 from speechlab.errors import InputError
@@ -152,7 +152,10 @@ class SpeechDataModule(pl.LightningDataModule):
         max_duration: seconds of audio per batch (lhotse ``DynamicBucketingSampler``).
         num_buckets: duration buckets for training batches.
         output_frame_rate: model output frames per second (100 / subsampling stride), used to
-            skip utterances too short for their transcript under CTC; ``None`` disables it.
+            skip *training* utterances too short for their transcript under CTC; ``None``
+            disables it. Dev and test sets are never filtered by length: every readable
+            utterance is decoded and scored (the tasks leave the ones their loss cannot fit
+            out of the loss, and count them).
         paired_clean_manifest: clean manifest for paired clean/far-field training.
         num_workers: DataLoader worker processes (features are computed in them).
         check_samples: decode every file at set-up to catch corrupt audio and NaN/inf samples.
@@ -186,6 +189,7 @@ class SpeechDataModule(pl.LightningDataModule):
                 self.hparams[key] = os.path.abspath(self.hparams[key])
         self.vocab = CharVocab(list(vocab))
         self._cuts: dict[str, CutSet] = {}
+        self._reports: dict[str, ValidationReport] = {}
         self._clean_cuts: dict[str, Cut] | None = None
         self._train_sampler: DynamicBucketingSampler | DynamicCutSampler | None = None
         self._pending_sampler_state: dict | None = None
@@ -197,10 +201,13 @@ class SpeechDataModule(pl.LightningDataModule):
     def _load(self, split: str, path: str | None) -> None:
         if path is None or split in self._cuts:
             return
-        # load_cuts logs its summary and each skipped entry (counted, never silent)
-        self._cuts[split], _ = load_cuts(
+        # load_cuts logs its summary and each skipped entry (counted, never silent). Only
+        # training drops utterances too short for their transcript: evaluation decodes and
+        # scores every readable one (a WER over a subset would not be the set's WER)
+        rate = self.hparams.output_frame_rate if split == "train" else None
+        self._cuts[split], self._reports[split] = load_cuts(
             path, vocab=self.vocab, sample_rate=self.hparams.sample_rate,
-            resample=self.hparams.resample, output_frame_rate=self.hparams.output_frame_rate,
+            resample=self.hparams.resample, output_frame_rate=rate,
             check_samples=self.hparams.check_samples, on_error="skip",
         )
 
@@ -334,5 +341,9 @@ class SpeechDataModule(pl.LightningDataModule):
     def cuts(self, split: str) -> CutSet:
         """The validated cuts of ``split`` (``train``, ``dev``, ``test``) after ``setup``."""
         return self._cuts[split]
+
+    def report(self, split: str) -> ValidationReport | None:
+        """What loading ``split``'s manifest kept and skipped (None before it is loaded)."""
+        return self._reports.get(split)
 
 

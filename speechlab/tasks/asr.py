@@ -7,6 +7,13 @@ norm before clipping (``train/grad_norm``, :func:`log_grad_norm`) and, at every 
 reference and hypothesis of the first dev utterances (``val/samples``, text) and their audio
 (``val/audio/<i>``, at the first validation of a fit). A subclass defines
 ``compute_loss(batch)`` and ``transcribe(batch) -> list[str]``.
+
+Validation and test decode and score every utterance the data module read (only unreadable
+audio and bad entries are skipped, by the manifest reader, counted and logged). An utterance
+whose transcript is too long for the model's output frames is scored like any other; only its
+(infinite) CTC / Gram-CTC loss is left out of ``val/loss`` / ``test/loss``. At the end of each
+validation and test one log line says how many utterances were scored, of how many in the
+manifest, why any were skipped, and how many were left out of the loss.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from speechlab.data.manifests import ctc_min_frames
+from speechlab.data.manifests import ValidationReport, ctc_min_frames
 from speechlab.data.text import CharVocab
 from speechlab.errors import InputError
 from speechlab.io import atomic_write_jsonl, atomic_write_text
@@ -68,6 +75,20 @@ def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def coverage_line(split: str, scored: int, report: ValidationReport | None,
+                  infeasible: list[str]) -> str:
+    """What a validation / test covered: ``"<split>: scored N of M utterances of <manifest>[,
+    skipped K (reason: count, ...)]"``, and how many of them were left out of the loss
+    (``infeasible``: the ids of utterances whose transcript is too long for their frames)."""
+    line = f"{split}: " + (report.coverage(scored) if report is not None
+                           else f"scored {scored} utterances")
+    if infeasible:
+        shown = ", ".join(infeasible[:5]) + (", ..." if len(infeasible) > 5 else "")
+        line += (f"; {len(infeasible)} with a transcript too long for its output frames "
+                 f"({shown}): decoded and scored, left out of {split}/loss")
+    return line
+
+
 class ASRTask(TestOutputs, pl.LightningModule):
     """Base of the ASR tasks (not used directly in recipes).
 
@@ -99,8 +120,12 @@ class ASRTask(TestOutputs, pl.LightningModule):
         })
         self._test_rows: list[dict[str, str]] = []
         self._audio_logged = False
-        #: utterances whose transcript did not fit their frames (see :meth:`note_infeasible`)
+        #: training utterances whose transcript did not fit their frames (:meth:`note_infeasible`)
         self.infeasible_utterances = 0
+        #: ids of this validation / test epoch's utterances left out of the loss (infeasible)
+        self._eval_infeasible: list[str] = []
+        #: utterances decoded and scored in this validation / test epoch
+        self._eval_scored = 0
 
     # -- subclass API ---------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -124,12 +149,19 @@ class ASRTask(TestOutputs, pl.LightningModule):
 
     def note_infeasible(self, batch: dict[str, Any], lengths: torch.Tensor) -> int:
         """Count and report the utterances of ``batch`` whose transcript is too long for their
-        ``lengths`` output frames. Their CTC / Gram-CTC loss is infinite; the tasks compute it
-        with ``zero_infinity=True``, so such an utterance contributes loss 0 and gradient 0
-        (it is skipped, though it still counts in the batch mean's denominator). Data modules
-        skip most of them at set-up (``output_frame_rate``); the ones that get through are
-        counted in :attr:`infeasible_utterances`, logged as ``train/infeasible`` (a sum per
-        epoch) and warned about, naming the utterance (the first ``INFEASIBLE_LOG_LIMIT``)."""
+        ``lengths`` output frames; returns their number. Their CTC / Gram-CTC loss is
+        infinite; the tasks compute it with ``zero_infinity=True`` in a per-utterance mean, so
+        such an utterance contributes loss 0 and gradient 0 (it still counts in the batch
+        mean's denominator).
+
+        Training (``self.training``): data modules skip most of them at set-up
+        (``output_frame_rate``); the ones that get through are counted in
+        :attr:`infeasible_utterances`, logged as ``train/infeasible`` (a sum per epoch) and
+        warned about, naming the utterance (the first ``INFEASIBLE_LOG_LIMIT``).
+
+        Evaluation: they are decoded and scored like any other utterance; validation / test
+        leave them out of the loss average (``val/loss`` is the mean over the others) and count
+        them in the line logged at the end of the epoch."""
         texts = batch.get("texts")
         if texts is None:  # a hand-made batch: the transcripts from the target ids
             texts = [self.vocab.decode(t[:n].tolist()) for t, n in
@@ -139,6 +171,9 @@ class ASRTask(TestOutputs, pl.LightningModule):
                if n < (need := self.min_frames(text))]
         if not bad:
             return 0
+        if not self.training:
+            self._eval_infeasible += [utt for utt, *_ in bad]
+            return len(bad)
         before = self.infeasible_utterances
         self.infeasible_utterances += len(bad)
         for k, (utt, text, n, need) in enumerate(bad, start=before + 1):
@@ -175,10 +210,15 @@ class ASRTask(TestOutputs, pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> list[str]:
+        before = len(self._eval_infeasible)
         loss = self.compute_loss(batch)
         hyps = self.transcribe(batch)
         n = len(batch["ids"])
-        self.log(f"{split}/loss", loss, batch_size=n, sync_dist=True)
+        left_out = len(self._eval_infeasible) - before  # loss 0 in the batch mean (zero_infinity)
+        self._eval_scored += n
+        if left_out < n:  # the mean over the utterances the loss can fit
+            self.log(f"{split}/loss", loss * (n / (n - left_out)), batch_size=n - left_out,
+                     sync_dist=True)
         for unit in ("word", "char"):
             metric = self.metrics[f"{split}_{unit}"]
             metric.update(hyps, batch["texts"])
@@ -190,6 +230,39 @@ class ASRTask(TestOutputs, pl.LightningModule):
         hyps = self._evaluate(batch, "val")
         if batch_idx == 0:
             self.log_samples(batch, hyps)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_infeasible, self._eval_scored = [], 0
+
+    def on_validation_epoch_end(self) -> None:
+        scored, infeasible = self._gather_coverage()
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self._log_coverage("val", scored, infeasible)
+
+    def _gather_coverage(self) -> tuple[int, list[str]]:
+        """(utterances scored, ids left out of the loss) of this epoch, over all ranks."""
+        scored, infeasible = self._eval_scored, list(self._eval_infeasible)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[tuple[int, list[str]]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
+            torch.distributed.all_gather_object(parts, (scored, infeasible))
+            scored = sum(p[0] for p in parts)
+            infeasible = [i for p in parts for i in p[1]]
+        return scored, sorted(infeasible)
+
+    def _manifest_report(self, split: str) -> ValidationReport | None:
+        """The data module's :class:`ValidationReport` of the ``val`` (dev) or ``test``
+        manifest; None without one (dataloaders passed directly)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        report = getattr(dm, "report", None)
+        return report("dev" if split == "val" else split) if callable(report) else None
+
+    def _log_coverage(self, split: str, scored: int, infeasible: list[str]) -> None:
+        """Log :func:`coverage_line`: a warning when anything was skipped or left out of the
+        loss, else info."""
+        report = self._manifest_report(split)
+        line = coverage_line(split, scored, report, infeasible)
+        (log.warning if infeasible or (report is not None and report.skipped) else log.info)(
+            "%s", line)
 
     def on_fit_start(self) -> None:
         self._audio_logged = False
@@ -243,6 +316,7 @@ class ASRTask(TestOutputs, pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
+        self._eval_infeasible, self._eval_scored = [], 0
 
     def on_test_epoch_end(self) -> None:
         rows = self._test_rows
@@ -250,22 +324,32 @@ class ASRTask(TestOutputs, pl.LightningModule):
             gathered: list[list[dict]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
+        scored, infeasible = self._gather_coverage()
         if not self.trainer.is_global_zero:
             return
+        self._log_coverage("test", scored, infeasible)
         out = self.test_output_dir()
         rows = sorted(rows, key=lambda r: r["id"])
         atomic_write_jsonl(out / "hyps.jsonl", rows)
-        summary = {name: {"errors": int(m.errors), "ref_len": int(m.ref_len),
-                          "rate": float(m.compute())} for name, m in self.metrics.items()
-                   if name.startswith("test")}
+        summary: dict[str, Any] = {
+            name: {"errors": int(m.errors), "ref_len": int(m.ref_len), "rate": float(m.compute())}
+            for name, m in self.metrics.items() if name.startswith("test")}
+        report = self._manifest_report("test")
         summary["utterances"] = len(rows)
+        if report is not None:
+            summary["manifest"] = report.manifest
+            summary["skipped"] = report.counts_by_reason()
+        summary["left_out_of_loss"] = len(infeasible)
         atomic_write_text(out / "wer.json", json.dumps(summary, indent=1) + "\n")
         wer, cer = summary["test_word"], summary["test_char"]
+        # the manifest as the reference when every entry was scored (else it has ids that
+        # hyps.jsonl lacks, and the scorer refuses); hyps.jsonl holds the references too
+        ref = report.manifest if report is not None and not report.skipped else out / "hyps.jsonl"
         print(f"\ntest: {len(rows)} utterances  WER {100 * wer['rate']:.2f}% "
               f"({wer['errors']}/{wer['ref_len']} words)  CER {100 * cer['rate']:.2f}% "
-              f"({cer['errors']}/{cer['ref_len']} chars)\nhypotheses: {out / 'hyps.jsonl'}\n"
-              f"summary:    {out / 'wer.json'}\nrescore:    speechlab score --ref "
-              f"{out / 'hyps.jsonl'} --hyp {out / 'hyps.jsonl'}")
+              f"({cer['errors']}/{cer['ref_len']} chars)\n"
+              f"hypotheses: {out / 'hyps.jsonl'}\nsummary:    {out / 'wer.json'}\n"
+              f"rescore:    speechlab score --ref {ref} --hyp {out / 'hyps.jsonl'}")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.errors import InputError
@@ -35,13 +36,14 @@ from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
 @dataclass
 class Outputs:
     """Network outputs of a manifest: ids, reference texts, ``(T_i, V)`` log-probs, seconds of
-    audio, and the seconds the network took."""
+    audio, the seconds the network took, and what reading the manifest kept and skipped."""
 
     ids: list[str]
     texts: list[str]
     log_probs: list[torch.Tensor]
     audio_seconds: float
     network_seconds: float
+    report: ValidationReport | None = None
 
     @property
     def frames(self) -> int:
@@ -51,8 +53,9 @@ class Outputs:
 def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
                     resample: bool = False, max_duration: float = 60.0,
                     device: str | torch.device = "cpu") -> Outputs:
-    """Run ``model`` (eval, no grad) over every utterance of ``manifest`` on ``device``; the
-    log-probs come back on the CPU, in float32."""
+    """Run ``model`` (eval, no grad) over every utterance of ``manifest`` on ``device`` (all
+    of them, whatever their length; only unreadable audio and bad entries are skipped, counted
+    in ``report``); the log-probs come back on the CPU, in float32."""
     dm = SpeechDataModule(test_manifest=manifest, vocab="".join(model.vocab.chars),
                           sample_rate=sample_rate, resample=resample, max_duration=max_duration,
                           output_frame_rate=None, num_workers=0, dither=0.0)
@@ -72,7 +75,7 @@ def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
             texts += batch["texts"]
             lps += [lp[b, : int(lens[b])].clone() for b in range(lp.shape[0])]
             bar.update(len(batch["ids"]))
-    return Outputs(ids, texts, lps, seconds, net)
+    return Outputs(ids, texts, lps, seconds, net, dm.report("test"))
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -157,6 +160,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "
           f"{len(out.ids)} utterances, {out.audio_seconds:.1f} s audio, {out.frames} frames "
           f"({fps:.1f}/s); network {out.network_seconds:.1f} s")
+    if out.report is not None:
+        print(f"decode: {out.report.coverage(len(out.ids))}")
     results = []
     grid = [(a, b) for a in args.lm_weight for b in args.word_score] if args.method == "beam" \
         else [(0.0, 0.0)]

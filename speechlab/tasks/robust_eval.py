@@ -68,13 +68,20 @@ def load_ctc_task(checkpoint: str | Path) -> CTCTask:
 def batches(manifest: str | Path, vocab: str, resample: bool = False,
             max_duration: float = 60.0, num_workers: int = 1, seed: int = 0) -> Iterator[dict]:
     """Evaluation batches of a manifest (fixed order, every utterance kept whatever its length;
-    the fbank dither is seeded, so features are reproducible)."""
+    the fbank dither is seeded, so features are reproducible). When they are all out, logs how
+    many were scored of how many in the manifest (and why any were skipped)."""
     dm = SpeechDataModule(test_manifest=str(manifest), vocab=vocab, resample=resample,
                           max_duration=max_duration, output_frame_rate=None,
                           num_workers=num_workers, check_samples=False)
     dm.setup("test")
     torch.manual_seed(seed)
-    yield from dm.test_dataloader()
+    scored = 0
+    for batch in dm.test_dataloader():
+        scored += len(batch["ids"])
+        yield batch
+    report = dm.report("test")
+    if report is not None:
+        (log.warning if report.skipped else log.info)("%s", report.coverage(scored))
 
 
 @torch.inference_mode()
