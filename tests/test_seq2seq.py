@@ -316,3 +316,64 @@ def test_location_attention_learns_a_monotonic_alignment():
         n = int(lens[i])
         peaks = details.alignments[i, :n].argmax(-1)
         assert (peaks // 2).tolist() == list(range(n))
+
+
+def test_joint_ctc_loss_is_the_weighted_sum_of_attention_ce_and_torch_ctc(tiny_batch):
+    lam = 0.3
+    joint = _task(ctc_weight=lam)
+    plain = _task()
+    plain.load_state_dict({k: v for k, v in joint.state_dict().items()
+                           if not k.startswith("ctc_head.")})
+    joint.eval()
+    plain.eval()
+    with torch.no_grad():
+        loss = joint.compute_loss(tiny_batch)
+        ce = plain.compute_loss(tiny_batch)  # the same encoder and decoder, attention only
+        enc, lens = joint.encoder(tiny_batch["features"], tiny_batch["feature_lens"])
+        log_probs = joint.ctc_head(enc).log_softmax(-1)
+        ctc = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), tiny_batch["targets"], lens,
+                                           tiny_batch["target_lens"], blank=0, zero_infinity=True)
+    assert torch.isfinite(ctc) and ctc > 0
+    assert loss.item() == pytest.approx((1 - lam) * ce.item() + lam * ctc.item(), rel=1e-5)
+    assert not any(k.startswith("ctc_head") for k in plain.state_dict())  # λ = 0: no head
+    with pytest.raises(ValueError, match="ctc_weight"):
+        _task(ctc_weight=1.0)
+
+
+def test_joint_ctc_trains_both_heads_through_the_shared_encoder(tiny_batch):
+    task = _task(ctc_weight=0.5)
+    task.eval()
+    with torch.no_grad():
+        memory = task.encode(tiny_batch["features"], tiny_batch["feature_lens"])
+        ctc_before = task.ctc_loss(memory.values, memory.lengths, tiny_batch["targets"],
+                                   tiny_batch["target_lens"]).item()
+    before = _eval_loss(task, tiny_batch)
+    _fit_steps(task, tiny_batch, 30)
+    after = _eval_loss(task, tiny_batch)
+    with torch.no_grad():
+        memory = task.encode(tiny_batch["features"], tiny_batch["feature_lens"])
+        ctc_after = task.ctc_loss(memory.values, memory.lengths, tiny_batch["targets"],
+                                  tiny_batch["target_lens"]).item()
+    assert after < 0.6 * before, (before, after)
+    assert ctc_after < 0.8 * ctc_before, (ctc_before, ctc_after)
+    assert len(task.search(tiny_batch, beam_size=2)) == len(tiny_batch["ids"])
+
+
+def test_init_checkpoint_from_a_ctc_model_loads_encoder_and_ctc_head(tiny_batch, tmp_path):
+    from speechlab.tasks.ctc import CTCTask
+
+    torch.manual_seed(1)
+    ctc = CTCTask(encoder=ENC, spec_augment=False).eval()
+    path = tmp_path / "ctc.ckpt"
+    torch.save({"state_dict": ctc.state_dict(), "speechlab_vocab": ctc.vocab.to_dict()}, path)
+    task = _task(ctc_weight=0.3, init_checkpoint=str(path)).eval()
+    fresh = _task(ctc_weight=0.3)
+    with torch.no_grad():
+        expected, lens = ctc(tiny_batch["features"], tiny_batch["feature_lens"])  # the CTC model
+        enc, lens2 = task.encoder(tiny_batch["features"], tiny_batch["feature_lens"])
+        got = task.ctc_head(enc).float().log_softmax(-1)
+    assert torch.equal(lens, lens2)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # the decoder is not in a CTC checkpoint: it keeps its own initialization
+    for k, v in task.decoder.state_dict().items():
+        assert torch.equal(v, fresh.decoder.state_dict()[k]), k

@@ -9,6 +9,12 @@
 - ``cold`` (Sriram et al. 2017): the LM's normalized logits enter through a vector gate (bias
   −1) and the seq2seq model is trained from scratch with the LM.
 
+Training aids for every fusion mode: joint CTC–attention training (Watanabe et al. 2017; a CTC
+head on the shared encoder, loss ``(1 − λ)·CE + λ·CTC`` with ``ctc_weight = λ``), which teaches
+the encoder monotonic alignments early, and encoder initialization from a trained
+:class:`~speechlab.tasks.ctc.CTCTask` checkpoint (``init_checkpoint``; its head initializes the
+CTC head).
+
 The LM (an :class:`~speechlab.tasks.rnnlm.RNNLMTask` checkpoint, ``lm_checkpoint``) is frozen: it
 is deliberately *not* a registered submodule, so it is not in ``parameters()`` (the optimizer
 never sees it), not in ``state_dict()``, and ``trainer.fit`` switching modules to train mode does
@@ -84,9 +90,13 @@ class Seq2SeqTask(ASRTask):
         label_smoothing: cross-entropy label smoothing.
         scheduled_sampling: final probability of feeding back the model's own argmax.
         scheduled_sampling_start, scheduled_sampling_ramp: its schedule (steps).
-        init_checkpoint: a Seq2SeqTask checkpoint to start from (deep fusion: the trained
-            baseline); parameters whose shapes match are loaded, the output layer is widened.
+        init_checkpoint: a checkpoint to start from: a Seq2SeqTask (deep fusion: the trained
+            baseline; parameters whose shapes match are loaded, the output layer is widened) or
+            a CTCTask (the encoder, and its head as the CTC head when ``ctc_weight > 0``).
         freeze_seq2seq: train only the fusion gate and the output DNN (deep fusion).
+        ctc_weight: λ of joint CTC–attention training, in [0, 1): loss ``(1 − λ)·CE + λ·CTC``
+            of a CTC head (blank = id 0) on the encoder; 0 = attention only (no head). Search
+            uses the attention decoder alone.
         spec_augment: SpecAugment on training batches.
         lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`.
     """
@@ -101,7 +111,8 @@ class Seq2SeqTask(ASRTask):
                  label_smoothing: float = 0.1, scheduled_sampling: float = 0.0,
                  scheduled_sampling_start: int = 0, scheduled_sampling_ramp: int = 1000,
                  init_checkpoint: str | None = None, freeze_seq2seq: bool = False,
-                 spec_augment: bool = True, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 ctc_weight: float = 0.0, spec_augment: bool = True, lr: float = 2e-3,
+                 weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
                  output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(vocab, lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite)
@@ -122,6 +133,10 @@ class Seq2SeqTask(ASRTask):
         lm_hidden = self._lm_config.get("hidden_size")
         self.decoder = AttentionDecoder(len(self.vocab), self.encoder.output_dim, decoder,
                                         fusion=fusion, lm_hidden_size=lm_hidden)
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1), got {ctc_weight}")
+        self.ctc_head = (torch.nn.Linear(self.encoder.output_dim, len(self.vocab))
+                         if ctc_weight > 0 else None)
         self.spec_augment = SpecAugment() if spec_augment else None
         if init_checkpoint is not None:
             self.load_baseline(init_checkpoint)
@@ -191,9 +206,10 @@ class Seq2SeqTask(ASRTask):
             self._set_lm(lm, config, bundle.get("source", "checkpoint"))
 
     def load_baseline(self, path: str | Path) -> None:
-        """Initialize from a trained Seq2SeqTask checkpoint: tensors of equal shape are copied;
-        the first output layer, widened by fusion, gets the baseline's weights for the decoder
-        state and zeros for the LM part (so the fused model starts as the baseline)."""
+        """Initialize from a trained Seq2SeqTask or CTCTask checkpoint: tensors of equal name
+        and shape are copied (a CTCTask's ``head`` goes to ``ctc_head``); the first output
+        layer, widened by fusion, gets the baseline's weights for the decoder state and zeros
+        for the LM part (so the fused model starts as the baseline)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("speechlab_vocab", {}).get("chars") != list(self.vocab.chars):
             raise ValueError(f"{path}: vocabulary {ckpt.get('speechlab_vocab')} differs from the "
@@ -202,6 +218,8 @@ class Seq2SeqTask(ASRTask):
         loaded, widened = 0, []
         with torch.no_grad():
             for name, value in ckpt["state_dict"].items():
+                if name.startswith("head.") and "decoder.embedding.weight" not in ckpt["state_dict"]:
+                    name = "ctc_" + name  # a CTCTask's output layer -> the joint CTC head
                 if name not in own:
                     continue
                 target = own[name]
@@ -237,13 +255,38 @@ class Seq2SeqTask(ASRTask):
                                        hp.scheduled_sampling_start, hp.scheduled_sampling_ramp)
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Attention cross-entropy, or ``(1 − λ)·CE + λ·CTC`` with a CTC head (``ctc_weight``);
+        the parts are logged as ``<split>/att_loss`` and ``<split>/ctc_loss``."""
         memory = self.encode(batch["features"], batch["feature_lens"])
         inputs, outputs = teacher_forcing_pairs(batch["targets"], batch["target_lens"], EOS)
         out = self.decoder(memory, inputs, lm=self.lm if self.decoder.uses_lm else None,
                            sampling_prob=self.sampling_prob())
-        return F.cross_entropy(out.logits.float().flatten(0, 1), outputs.flatten(),
-                               ignore_index=IGNORE_INDEX,
-                               label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
+        att = F.cross_entropy(out.logits.float().flatten(0, 1), outputs.flatten(),
+                              ignore_index=IGNORE_INDEX,
+                              label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
+        if self.ctc_head is None:
+            return att
+        if self.training:
+            self.note_infeasible(batch, memory.lengths)  # counted; zero_infinity skips them
+        ctc = self.ctc_loss(memory.values, memory.lengths, batch["targets"], batch["target_lens"])
+        if self._trainer is not None:
+            split = "train" if self.training else ("val" if self.trainer.validating or
+                                                   self.trainer.sanity_checking else "test")
+            n = len(batch["targets"])
+            self.log(f"{split}/att_loss", att.detach(), batch_size=n)
+            self.log(f"{split}/ctc_loss", ctc.detach(), batch_size=n)
+        lam = self.hparams.ctc_weight
+        return (1.0 - lam) * att + lam * ctc
+
+    def ctc_loss(self, encoded: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lens: torch.Tensor) -> torch.Tensor:
+        """Mean CTC loss (fp32, ``zero_infinity``) of the CTC head over ``encoded (B, T', D)``
+        for character ``targets (B, S)`` (blank = 0)."""
+        if self.ctc_head is None:
+            raise ValueError("no CTC head: set ctc_weight > 0")
+        log_probs = self.ctc_head(encoded).float().log_softmax(dim=-1)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths.to(log_probs.device),
+                          target_lens, blank=self.vocab.blank, reduction="mean", zero_infinity=True)
 
     def search(self, batch: dict[str, Any], beam_size: int | None = None,
                lm_weight: float | None = None) -> list[Hypothesis]:
