@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechlab.nn.recurrence import run_recurrence
+
 
 @dataclass
 class CriticConfig:
@@ -67,7 +69,7 @@ class SequenceCritic(nn.Module):
             with torch.backends.cudnn.flags(enabled=False):
                 packed = pack_padded_sequence(y, lengths.cpu(), batch_first=True,
                                               enforce_sorted=False)
-                y, _ = self.gru(packed)
+                y, _ = run_recurrence(self.gru, packed)
                 y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         pooled = (y * m.transpose(1, 2)).sum(dim=1) / lengths[:, None].to(y.dtype)
         return self.out(pooled).squeeze(-1)

@@ -25,6 +25,7 @@ from torch import nn
 from speechlab.nn.attention import Attention, frame_mask
 from speechlab.nn.fusion import ColdFusion, DeepFusion
 from speechlab.nn.lm import RNNLanguageModel
+from speechlab.nn.recurrence import run_recurrence
 
 FusionKind = Literal["none", "shallow", "deep", "cold"]
 FUSION_KINDS: tuple[str, ...] = ("none", "shallow", "deep", "cold")
@@ -189,7 +190,7 @@ class AttentionDecoder(nn.Module):
         x = torch.cat([self.dropout(self.embedding(tokens)), state["context"]], dim=-1)
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
-            h, c = cell(x, (state["h"][:, i], state["c"][:, i]))
+            h, c = run_recurrence(cell, x, (state["h"][:, i], state["c"][:, i]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h) if i + 1 < len(self.cells) else h

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechlab.nn.recurrence import run_recurrence
+
 
 @dataclass
 class SpeechEncoderConfig:
@@ -109,7 +111,7 @@ class SpeechEncoder(nn.Module):
         x, lengths = self.subsampling(features, lengths)
         lengths = lengths.clamp(min=1, max=x.shape[1])
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
+        out, _ = run_recurrence(self.rnn, packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.dropout(out), lengths
 

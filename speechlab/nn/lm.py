@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from speechlab.nn.recurrence import run_recurrence
+
 RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -48,7 +50,7 @@ class RNNLanguageModel(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, RNNState]:
         """``tokens (B, L)`` → ``(logits (B, L, V), hidden (B, L, H), state)``; ``state`` is the
         RNN state after the last position (feed it back to continue)."""
-        hidden, state = self.rnn(self.dropout(self.embedding(tokens)), state)
+        hidden, state = run_recurrence(self.rnn, self.dropout(self.embedding(tokens)), state)
         return self.output(self.dropout(hidden)), hidden, state
 
     def step(self, token: torch.Tensor, state: RNNState | None = None
