@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Attention seq2seq convergence on the GPU machine, in one device call (issue 14, item 2): the
+# 10k-utterance synthetic corpus is synthesized there, then CTC, seq2seq (attention only),
+# seq2seq + joint CTC (ctc_weight) and Cold Fusion + joint CTC train at the same time on one
+# H200 for the same wall-clock budget each (bf16-mixed), and each best dev-CER checkpoint is
+# tested (greedy and beam 4).
+#
+#   OUT=/tmp/out bash recipes/cold_fusion/run_gpu_convergence.sh
+#   BUDGET=00:00:04:30 CTC_WEIGHT=0.3 RUNS="ctc s2s s2s_ctc cold_ctc" OUT=... bash ...
+#
+# Carried (git-ignored): .whl2/ (cp312 wheels: lhotse, soundfile, jiwer, jsonargparse, ...) and
+# .gpu/espeak.tar.gz (espeak-ng + its libraries + English data, with a wrapper espeak/bin/espeak-ng
+# that sets LD_LIBRARY_PATH and ESPEAK_DATA_PATH). Each run trains in its own folder
+# /tmp/runs/<run> (the recipes' exp/ paths are relative), from recipes/tiny/*.yaml with the data
+# paths swapped. Results: $OUT/results.json, $OUT/logs.tgz (fit/test logs: dev CER per epoch).
+set -uo pipefail
+START=$(date +%s)
+el() { echo "[$(($(date +%s) - START)) s] $*"; }
+OUT=${OUT:-/tmp/s2s_out}
+BUDGET=${BUDGET:-00:00:04:30}
+CTC_WEIGHT=${CTC_WEIGHT:-0.3}
+RUNS=${RUNS:-"ctc s2s s2s_ctc cold_ctc"}
+UTTS=${UTTS:-10000}
+REPO=$PWD
+DATA=$REPO/data/synth10k
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+  .whl2/*.whl 2>/dev/null || exit 1
+export PYTHONPATH=/tmp/site:$REPO
+tar xzf .gpu/espeak.tar.gz -C /tmp && export PATH=/tmp/espeak/bin:$PATH
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+if [ ! -f "$DATA/test.jsonl" ]; then
+  python3 -m speechlab.cli data synth --out "$DATA" --utterances "$UTTS" --seed 1 --jobs "$(nproc)" \
+    --dev-fraction 0.03 --test-fraction 0.03 >"$OUT/synth.log" 2>&1 || { tail -3 "$OUT/synth.log"; exit 1; }
+fi
+el "corpus: $(wc -l <"$DATA/train.jsonl") train, $(wc -l <"$DATA/dev.jsonl") dev, $(wc -l <"$DATA/test.jsonl") test"
+
+speech=(--data.init_args.train_manifest "$DATA/train.jsonl" --data.init_args.dev_manifest "$DATA/dev.jsonl"
+        --data.init_args.test_manifest "$DATA/test.jsonl" --data.init_args.num_workers 3)
+gpu=(--trainer.accelerator gpu --trainer.precision bf16-mixed --trainer.max_time "$BUDGET"
+     --trainer.check_val_every_n_epoch 1)
+fit() {  # fit RUN RECIPE [args...]: train in /tmp/runs/RUN, log to $OUT/fit_RUN.log
+  local run=$1 recipe=$2; shift 2
+  mkdir -p "/tmp/runs/$run" && cd "/tmp/runs/$run" &&
+    python3 -m speechlab.cli fit --config "$REPO/recipes/tiny/$recipe.yaml" "$@" >"$OUT/fit_$run.log" 2>&1
+  echo "fit rc=$?" >>"$OUT/fit_$run.log"
+}
+PIDS=()
+for run in $RUNS; do
+  case $run in
+    ctc) fit ctc ctc "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 & PIDS+=($!) ;;
+    s2s) fit s2s seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 & PIDS+=($!) ;;
+    s2s_ctc) fit s2s_ctc seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+               --model.init_args.ctc_weight "$CTC_WEIGHT" & PIDS+=($!) ;;
+    cold_ctc)  # the character LM on the training transcripts first (1 minute), then cold fusion
+      (fit lm rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
+         "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
+       fit cold_ctc seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+         --model.init_args.ctc_weight "$CTC_WEIGHT" \
+         --model.init_args.lm_checkpoint /tmp/runs/lm/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
+  esac
+done
+for p in "${PIDS[@]}"; do wait "$p"; done
+el "training done"
+for run in $RUNS; do grep -E "training ended|rc=" "$OUT/fit_$run.log" | tail -2 | sed "s/^/$run: /"; done
+
+PIDS=()
+for run in $RUNS; do
+  ckpt=$(ls /tmp/runs/$run/exp/*/checkpoints/best.ckpt 2>/dev/null | head -1)
+  [ -n "$ckpt" ] || { echo "$run: no best.ckpt"; continue; }
+  (cd "/tmp/runs/$run" && for beam in 1 4; do
+     extra=(); [ "$run" != ctc ] && extra=(--model.init_args.beam_size "$beam")
+     [ "$run" = ctc ] && [ "$beam" = 4 ] && continue
+     python3 -m speechlab.cli test --ckpt_path "$ckpt" --trainer.accelerator gpu "${extra[@]}" \
+       --model.init_args.output_dir "/tmp/runs/$run/test_beam$beam" --model.init_args.overwrite true \
+       >"$OUT/test_${run}_beam$beam.log" 2>&1
+   done) & PIDS+=($!)
+done
+for p in "${PIDS[@]}"; do wait "$p"; done
+python3 - "$RUNS" "$OUT/results.json" <<'EOF'
+import glob, json, re, sys, torch
+rows = {}
+for run in sys.argv[1].split():
+    row = {}
+    fit = open(f"{sys.argv[2].rsplit('/', 1)[0]}/fit_{run}.log").read()
+    m = re.findall(r"training ended at step (\d+)\S*\s+epoch (\d+)\s+([\d.]+) s\s+([\d.]+) steps/s", fit)
+    if m:
+        row.update(steps=int(m[-1][0]), epochs=int(m[-1][1]), train_s=float(m[-1][2]), steps_per_s=float(m[-1][3]))
+    row["dev_cer_curve"] = [(int(s), float(c)) for s, c in re.findall(r"validation at step (\d+)\S*.*?val/cer ([\d.]+)", fit)]
+    for path in glob.glob(f"/tmp/runs/{run}/test_beam*/wer.json"):
+        beam = re.search(r"beam(\d+)", path).group(1)
+        w = json.load(open(path))
+        row[f"beam{beam}"] = {"wer": w["test_word"]["rate"], "cer": w["test_char"]["rate"], "utterances": w["utterances"]}
+    rows[run] = row
+    print(run, json.dumps({k: v for k, v in row.items() if k != "dev_cer_curve"}))
+json.dump(rows, open(sys.argv[2], "w"), indent=1)
+EOF
+tar czf "$OUT/logs.tgz" "$OUT"/*.log 2>/dev/null && rm -f "$OUT"/*.log
+el "done"
