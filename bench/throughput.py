@@ -6,7 +6,7 @@ replaced, and trained by ``python -m speechlab.cli fit --config OUT/<task>/confi
 process, ``devices: 1``, validation and loggers off). The first ``--warmup`` steps are left out
 of the timing (data-loader start-up, cuDNN autotuning, first allocations). Then:
 
-* ASR tasks (ctc, gram_ctc, robust_gan, seq2seq_cold): **audio seconds per second**, from
+* ASR tasks (ctc, gram_ctc, robust_gan, seq2seq, seq2seq_cold): **audio seconds per second**, from
   :class:`speechlab.callbacks.AudioThroughput` (the training utterances' duration; robust_gan
   encodes each utterance twice, clean and far-field, and runs ``n_critic`` critic updates);
 * LM tasks (rnnlm, tcnlm): **target tokens per second** (:class:`speechlab.callbacks.TokenThroughput`);
@@ -66,6 +66,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "gram_ctc": ("gram_ctc", "audio"),
     "robust_gan": ("robust_gan", "audio"),
     "rnnlm": ("rnnlm", "tokens"),
+    "seq2seq": ("seq2seq", "audio"),
     "seq2seq_cold": ("seq2seq_cold", "audio"),
     "tcnlm": ("tcnlm", "tokens"),
 }
@@ -248,8 +249,14 @@ def batch_label(cfg: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    rows = ["| task | recipe | batch | steps timed | throughput | items/s | peak GPU memory | notes |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| task | recipe | batch | steps timed | steps/s | ÷ ctc | throughput | items/s | "
+            "peak GPU memory | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def steps_per_s(r: dict[str, Any]) -> float | None:
+        thr = r.get("throughput") or {}
+        return thr["timed_steps"] / thr["elapsed_s"] if thr.get("elapsed_s") else None
+
+    ctc_rate = steps_per_s(results["ctc"]) if "ctc" in results else None
     for task, r in results.items():
         thr, st = r.get("throughput") or {}, r.get("run_stats") or {}
         if r["unit"] == "audio":
@@ -266,8 +273,11 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             notes.append(f"Gram-CTC backend {st['gram_ctc_backend']}")
         if task == "robust_gan":
             notes.append("2 views encoded + critic steps per utterance")
+        rate = steps_per_s(r)
+        ratio = f"{rate / ctc_rate:.2f}" if rate and ctc_rate and r["unit"] == "audio" else "-"
         rows.append(
             f"| {task} | `{r['recipe']}` | {r['batch']} | {thr.get('timed_steps', 0)} | "
+            f"{'n/a' if rate is None else f'{rate:.2f}'} | {ratio} | "
             f"{'n/a' if value is None else f'{value:,.0f} {per_s}'} | "
             f"{'n/a' if items is None else f'{items:,.1f} {item_unit}'} | "
             f"{'-' if mem is None else f'{mem / 1024:.2f} GiB'} | {'; '.join(notes)} |")

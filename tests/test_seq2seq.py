@@ -377,3 +377,44 @@ def test_init_checkpoint_from_a_ctc_model_loads_encoder_and_ctc_head(tiny_batch,
     # the decoder is not in a CTC checkpoint: it keeps its own initialization
     for k, v in task.decoder.state_dict().items():
         assert torch.equal(v, fresh.decoder.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("fusion", ["none", "cold", "deep"])
+def test_teacher_forced_forward_equals_the_decoder_stepped_one_token_at_a_time(fusion, tmp_path):
+    """The fast teacher-forced path (recurrence per step, LM / fusion / output DNN once over the
+    sequence) gives the logits, alignments, gates and gradients of :meth:`step` run token by
+    token, which is what beam search runs."""
+    from speechlab.nn.decoder import AttentionDecoder, lm_step
+
+    torch.manual_seed(0)
+    vocab = CharVocab()
+    lm = (RNNLanguageModel(len(vocab), 16, 24, num_layers=1, dropout=0.0).eval()
+          if fusion != "none" else None)
+    dec = AttentionDecoder(len(vocab), 20, DEC, fusion=fusion, lm_hidden_size=24).eval()
+    enc = torch.randn(3, 17, 20)
+    memory = dec.prepare_memory(enc, torch.tensor([17, 11, 6]))
+    inputs = torch.randint(1, len(vocab), (3, 9))
+    inputs[:, 0] = 0
+    fast = dec(memory, inputs, lm=lm)
+    state, lm_state, logits, aligns, gates = dec.init_state(memory), None, [], [], []
+    for t in range(inputs.shape[1]):
+        lm_logits = lm_hidden = None
+        if lm is not None:
+            lm_logits, lm_hidden, lm_state = lm_step(lm, inputs[:, t], lm_state)
+        out, state, gate = dec.step(inputs[:, t], state, memory, lm_logits, lm_hidden)
+        logits.append(out)
+        aligns.append(state["alignment"])
+        gates.append(gate)
+    slow = torch.stack(logits, dim=1)
+    torch.testing.assert_close(fast.logits, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.alignments, torch.stack(aligns, dim=1), rtol=1e-5, atol=1e-6)
+    if fusion != "none":
+        torch.testing.assert_close(fast.gates, torch.stack(gates, dim=1), rtol=1e-5, atol=1e-6)
+    target = torch.randn_like(slow)
+    g_fast = torch.autograd.grad((fast.logits * target).sum(), list(dec.parameters()),
+                                 allow_unused=True, retain_graph=True)
+    g_slow = torch.autograd.grad((slow * target).sum(), list(dec.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(dec.named_parameters(), g_fast, g_slow, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -188,6 +188,17 @@ class AttentionDecoder(nn.Module):
             ``(N, T)`` is this step's attention.
         """
         x = torch.cat([self.dropout(self.embedding(tokens)), state["context"]], dim=-1)
+        new_state = self.recur(x, state, memory)
+        query = new_state.pop("query")
+        logits, gate = self.readout(torch.cat([query, new_state["context"]], dim=-1),
+                                    lm_logits, lm_hidden)
+        return logits, new_state, gate
+
+    def recur(self, x: torch.Tensor, state: State, memory: Memory) -> State:
+        """The recurrent part of :meth:`step`: ``x (N, E + D)`` = [embedded previous token;
+        previous context] through the LSTM cells and the attention. Returns the new state
+        (``h``, ``c``, ``context``, ``alignment``) and, under ``"query"``, the top cell's output;
+        ``[query; context]`` is the decoder state ``s_t`` that fusion and the output DNN read."""
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             h, c = run_recurrence(cell, x, (state["h"][:, i], state["c"][:, i]))
@@ -196,16 +207,20 @@ class AttentionDecoder(nn.Module):
             x = self.dropout(h) if i + 1 < len(self.cells) else h
         context, alignment = self.attention(x, memory.values, memory.keys, memory.mask,
                                             state["alignment"])
-        s = torch.cat([x, context], dim=-1)
+        return {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "context": context,
+                "alignment": alignment, "query": x}
+
+    def readout(self, s: torch.Tensor, lm_logits: torch.Tensor | None = None,
+                lm_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fusion (deep/cold) and the output DNN over decoder states ``s (…, S)`` of any leading
+        shape (one step ``(N, S)`` or a whole teacher-forced sequence ``(B, U, S)``): nothing in
+        them feeds back into the recurrence. Returns ``(logits (…, V), gate (…, G) or None)``."""
         gate = None
         if self.fusion_layer is not None:
             if (lm_logits if self.fusion == "cold" else lm_hidden) is None:
                 raise ValueError(f"{self.fusion} fusion needs the LM's outputs at every step")
             s, gate = self.fusion_layer(s, lm_logits, lm_hidden)
-        logits = self.output(s)
-        new_state = {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "context": context,
-                     "alignment": alignment}
-        return logits, new_state, gate
+        return self.output(s), gate
 
     def forward(self, memory: Memory, inputs: torch.Tensor, lm: RNNLanguageModel | None = None,
                 sampling_prob: float = 0.0) -> DecoderOutput:
@@ -214,33 +229,50 @@ class AttentionDecoder(nn.Module):
         token is the model's own argmax instead of the reference. With deep/cold fusion ``lm``
         (frozen) is run on the same previous tokens.
 
+        Without scheduled sampling only the recurrence (LSTM cells + attention) runs step by
+        step: the embeddings, the LM, fusion and the output DNN run once over the whole
+        sequence (the same numbers as :meth:`step` by step, far fewer kernel launches).
+
         Returns:
             :class:`DecoderOutput` with ``logits (B, U, V)``.
         """
         if self.uses_lm and lm is None:
             raise ValueError(f"{self.fusion} fusion needs the language model")
+        if sampling_prob > 0:
+            return self._forward_sampled(memory, inputs, lm, sampling_prob)
+        state = self.init_state(memory)
+        embedded = self.dropout(self.embedding(inputs))  # (B, U, E)
+        queries, contexts, aligns = [], [], []
+        for t in range(inputs.shape[1]):
+            state = self.recur(torch.cat([embedded[:, t], state["context"]], dim=-1), state, memory)
+            queries.append(state["query"])
+            contexts.append(state["context"])
+            aligns.append(state["alignment"])
+        s = torch.cat([torch.stack(queries, dim=1), torch.stack(contexts, dim=1)], dim=-1)
+        lm_logits = lm_hidden = None
+        if self.uses_lm:
+            assert lm is not None
+            with torch.no_grad():  # the frozen LM over the whole reference prefix at once
+                lm_logits, lm_hidden, _ = lm(inputs)
+        logits, gates = self.readout(s, lm_logits, lm_hidden)
+        return DecoderOutput(logits, torch.stack(aligns, dim=1), gates)
+
+    def _forward_sampled(self, memory: Memory, inputs: torch.Tensor, lm: RNNLanguageModel | None,
+                         sampling_prob: float) -> DecoderOutput:
+        """:meth:`forward` with scheduled sampling: step by step, since each step's input may
+        be the previous step's argmax."""
         b, u = inputs.shape
         state = self.init_state(memory)
-        lm_all = None
-        if self.uses_lm and sampling_prob == 0.0:
-            assert lm is not None
-            with torch.no_grad():  # the whole reference prefix at once: faster than per step
-                lm_logits_all, lm_hidden_all, _ = lm(inputs)
-            lm_all = (lm_logits_all, lm_hidden_all)
         lm_state = None
         logits_out, aligns, gates = [], [], []
         prev = inputs[:, 0]
         for t in range(u):
             if t > 0:
-                prev = inputs[:, t]
-                if sampling_prob > 0:
-                    sampled = logits_out[-1].detach().argmax(dim=-1)
-                    use = torch.rand(b, device=inputs.device) < sampling_prob
-                    prev = torch.where(use, sampled, prev)
+                sampled = logits_out[-1].detach().argmax(dim=-1)
+                use = torch.rand(b, device=inputs.device) < sampling_prob
+                prev = torch.where(use, sampled, inputs[:, t])
             lm_logits = lm_hidden = None
-            if lm_all is not None:
-                lm_logits, lm_hidden = lm_all[0][:, t], lm_all[1][:, t]
-            elif self.uses_lm:
+            if self.uses_lm:
                 assert lm is not None
                 lm_logits, lm_hidden, lm_state = lm_step(lm, prev, lm_state)
             logits, state, gate = self.step(prev, state, memory, lm_logits, lm_hidden)
