@@ -418,3 +418,22 @@ def test_teacher_forced_forward_equals_the_decoder_stepped_one_token_at_a_time(f
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_location_features_equal_the_convolution_then_the_projection():
+    from speechlab.nn.attention import Attention
+
+    torch.manual_seed(0)
+    att = Attention(20, 16, 32, "location", location_channels=6, location_kernel=9)
+    align = torch.rand(3, 25, requires_grad=True)
+    ref = att.location_proj(att.location_conv(align[:, None, :]).transpose(1, 2))  # (B, T, A)
+    got = att.location_features(align)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(att.location_features(align, att.location_filters()), ref,
+                               rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(ref)
+    params = [align, att.location_conv.weight, att.location_proj.weight]
+    g_ref = torch.autograd.grad((ref * w).sum(), params)
+    g_got = torch.autograd.grad((got * w).sum(), params)
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,9 +52,29 @@ class Attention(nn.Module):
         """Projected keys ``W_k k + b``: ``(B, T, D) → (B, T, A)``; compute once per utterance."""
         return self.memory_proj(memory)
 
+    def location_filters(self) -> torch.Tensor:
+        """The composed location filter ``(W_f F)ᵀ``: ``(K, A)``. Computed once per sequence
+        by teacher forcing and passed to every step (see :meth:`location_features`)."""
+        return (self.location_proj.weight @ self.location_conv.weight[:, 0, :]).t()
+
+    def location_features(self, prev_alignment: torch.Tensor,
+                          filters: torch.Tensor | None = None) -> torch.Tensor:
+        """``W_f (F * α_{t-1})``: ``(B, T) → (B, T, A)``.
+
+        The convolution (``C`` filters of width ``K``, no bias) and the projection ``W_f`` are
+        both linear, so they run as one product: the ``K``-frame windows of the zero-padded
+        alignment ``(B, T, K)`` times the composed ``(K, A)`` filter
+        (:meth:`location_filters`) — the same numbers as ``location_proj(location_conv(α))``
+        with one matrix product per step instead of a convolution and a projection (forward
+        and backward)."""
+        k = self.location_conv.kernel_size[0]
+        windows = F.pad(prev_alignment, (k // 2, k // 2)).unfold(-1, k, 1)  # (B, T, K)
+        filters = self.location_filters() if filters is None else filters
+        return windows @ filters.to(windows.dtype)
+
     def forward(self, query: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor,
-                mask: torch.Tensor, prev_alignment: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor, prev_alignment: torch.Tensor,
+                location_filters: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder step.
 
         Args:
@@ -62,14 +83,15 @@ class Attention(nn.Module):
             keys: ``(B, T, A)`` from :meth:`precompute`.
             mask: ``(B, T)`` valid frames.
             prev_alignment: ``(B, T)`` the previous step's weights (used by ``location``).
+            location_filters: :meth:`location_filters`, when the caller computed it once for
+                many steps (default: computed here).
 
         Returns:
             ``(context (B, D), alignment (B, T))``; the alignment is zero on padded frames.
         """
         e = keys + self.query_proj(query)[:, None, :]
         if self.kind == "location":
-            loc = self.location_conv(prev_alignment[:, None, :]).transpose(1, 2)  # (B, T, C)
-            e = e + self.location_proj(loc)
+            e = e + self.location_features(prev_alignment, location_filters)
         scores = self.energy(torch.tanh(e)).squeeze(-1).float()
         scores = scores.masked_fill(~mask, float("-inf"))
         alignment = scores.softmax(dim=-1).to(memory.dtype)

@@ -194,11 +194,13 @@ class AttentionDecoder(nn.Module):
                                     lm_logits, lm_hidden)
         return logits, new_state, gate
 
-    def recur(self, x: torch.Tensor, state: State, memory: Memory) -> State:
+    def recur(self, x: torch.Tensor, state: State, memory: Memory,
+              location_filters: torch.Tensor | None = None) -> State:
         """The recurrent part of :meth:`step`: ``x (N, E + D)`` = [embedded previous token;
         previous context] through the LSTM cells and the attention. Returns the new state
         (``h``, ``c``, ``context``, ``alignment``) and, under ``"query"``, the top cell's output;
-        ``[query; context]`` is the decoder state ``s_t`` that fusion and the output DNN read."""
+        ``[query; context]`` is the decoder state ``s_t`` that fusion and the output DNN read.
+        ``location_filters``: :meth:`Attention.location_filters`, computed once per sequence."""
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             h, c = run_recurrence(cell, x, (state["h"][:, i], state["c"][:, i]))
@@ -206,7 +208,7 @@ class AttentionDecoder(nn.Module):
             cs.append(c)
             x = self.dropout(h) if i + 1 < len(self.cells) else h
         context, alignment = self.attention(x, memory.values, memory.keys, memory.mask,
-                                            state["alignment"])
+                                            state["alignment"], location_filters)
         return {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "context": context,
                 "alignment": alignment, "query": x}
 
@@ -242,9 +244,11 @@ class AttentionDecoder(nn.Module):
             return self._forward_sampled(memory, inputs, lm, sampling_prob)
         state = self.init_state(memory)
         embedded = self.dropout(self.embedding(inputs))  # (B, U, E)
+        filters = self.attention.location_filters() if self.attention.kind == "location" else None
         queries, contexts, aligns = [], [], []
         for t in range(inputs.shape[1]):
-            state = self.recur(torch.cat([embedded[:, t], state["context"]], dim=-1), state, memory)
+            state = self.recur(torch.cat([embedded[:, t], state["context"]], dim=-1), state, memory,
+                               filters)
             queries.append(state["query"])
             contexts.append(state["context"])
             aligns.append(state["alignment"])
