@@ -21,6 +21,8 @@ import logging
 import os
 import warnings
 import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -141,12 +143,90 @@ class SpeechBatchDataset(Dataset):
         raise TypeError("SpeechBatchDataset is indexed by CutSets from a lhotse sampler")
 
 
+#: manifest name endings left out of a test set's name (``test.jsonl.gz`` -> ``test``)
+_MANIFEST_SUFFIXES = (".gz", ".jsonl", ".json")
+
+#: characters a test set name may hold (it names the file ``hyps.<name>.jsonl`` and the logged
+#: ``test/<name>/wer``)
+_SET_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=")
+
+
+def _manifest_stem(path: Path) -> str:
+    """The file name without its manifest endings: ``data/sim_snr10/test.jsonl.gz`` -> ``test``."""
+    name = path.name
+    for suffix in _MANIFEST_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def eval_set_names(manifests: Sequence[str]) -> list[str]:
+    """One name per manifest, in order: its stem (:func:`_manifest_stem`), or where stems
+    collide, the fewest trailing folders that make every name unique joined by ``-`` (e.g.
+    ``sim_snr10/test.jsonl`` and ``real_snr10/test.jsonl`` -> ``sim_snr10-test``,
+    ``real_snr10-test``).
+
+    Raises:
+        InputError: the same manifest given twice.
+    """
+    paths = [Path(os.path.abspath(m)) for m in manifests]
+    seen: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        if p in seen:
+            raise InputError(f"data.test_manifest: {manifests[i]} is given twice (entries "
+                             f"{seen[p] + 1} and {i + 1})")
+        seen[p] = i
+    parts = [[*p.parent.parts[1:], _manifest_stem(p)] for p in paths]
+    depth = 1
+    while True:
+        names = ["-".join(q[-depth:]) for q in parts]
+        if len(set(names)) == len(names) or depth >= max(len(q) for q in parts):
+            return names
+        depth += 1
+
+
+def named_test_sets(test_manifest: str | Sequence[str] | Mapping[str, str] | None
+              ) -> dict[str, str] | None:
+    """``{set name: manifest}`` of a ``test_manifest`` that names several sets (a list:
+    :func:`eval_set_names`; a dict: its own names, checked), in order; None for a single
+    manifest (a string) or none.
+
+    Raises:
+        InputError: an empty list or dict, a name with characters other than letters, digits
+            and ``_-.+=``.
+    """
+    if test_manifest is None or isinstance(test_manifest, (str, os.PathLike)):
+        return None
+    if isinstance(test_manifest, Mapping):
+        sets = {str(k): str(v) for k, v in test_manifest.items()}
+        for name in sets:
+            if not name or not set(name) <= _SET_NAME_OK or name.startswith("."):
+                raise InputError(f"data.test_manifest: set name {name!r}: use letters, digits "
+                                 "and _-.+= only (it names hyps.<name>.jsonl)")
+    else:
+        paths = [str(m) for m in test_manifest]
+        sets = dict(zip(eval_set_names(paths), paths, strict=True))
+    if not sets:
+        raise InputError("data.test_manifest: an empty list of test manifests")
+    return sets
+
+
+def named_test_split(name: str) -> str:
+    """The split key (:meth:`SpeechDataModule.cuts`, :meth:`SpeechDataModule.report`) of the
+    named test set ``name``."""
+    return f"test:{name}"
+
+
 class SpeechDataModule(pl.LightningDataModule):
     """Speech batches for CTC / Gram-CTC / seq2seq / robust-encoder tasks.
 
     Args:
         train_manifest, dev_manifest, test_manifest: NeMo-style JSONL manifests (or lhotse cut
-            manifests); ``test_manifest`` defaults to ``dev_manifest``.
+            manifests); ``test_manifest`` defaults to ``dev_manifest``. ``test_manifest`` may
+            name several test sets: a list of manifests (each named by :func:`eval_set_names`:
+            its stem, with folders when stems collide) or a dict ``{name: manifest}``; then
+            ``test_dataloader()`` returns one loader per set, in order (:attr:`test_sets`), and
+            the ASR tasks score and write each set on its own.
         vocab: the characters of the output vocabulary, in id order (blank = 0 is implicit).
         sample_rate: Hz the recipe expects; other rates are an error unless ``resample``.
         max_duration: seconds of audio per batch (lhotse ``DynamicBucketingSampler``).
@@ -166,7 +246,7 @@ class SpeechDataModule(pl.LightningDataModule):
         self,
         train_manifest: str | None = None,
         dev_manifest: str | None = None,
-        test_manifest: str | None = None,
+        test_manifest: str | list[str] | dict[str, str] | None = None,
         vocab: str = "".join(DEFAULT_CHARS),
         sample_rate: int = 16000,
         resample: bool = False,
@@ -185,8 +265,15 @@ class SpeechDataModule(pl.LightningDataModule):
         # checkpoints carry this data config (speechlab test --ckpt_path needs nothing else):
         # name the manifests by absolute path, so that it works from any folder
         for key in ("train_manifest", "dev_manifest", "test_manifest", "paired_clean_manifest"):
-            if self.hparams[key] is not None:
-                self.hparams[key] = os.path.abspath(self.hparams[key])
+            value = self.hparams[key]
+            if isinstance(value, Mapping):
+                self.hparams[key] = {k: os.path.abspath(v) for k, v in value.items()}
+            elif value is not None and not isinstance(value, (str, os.PathLike)):
+                self.hparams[key] = [os.path.abspath(v) for v in value]
+            elif value is not None:
+                self.hparams[key] = os.path.abspath(value)
+        #: ``{name: manifest}`` when ``test_manifest`` names several test sets, else None
+        self.test_sets = named_test_sets(self.hparams.test_manifest)
         self.vocab = CharVocab(list(vocab))
         self._cuts: dict[str, CutSet] = {}
         self._reports: dict[str, ValidationReport] = {}
@@ -225,10 +312,16 @@ class SpeechDataModule(pl.LightningDataModule):
                 self._check_pairs()
         if stage in (None, "fit", "validate"):
             self._load("dev", hp.dev_manifest)
-        if stage in (None, "test"):
-            self._load("test", hp.test_manifest or hp.dev_manifest)
-        if stage == "predict":
-            self._load("test", hp.test_manifest or hp.dev_manifest)
+        if stage in (None, "test", "predict"):
+            for split, path in self._test_splits().items():
+                self._load(split, path)
+
+    def _test_splits(self) -> dict[str, str | None]:
+        """``{split: manifest}`` of the test sets: ``{"test": ...}`` for one manifest (or the
+        dev manifest), ``{"test:<name>": ...}`` per set when several are named."""
+        if self.test_sets is None:
+            return {"test": self.hparams.test_manifest or self.hparams.dev_manifest}
+        return {named_test_split(name): path for name, path in self.test_sets.items()}
 
     def _check_pairs(self) -> None:
         assert self._clean_cuts is not None
@@ -292,11 +385,14 @@ class SpeechDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("dev")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test set's loader; one per set, in :attr:`test_sets` order, when several."""
+        if self.test_sets is None:
+            return self._eval_loader("test")
+        return [self._eval_loader(split) for split in self._test_splits()]
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self.test_dataloader()
 
     def state_dict(self) -> dict[str, Any]:
         """The training sampler's position, saved in checkpoints (resumable mid-epoch).
@@ -339,7 +435,8 @@ class SpeechDataModule(pl.LightningDataModule):
         self._pending_sampler_state = state.get("train_sampler")
 
     def cuts(self, split: str) -> CutSet:
-        """The validated cuts of ``split`` (``train``, ``dev``, ``test``) after ``setup``."""
+        """The validated cuts of ``split`` (``train``, ``dev``, ``test``, or
+        :func:`named_test_split` of a named test set) after ``setup``."""
         return self._cuts[split]
 
     def report(self, split: str) -> ValidationReport | None:

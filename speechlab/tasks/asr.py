@@ -14,6 +14,11 @@ whose transcript is too long for the model's output frames is scored like any ot
 (infinite) CTC / Gram-CTC loss is left out of ``val/loss`` / ``test/loss``. At the end of each
 validation and test one log line says how many utterances were scored, of how many in the
 manifest, why any were skipped, and how many were left out of the loss.
+
+When the data module names several test sets (``SpeechDataModule(test_manifest=[...])``, one
+test dataloader each), ``test`` keeps one WER/CER metric pair per set, logs ``test/<name>/wer``
+and ``test/<name>/cer``, writes ``hyps.<name>.jsonl`` per set and one ``wer.json`` holding every
+set's summary, and prints and logs one line per set.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 
 from speechlab.data.manifests import ValidationReport, ctc_min_frames
+from speechlab.data.speech import named_test_split
 from speechlab.data.text import CharVocab
 from speechlab.errors import InputError
 from speechlab.io import atomic_write_jsonl, atomic_write_text
@@ -99,7 +105,9 @@ class ASRTask(TestOutputs, pl.LightningModule):
         warmup_steps: linear warm-up steps.
         total_steps: steps of the cosine schedule; default ``trainer.max_steps``.
         output_dir: where ``test`` writes ``hyps.jsonl`` and ``wer.json``; default the logger's
-            folder.
+            folder. With several test sets (``data.test_manifest`` a list or dict):
+            ``hyps.<name>.jsonl`` per set and one ``wer.json`` ``{"sets": {name: summary}}``,
+            each summary laid out like the single set's ``wer.json`` (plus ``hyps``).
         overwrite: let ``test`` replace those files when they exist (without it ``test``
             refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
     """
@@ -118,7 +126,8 @@ class ASRTask(TestOutputs, pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({
             f"{split}_{unit}": ErrorRate(unit) for split in ("val", "test") for unit in ("word", "char")
         })
-        self._test_rows: list[dict[str, str]] = []
+        self._test_names: list[str | None] = [None]
+        self._test_tallies: list[dict[str, Any]] = []
         self._audio_logged = False
         #: training utterances whose transcript did not fit their frames (:meth:`note_infeasible`)
         self.infeasible_utterances = 0
@@ -209,21 +218,26 @@ class ASRTask(TestOutputs, pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], split: str) -> list[str]:
+    def _evaluate(self, batch: dict[str, Any], split: str, name: str | None = None) -> list[str]:
+        """Loss, transcripts and error counts of an evaluation batch, logged as
+        ``<split>/loss``, ``<split>/wer``, ``<split>/cer`` (a named test set ``name``:
+        ``test/<name>/...``, its own metrics)."""
         before = len(self._eval_infeasible)
         loss = self.compute_loss(batch)
         hyps = self.transcribe(batch)
         n = len(batch["ids"])
         left_out = len(self._eval_infeasible) - before  # loss 0 in the batch mean (zero_infinity)
         self._eval_scored += n
+        prefix, key = (split, "") if name is None else (f"{split}/{name}", f":{name}")
         if left_out < n:  # the mean over the utterances the loss can fit
-            self.log(f"{split}/loss", loss * (n / (n - left_out)), batch_size=n - left_out,
-                     sync_dist=True)
+            self.log(f"{prefix}/loss", loss * (n / (n - left_out)), batch_size=n - left_out,
+                     sync_dist=True, add_dataloader_idx=False)
         for unit in ("word", "char"):
-            metric = self.metrics[f"{split}_{unit}"]
+            metric = self.metrics[f"{split}_{unit}{key}"]
             metric.update(hyps, batch["texts"])
-            self.log(f"{split}/{'wer' if unit == 'word' else 'cer'}", metric, batch_size=n,
-                     prog_bar=split == "val")
+            self.log(f"{prefix}/{'wer' if unit == 'word' else 'cer'}", metric, batch_size=n,
+                     prog_bar=split == "val", add_dataloader_idx=False,
+                     metric_attribute=f"metrics.{split}_{unit}{key}")
         return hyps
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -235,13 +249,15 @@ class ASRTask(TestOutputs, pl.LightningModule):
         self._eval_infeasible, self._eval_scored = [], 0
 
     def on_validation_epoch_end(self) -> None:
-        scored, infeasible = self._gather_coverage()
+        scored, infeasible = self._gather_coverage(self._eval_scored, self._eval_infeasible)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._log_coverage("val", scored, infeasible)
 
-    def _gather_coverage(self) -> tuple[int, list[str]]:
-        """(utterances scored, ids left out of the loss) of this epoch, over all ranks."""
-        scored, infeasible = self._eval_scored, list(self._eval_infeasible)
+    @staticmethod
+    def _gather_coverage(scored: int, infeasible: list[str]) -> tuple[int, list[str]]:
+        """(utterances scored, ids left out of the loss) of this rank's ``scored`` and
+        ``infeasible``, over all ranks."""
+        infeasible = list(infeasible)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list[tuple[int, list[str]]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
             torch.distributed.all_gather_object(parts, (scored, infeasible))
@@ -251,15 +267,18 @@ class ASRTask(TestOutputs, pl.LightningModule):
 
     def _manifest_report(self, split: str) -> ValidationReport | None:
         """The data module's :class:`ValidationReport` of the ``val`` (dev) or ``test``
-        manifest; None without one (dataloaders passed directly)."""
+        manifest (or a named test set's split); None without one (dataloaders passed
+        directly)."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         report = getattr(dm, "report", None)
         return report("dev" if split == "val" else split) if callable(report) else None
 
-    def _log_coverage(self, split: str, scored: int, infeasible: list[str]) -> None:
+    def _log_coverage(self, split: str, scored: int, infeasible: list[str],
+                      report_split: str | None = None) -> None:
         """Log :func:`coverage_line`: a warning when anything was skipped or left out of the
-        loss, else info."""
-        report = self._manifest_report(split)
+        loss, else info. ``report_split``: the data module's split whose manifest report to
+        use (default ``split``; a named test set's own)."""
+        report = self._manifest_report(report_split or split)
         line = coverage_line(split, scored, report, infeasible)
         (log.warning if infeasible or (report is not None and report.skipped) else log.info)(
             "%s", line)
@@ -309,47 +328,122 @@ class ASRTask(TestOutputs, pl.LightningModule):
                 out.append((wave, int(by_id[i].sampling_rate)))
         return out
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hyps = self._evaluate(batch, "test")
-        self._test_rows += [{"id": i, "ref": r, "hyp": h}
-                            for i, r, h in zip(batch["ids"], batch["texts"], hyps, strict=True)]
+    # -- test: one set (``hyps.jsonl``) or several named sets (``hyps.<name>.jsonl``) -----------
+    def test_set_names(self, datamodule: Any = None) -> list[str] | None:
+        """Names of the test sets, in dataloader order, when the data module names several
+        (``SpeechDataModule.test_sets``); without a data module and with several test loaders,
+        ``"0"``, ``"1"``, ...; None for one test set (today's single-set layout)."""
+        if datamodule is None and self._trainer is not None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+        sets = getattr(datamodule, "test_sets", None)
+        if sets is not None:
+            return list(sets)
+        loaders = self.trainer.test_dataloaders if self._trainer is not None else None
+        if isinstance(loaders, (list, tuple)) and len(loaders) > 1:
+            return [str(i) for i in range(len(loaders))]
+        return None
+
+    def test_output_files(self, datamodule: Any = None) -> tuple[str, ...]:
+        """``hyps.jsonl`` and ``wer.json``; with several test sets ``hyps.<name>.jsonl`` per set
+        and one ``wer.json``."""
+        names = self.test_set_names(datamodule)
+        if names is None:
+            return self.test_output_names
+        return (*(f"hyps.{name}.jsonl" for name in names), "wer.json")
+
+    def _test_metrics(self, names: list[str] | None) -> None:
+        """Add one word / char :class:`ErrorRate` pair per named test set to :attr:`metrics`
+        (``test_word:<name>``, ``test_char:<name>``), once."""
+        for name in names or ():
+            for unit in ("word", "char"):
+                if f"test_{unit}:{name}" not in self.metrics:
+                    self.metrics[f"test_{unit}:{name}"] = ErrorRate(unit).to(self.device)
+
+    def on_test_start(self) -> None:
+        # test loaders passed without a data module naming them are known only now
+        if getattr(self.trainer, "datamodule", None) is None and self.test_set_names() is not None:
+            self.check_test_outputs(self.trainer)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        tally = self._test_tallies[dataloader_idx]
+        before = len(self._eval_infeasible)
+        hyps = self._evaluate(batch, "test", self._test_names[dataloader_idx])
+        tally["infeasible"] += self._eval_infeasible[before:]
+        tally["scored"] += len(batch["ids"])
+        tally["rows"] += [{"id": i, "ref": r, "hyp": h}
+                          for i, r, h in zip(batch["ids"], batch["texts"], hyps, strict=True)]
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows = []
+        names = self.test_set_names()
+        self._test_metrics(names)
+        #: per test set (dataloader order): its name (None: the single set) and its tally
+        self._test_names: list[str | None] = list(names) if names is not None else [None]
+        self._test_tallies: list[dict[str, Any]] = [
+            {"scored": 0, "infeasible": [], "rows": []} for _ in self._test_names]
         self._eval_infeasible, self._eval_scored = [], 0
 
-    def on_test_epoch_end(self) -> None:
-        rows = self._test_rows
+    def _gather_rows(self, rows: list[dict[str, str]]) -> list[dict[str, str]]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[list[dict]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        scored, infeasible = self._gather_coverage()
-        if not self.trainer.is_global_zero:
-            return
-        self._log_coverage("test", scored, infeasible)
-        out = self.test_output_dir()
-        rows = sorted(rows, key=lambda r: r["id"])
-        atomic_write_jsonl(out / "hyps.jsonl", rows)
-        summary: dict[str, Any] = {
-            name: {"errors": int(m.errors), "ref_len": int(m.ref_len), "rate": float(m.compute())}
-            for name, m in self.metrics.items() if name.startswith("test")}
-        report = self._manifest_report("test")
+        return sorted(rows, key=lambda r: r["id"])
+
+    def _test_set_summary(self, name: str | None, rows: list[dict[str, str]],
+                          infeasible: list[str]) -> dict[str, Any]:
+        """One set's part of ``wer.json``: ``test_word`` / ``test_char`` counts and rates,
+        utterances, manifest, skipped (by reason), left_out_of_loss."""
+        suffix = "" if name is None else f":{name}"
+        summary: dict[str, Any] = {}
+        for unit in ("word", "char"):
+            m = self.metrics[f"test_{unit}{suffix}"]
+            summary[f"test_{unit}"] = {"errors": int(m.errors), "ref_len": int(m.ref_len),
+                                       "rate": float(m.compute())}
+        report = self._manifest_report("test" if name is None else named_test_split(name))
         summary["utterances"] = len(rows)
         if report is not None:
             summary["manifest"] = report.manifest
             summary["skipped"] = report.counts_by_reason()
         summary["left_out_of_loss"] = len(infeasible)
-        atomic_write_text(out / "wer.json", json.dumps(summary, indent=1) + "\n")
-        wer, cer = summary["test_word"], summary["test_char"]
-        # the manifest as the reference when every entry was scored (else it has ids that
-        # hyps.jsonl lacks, and the scorer refuses); hyps.jsonl holds the references too
-        ref = report.manifest if report is not None and not report.skipped else out / "hyps.jsonl"
-        print(f"\ntest: {len(rows)} utterances  WER {100 * wer['rate']:.2f}% "
-              f"({wer['errors']}/{wer['ref_len']} words)  CER {100 * cer['rate']:.2f}% "
-              f"({cer['errors']}/{cer['ref_len']} chars)\n"
-              f"hypotheses: {out / 'hyps.jsonl'}\nsummary:    {out / 'wer.json'}\n"
-              f"rescore:    speechlab score --ref {ref} --hyp {out / 'hyps.jsonl'}")
+        return summary
+
+    def on_test_epoch_end(self) -> None:
+        out = self.test_output_dir() if self.trainer.is_global_zero else None
+        sets: dict[str | None, dict[str, Any]] = {}
+        lines = []
+        for name, tally in zip(self._test_names, self._test_tallies, strict=True):
+            rows = self._gather_rows(tally["rows"])
+            scored, infeasible = self._gather_coverage(tally["scored"], tally["infeasible"])
+            summary = self._test_set_summary(name, rows, infeasible)  # collective (metric sync)
+            if out is None:
+                continue
+            split = "test" if name is None else named_test_split(name)
+            self._log_coverage("test", scored, infeasible, split)
+            hyps = out / ("hyps.jsonl" if name is None else f"hyps.{name}.jsonl")
+            atomic_write_jsonl(hyps, rows)
+            sets[name] = summary
+            wer, cer = summary["test_word"], summary["test_char"]
+            # the manifest as the reference when every entry was scored (else it has ids that
+            # the hypotheses lack, and the scorer refuses); the hypotheses hold the references too
+            ref = summary["manifest"] if summary.get("manifest") and not summary["skipped"] else hyps
+            line = (f"test{'' if name is None else ' ' + name}: {len(rows)} utterances  "
+                    f"WER {100 * wer['rate']:.2f}% ({wer['errors']}/{wer['ref_len']} words)  "
+                    f"CER {100 * cer['rate']:.2f}% ({cer['errors']}/{cer['ref_len']} chars)")
+            lines.append((line, hyps, ref))
+        if out is None:
+            return
+        if None in sets:  # the single-set layout of wer.json (unchanged)
+            atomic_write_text(out / "wer.json", json.dumps(sets[None], indent=1) + "\n")
+            (line, hyps, ref), = lines
+            print(f"\n{line}\nhypotheses: {hyps}\nsummary:    {out / 'wer.json'}\n"
+                  f"rescore:    speechlab score --ref {ref} --hyp {hyps}")
+            return
+        for name, summary in sets.items():
+            summary["hyps"] = f"hyps.{name}.jsonl"
+        atomic_write_text(out / "wer.json", json.dumps({"sets": sets}, indent=1) + "\n")
+        print("\n" + "\n".join(f"{line}  hypotheses: {hyps}" for line, hyps, _ in lines)
+              + f"\nsummary:    {out / 'wer.json'}\nrescore:    speechlab score --ref "
+              f"{lines[0][2]} --hyp {lines[0][1]}  (and so on for each set)")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]

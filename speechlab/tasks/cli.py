@@ -137,7 +137,7 @@ class SpeechLabCLI(LightningCLI):
     def before_test(self) -> None:
         check = getattr(self.model, "check_test_outputs", None)
         if callable(check):
-            check(self.trainer, early=True)
+            check(self.trainer, early=True, datamodule=self.datamodule)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         configured = list(callbacks)

@@ -1,7 +1,8 @@
 """The files ``speechlab test`` writes, and its refusal to replace an earlier run's.
 
 Tasks that write results at the end of ``test`` (the ASR tasks: ``hyps.jsonl`` and
-``wer.json``; the LM tasks: ``results.json``) mix in :class:`TestOutputs`. They write into
+``wer.json``, or ``hyps.<name>.jsonl`` per test set and one ``wer.json`` when the data module
+names several test sets; the LM tasks: ``results.json``) mix in :class:`TestOutputs`. They write into
 ``model.init_args.output_dir`` (default: the logger's folder, or ``trainer.default_root_dir``
 without a logger), atomically (:mod:`speechlab.io`), and refuse to start when one of those files
 exists already, unless ``model.init_args.overwrite`` is true: an
@@ -51,21 +52,30 @@ class TestOutputs:
             return Path(trainer.log_dir)
         return Path(trainer.default_root_dir)
 
-    def test_output_paths(self, trainer: pl.Trainer | None = None) -> list[Path]:
-        out = self.test_output_dir(trainer)
-        return [out / name for name in self.test_output_names]
+    def test_output_files(self, datamodule: Any = None) -> tuple[str, ...]:
+        """The names of the files ``test`` will write with ``datamodule`` (default: the
+        trainer's); :attr:`test_output_names` unless a task's depend on the data (the ASR
+        tasks: one hypotheses file per test set)."""
+        return self.test_output_names
 
-    def check_test_outputs(self, trainer: pl.Trainer, early: bool = False) -> None:
+    def test_output_paths(self, trainer: pl.Trainer | None = None,
+                          datamodule: Any = None) -> list[Path]:
+        out = self.test_output_dir(trainer)
+        return [out / name for name in self.test_output_files(datamodule)]
+
+    def check_test_outputs(self, trainer: pl.Trainer, early: bool = False,
+                           datamodule: Any = None) -> None:
         """Refuse (:class:`InputError`) when a file ``test`` would write exists and
         ``overwrite`` is not set. ``early`` (before ``trainer.test``, no process group yet):
         each process looks itself, and an output folder that only a logger can name (no
         ``output_dir``) is left to the check in ``setup``; otherwise global rank 0 looks and
-        every rank gets its answer (all raise together)."""
+        every rank gets its answer (all raise together). ``datamodule``: the one ``test`` will
+        run on when the trainer does not hold it yet (the CLI's check)."""
         if self.hparams.get("overwrite"):  # type: ignore[attr-defined]
             return
         if early and not (self.hparams.get("output_dir") or not trainer.loggers):  # type: ignore[attr-defined]
             return
-        existing = [str(p) for p in self.test_output_paths(trainer) if p.exists()]
+        existing = [str(p) for p in self.test_output_paths(trainer, datamodule) if p.exists()]
         refuse_existing(existing if early else trainer.strategy.broadcast(existing, src=0))
 
     def setup_test_outputs(self, stage: str) -> None:

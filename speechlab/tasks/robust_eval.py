@@ -2,8 +2,10 @@
 :func:`speechlab.score.edit_counts`), hypotheses, and for far-field sets whose lines name their
 clean source (``clean_id``) the distance between clean and far-field encoder embeddings.
 
-One process loads each checkpoint once and runs every set (``speechlab test`` would start
-Lightning once per set). Used by ``scripts/robust_eval.py`` and the robust-encoder notebook.
+One process loads each checkpoint once and runs every set. ``speechlab test`` does that too
+(``data.init_args.test_manifest`` a list of manifests: WER/CER and hypotheses per set), but not
+the embedding distances, which are why this module stays. Used by ``scripts/robust_eval.py``
+and the robust-encoder notebook.
 """
 
 from __future__ import annotations
