@@ -3,6 +3,7 @@ on the tiny espeak-ng corpus."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +42,31 @@ def _data_overrides(recipe: Path, corpus: dict[str, Path],
         out.append("--model.init_args.init_checkpoint=null")
     if model.get("grams"):  # Gram-CTC on a GramSet file (grams select|refine): the default set stands in
         out.append("--model.init_args.grams=null")
+    if model.get("teacher_checkpoint"):  # teacher-student: a random CTC model stands in for the teacher
+        teacher = _tiny_teacher(corpus["train"].parent, model["vocab"],
+                                (model.get("encoder") or {}).get("stride", 4))
+        out.append(f"--model.init_args.teacher_checkpoint={teacher}")
     return out
+
+
+def _tiny_teacher(folder: Path, vocab: str, stride: int) -> Path:
+    """A randomly initialized CTCTask (``vocab``, encoder ``stride``) saved by Lightning."""
+    import pytorch_lightning as pl
+    import torch
+
+    from speechlab.nn.encoders import SpeechEncoderConfig
+    from speechlab.tasks.ctc import CTCTask
+
+    path = folder / f"tiny_teacher_s{stride}_{zlib.crc32(vocab.encode())}.ckpt"
+    if not path.exists():
+        torch.manual_seed(0)
+        task = CTCTask(vocab=vocab, encoder=SpeechEncoderConfig(
+            stride=stride, conv_channels=4, rnn_type="gru", hidden_size=16, num_layers=1))
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.strategy.connect(task)
+        trainer.save_checkpoint(path)
+    return path
 
 
 def _tiny_lm(folder: Path) -> Path:

@@ -5,8 +5,17 @@ separates the clean from the far-field embeddings and an encoder that learns to 
 Encoder/head objective per step (``views="both"``)::
 
     L = L_ctc(x̃) + L_ctc(x) + lambda_adv · (−mean f(e(x̃))) + lambda_l1 · |e(x) − e(x̃)|₁
+        + ts_weight · L_ts
 
-with ``e(x)`` detached in both penalties (the clean embeddings are targets). Critic objective,
+with ``e(x)`` detached in both penalties (the clean embeddings are targets). ``L_ts``
+(teacher–student on the paired clean view): a frozen clean CTC model (``teacher_checkpoint``)
+gives frame posteriors on the clean view ``x``; they are the targets of this model's posteriors
+on the far-field view ``x̃`` of the same frames, ``L_ts`` = mean over valid frames of
+``KL(p_teacher(·|x_t) ‖ p_student(·|x̃_t))`` at temperature ``ts_temperature`` (times its square;
+:func:`~speechlab.functional.distillation.frame_posterior_kl`). The teacher is not a submodule:
+not in ``parameters()``, the optimizer or the checkpoint's weights, in eval mode with
+``requires_grad=False``; it is read from ``teacher_checkpoint`` when a fit starts, so testing a
+trained model does not need it. Critic objective,
 ``n_critic`` updates per encoder update on the batch's detached embeddings::
 
     L_f = mean f(e(x̃)) − mean f(e(x)) + gp_weight · GP
@@ -21,6 +30,8 @@ augmentation-only         ``both``    0             0
 paired L1 penalty         ``both``    0             > 0
 GAN (+ optional L1)       ``both``    > 0           ≥ 0
 ========================  ==========  ============  ===========
+
+Teacher–student is ``views="both"`` with ``ts_weight > 0`` (combinable with the others).
 
 (``views="noisy"`` trains on the far-field view alone.) The critic exists only when
 ``lambda_adv > 0``.
@@ -44,20 +55,24 @@ gradient scaling, so the manual steps are the same at every precision.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from speechlab.data.text import DEFAULT_CHARS
+from speechlab.errors import InputError
 from speechlab.functional.adversarial import (
     generator_loss,
     gradient_penalty,
     masked_l1_distance,
     wasserstein_critic_loss,
 )
+from speechlab.functional.distillation import frame_posterior_kl
 from speechlab.nn.critic import CriticConfig, SequenceCritic
 from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.nn.fusion import freeze
 from speechlab.tasks.asr import log_grad_norm
 from speechlab.tasks.ctc import CTCTask
 
@@ -94,6 +109,12 @@ class RobustASRTask(CTCTask):
             carry no information yet and a full-strength penalty can collapse them (all views
             equal, CTC stuck on blanks), as ``lambda_l1 = 40`` did in the CPU study.
         grad_clip: max global L2 norm of the encoder/head gradients (``None``: no clipping).
+        ts_weight: weight of the teacher–student loss ``L_ts`` (0: none, no teacher loaded).
+            Needs ``views="both"`` and ``teacher_checkpoint``. Not ramped by
+            ``penalty_warmup_steps``.
+        teacher_checkpoint: a trained CTC-family checkpoint (:class:`CTCTask`, or a robust one)
+            with this model's vocabulary and frame rate; frozen, used only in training.
+        ts_temperature: softmax temperature ``τ`` of ``L_ts`` (scaled by ``τ²``).
         lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`; the
             schedule applies to the encoder/head optimizer.
     """
@@ -103,12 +124,16 @@ class RobustASRTask(CTCTask):
                  views: Views = "both", lambda_adv: float = 0.0, lambda_l1: float = 0.0,
                  critic: CriticConfig | None = None, n_critic: int = 5, gp_weight: float = 10.0,
                  critic_lr: float = 5e-4, critic_betas: tuple[float, float] = (0.5, 0.9),
-                 penalty_warmup_steps: int = 0, grad_clip: float | None = 2.0, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 penalty_warmup_steps: int = 0, grad_clip: float | None = 2.0,
+                 ts_weight: float = 0.0, teacher_checkpoint: str | None = None,
+                 ts_temperature: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
                  output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
                          total_steps, output_dir, overwrite)
         self.save_hyperparameters()
+        if teacher_checkpoint is not None:  # by absolute path: checkpoints resume from any cwd
+            self.hparams.teacher_checkpoint = os.path.abspath(teacher_checkpoint)
         if views not in ("clean", "noisy", "both"):
             raise ValueError(f"views must be 'clean', 'noisy' or 'both', got {views!r}")
         if views != "both" and (lambda_adv > 0 or lambda_l1 > 0):
@@ -117,9 +142,70 @@ class RobustASRTask(CTCTask):
         if lambda_adv < 0 or lambda_l1 < 0 or n_critic < 1 or penalty_warmup_steps < 0:
             raise ValueError("lambda_adv, lambda_l1 and penalty_warmup_steps must be >= 0 and "
                              "n_critic >= 1")
+        if ts_weight < 0 or not ts_temperature > 0:
+            raise ValueError("ts_weight must be >= 0 and ts_temperature > 0")
+        if ts_weight > 0 and (views != "both" or teacher_checkpoint is None):
+            raise ValueError("ts_weight > 0 distils a clean teacher into the far-field view: it "
+                             "needs views='both' and model.init_args.teacher_checkpoint")
+        self.__dict__["_teacher"] = None  # not a submodule: frozen, outside parameters()/state_dict()
         self.automatic_optimization = False
         self.critic = (SequenceCritic(self.encoder.output_dim, critic or CriticConfig())
                        if lambda_adv > 0 else None)
+
+    # -- the frozen teacher -------------------------------------------------------------------
+    @property
+    def teacher(self) -> CTCTask | None:
+        """The frozen teacher (eval mode, no grad) once loaded (:meth:`load_teacher`), else None."""
+        return self.__dict__["_teacher"]
+
+    def load_teacher(self) -> CTCTask:
+        """Read ``teacher_checkpoint`` (once), check that it fits this model and freeze it.
+
+        Raises:
+            InputError: another vocabulary or output frame rate than this model's.
+        """
+        if self.teacher is not None:
+            return self.teacher
+        from speechlab.tasks.robust_eval import load_ctc_task
+
+        path = self.hparams.teacher_checkpoint
+        teacher = load_ctc_task(path)
+        if teacher.vocab != self.vocab:
+            raise InputError(f"{path}: teacher vocabulary {teacher.vocab} differs from the "
+                             f"model's {self.vocab}")
+        if abs(teacher.frame_rate - self.frame_rate) > 1e-6:
+            raise InputError(f"{path}: the teacher emits {teacher.frame_rate} frames/s, the model "
+                             f"{self.frame_rate}; their frames must line up (the same stride)")
+        ref = next(iter(self.parameters()))
+        self.__dict__["_teacher"] = freeze(teacher.to(device=ref.device))
+        log.info("teacher: %s", path)
+        return teacher
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
+        super()._apply(fn, recurse)
+        if self.teacher is not None:  # the unregistered teacher follows .to()/.cuda()
+            self.teacher._apply(fn)
+        return self
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.hparams.ts_weight > 0:
+            self.load_teacher()
+
+    def teacher_student_loss(self, batch: dict[str, Any], noisy: torch.Tensor,
+                             noisy_lens: torch.Tensor) -> torch.Tensor:
+        """``L_ts``: the teacher's frame posteriors on the clean view (no grad) against this
+        model's on the far-field embeddings ``noisy (B, T', D)``, over the frames both views
+        have (float32)."""
+        teacher = self.load_teacher()
+        with torch.no_grad():
+            t_log_probs, t_lens = teacher(batch["clean_features"], batch["clean_feature_lens"])
+        t = min(t_log_probs.shape[1], noisy.shape[1])
+        with self.fp32():
+            s_log_probs = self.head(noisy[:, :t].float()).float().log_softmax(-1)
+            return frame_posterior_kl(t_log_probs[:, :t].float(), s_log_probs,
+                                      torch.minimum(t_lens, noisy_lens),
+                                      self.hparams.ts_temperature)
 
     # -- optimisation -----------------------------------------------------------------------
     def asr_parameters(self) -> list[torch.nn.Parameter]:
@@ -220,6 +306,9 @@ class RobustASRTask(CTCTask):
         loss = ctc_noisy + ctc_clean
         if hp.lambda_l1 > 0:
             loss = loss + self.penalty_scale() * hp.lambda_l1 * l1
+        if hp.get("ts_weight", 0.0) > 0:
+            out["ts"] = self.teacher_student_loss(batch, noisy, noisy_lens)
+            loss = loss + hp.ts_weight * out["ts"]
         out["loss"] = loss
         return out
 
