@@ -13,8 +13,16 @@ tokens (:func:`document_sentences`) → two vocabularies built on the training d
   ``max_size`` most frequent).
 
 Each LM example is one sentence of a document (cut to ``max_sentence_len`` words, then ``</s>``)
-together with the bag of words of its document **without that sentence** (the topic model's
-input, so the LM never sees its own words through the topic vector). Splits are by document.
+together with the topic model's input, a bag of words chosen by ``topic_context``:
+
+- ``"others"`` (default; the paper's): the document **without that sentence**, so the LM never
+  sees its own words through the topic vector, but does see the document's later sentences;
+- ``"preceding"``: the document's **preceding** sentences only (``0..i-1``), so nothing of the
+  document's future reaches the model (Zheng et al., 2023). The first sentence gets an empty bag.
+
+``stream: true`` batches whole documents instead (:class:`DocumentStreamDataset`): row ``b`` of
+a batch is the next sentence of the document in lane ``b``, so a recurrent LM can carry its state
+from sentence to sentence (the document-stream LSTM baseline). Splits are by document.
 
 The embedded default corpus (:func:`generate_documents`) is made by code: documents from a few
 topic-specific word pools mixed with shared function words, deterministic for a seed.
@@ -30,8 +38,8 @@ import os
 import random
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -443,13 +451,22 @@ def process_documents(token_docs: Sequence[Sequence[Sequence[str]]], labels: Seq
     return ProcessedDocuments(lm, topic, list(labels))
 
 
+TopicContext = Literal["others", "preceding"]
+
+
 class SentenceDataset(Dataset):
     """One item per LM sentence: ``{"tokens": <s> w_1..w_n, "targets": w_1..w_n </s>,
-    "bow": (ids, counts) of the document without this sentence, "doc": document index}``."""
+    "bow": topic-word counts, "doc": document index}``. ``bow`` (a ``Counter`` of topic ids) is
+    the document without this sentence (``topic_context="others"``) or the document's preceding
+    sentences (``"preceding"``; empty for the first sentence)."""
 
-    def __init__(self, docs: ProcessedDocuments, bos_id: int, eos_id: int) -> None:
+    def __init__(self, docs: ProcessedDocuments, bos_id: int, eos_id: int,
+                 topic_context: TopicContext = "others") -> None:
+        if topic_context not in ("others", "preceding"):
+            raise ValueError(f"topic_context must be 'others' or 'preceding', got {topic_context!r}")
         self.docs = docs
         self.bos_id, self.eos_id = bos_id, eos_id
+        self.topic_context = topic_context
         self.index = [(d, s) for d, sents in enumerate(docs.lm_sentences)
                       for s, ids in enumerate(sents) if ids]
         self.doc_counts = [Counter(w for s in sents for w in s) for sents in docs.topic_sentences]
@@ -463,11 +480,15 @@ class SentenceDataset(Dataset):
         bow.subtract(self.docs.topic_sentences[d][s])
         return +bow  # drops zero counts
 
+    def bow_preceding(self, d: int, s: int) -> Counter:
+        """Topic-word counts of document ``d``'s sentences ``0..s-1`` (empty for ``s = 0``)."""
+        return Counter(w for sent in self.docs.topic_sentences[d][:s] for w in sent)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         d, s = self.index[i]
         ids = self.docs.lm_sentences[d][s]
-        return {"tokens": [self.bos_id, *ids], "targets": [*ids, self.eos_id],
-                "bow": self.bow_without(d, s), "doc": d}
+        bow = self.bow_without(d, s) if self.topic_context == "others" else self.bow_preceding(d, s)
+        return {"tokens": [self.bos_id, *ids], "targets": [*ids, self.eos_id], "bow": bow, "doc": d}
 
 
 def collate_sentences(items: Sequence[dict[str, Any]], topic_vocab_size: int, pad_id: int = 0,
@@ -492,6 +513,67 @@ def collate_sentences(items: Sequence[dict[str, Any]], topic_vocab_size: int, pa
             "doc": torch.tensor([it["doc"] for it in items])}
 
 
+# --------------------------------------------------------------------------- document streams
+
+def stream_schedule(documents: Sequence[Sequence[int]], lanes: int) -> list[list[int | None]]:
+    """Batches that read ``documents`` (each a sequence of item indices, in reading order) in
+    ``lanes`` parallel lanes: row ``b`` of batch ``k + 1`` is the item after row ``b`` of batch
+    ``k`` in the same document, or, where that document has ended, the first item of the next
+    unread document; ``None`` where a lane has nothing left. Every item appears exactly once."""
+    if lanes < 1:
+        raise ValueError(f"a stream needs at least one lane, got {lanes}")
+    queue = iter([doc for doc in documents if doc])
+    lane_items: list[deque[int]] = [deque() for _ in range(lanes)]
+    batches: list[list[int | None]] = []
+    while True:
+        for items in lane_items:
+            if not items:
+                items.extend(next(queue, ()))
+        if not any(lane_items):
+            return batches
+        batches.append([items.popleft() if items else None for items in lane_items])
+
+
+class DocumentStreamDataset(Dataset):
+    """Whole documents as consecutive batches (``DocumentDataModule(stream=True)``): item ``k`` is
+    a collated batch of ``lanes`` rows — ``collate``'s output plus ``first (B,)`` bool — for an LM
+    that carries its state from row ``b`` of one batch to row ``b`` of the next (truncated BPTT
+    over sentence-sized chunks) and resets it where ``first`` is True: the row starts a document,
+    or is a filler row (``<pad>`` in, every target ignored) of a lane that has run out.
+
+    The rows are :class:`SentenceDataset` items, so the targets are exactly those of the
+    sentence-level protocol. Documents (in ``order``, default as stored) are dealt round-robin to
+    ``world`` ranks (each document stays on one rank), each rank's are read by
+    :func:`stream_schedule`, and the ranks' batches are interleaved (batch ``k`` of rank ``r`` is
+    item ``k * world + r``, what :class:`EvalShardSampler` gives rank ``r``), padded with filler
+    batches so that every rank has as many (equal steps under DDP)."""
+
+    def __init__(self, sentences: SentenceDataset, lanes: int,
+                 collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
+                 world: int = 1, order: Sequence[int] | None = None) -> None:
+        self.sentences, self.collate = sentences, collate
+        per_doc: dict[int, list[int]] = {}
+        for i, (d, _) in enumerate(sentences.index):
+            per_doc.setdefault(d, []).append(i)
+        order = range(len(sentences.docs)) if order is None else order
+        schedules = [stream_schedule([per_doc.get(d, []) for d in list(order)[r::world]], lanes)
+                     for r in range(world)]
+        filler: list[int | None] = [None] * lanes
+        self.batches = [s[k] if k < len(s) else filler
+                        for k in range(max(map(len, schedules), default=0)) for s in schedules]
+        self.first = {items[0] for items in per_doc.values()}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rows = self.batches[k]
+        filler = {"tokens": [0], "targets": [-100], "bow": Counter(), "doc": -1}
+        batch = self.collate([filler if i is None else self.sentences[i] for i in rows])
+        batch["first"] = torch.tensor([i is None or i in self.first for i in rows])
+        return batch
+
+
 # --------------------------------------------------------------------------- data module
 
 def split_documents(docs: Sequence[Document], fractions: Sequence[float], seed: int = 0
@@ -512,7 +594,9 @@ class EvalShardSampler(DistributedSampler):
     """Evaluation under DDP: rank ``r`` of ``w`` takes examples ``r, r + w, ...`` in order,
     each exactly once. Lightning's own evaluation ``DistributedSampler`` pads the ranks to equal
     length with repeated examples, which summed perplexity counts would count twice; being a
-    ``DistributedSampler``, this one is left in place by Lightning."""
+    ``DistributedSampler``, this one is left in place by Lightning. It also shards the batches of
+    a :class:`DocumentStreamDataset` (training too), whose layout puts rank ``r``'s at
+    ``r, r + w, ...``."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
@@ -543,6 +627,12 @@ class DocumentDataModule(pl.LightningDataModule):
         batch_size: sentences per training batch.
         eval_batch_size: sentences per validation/test batch (default ``batch_size``).
         static_length: pad every batch to ``max_sentence_len + 1`` (static shapes for compile).
+        topic_context: the topic model's input for a sentence: ``"others"`` (the document
+            without the sentence) or ``"preceding"`` (the document's preceding sentences only;
+            empty for the first). See the module docstring.
+        stream: batch whole documents as consecutive chunks (:class:`DocumentStreamDataset`;
+            ``batch_size`` / ``eval_batch_size`` = lanes) for the document-stream LSTM. Training
+            reads the documents in one seeded order, the same every epoch.
         embedded_documents: size of the embedded corpus.
         num_workers: DataLoader workers.
         seed: document split and shuffling seed.
@@ -555,9 +645,11 @@ class DocumentDataModule(pl.LightningDataModule):
                  topic_top_fraction: float = 0.001, topic_min_count: int = 5,
                  topic_max_size: int | None = None, max_sentence_len: int = 30,
                  min_sentence_len: int = 1, batch_size: int = 64, eval_batch_size: int | None = None,
-                 static_length: bool = False,
-                 embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
+                 static_length: bool = False, topic_context: TopicContext = "others",
+                 stream: bool = False, embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
+        if topic_context not in ("others", "preceding"):
+            raise ValueError(f"topic_context must be 'others' or 'preceding', got {topic_context!r}")
         self.save_hyperparameters()
         # checkpoints carry this data config (speechlab test --ckpt_path needs nothing else):
         # name the files by absolute path, so that it works from any folder
@@ -619,27 +711,32 @@ class DocumentDataModule(pl.LightningDataModule):
         if not self.splits:
             self.setup()
         assert self.lm_vocab is not None
-        return SentenceDataset(self.splits[split], self.lm_vocab.id(BOS), self.lm_vocab.id(EOS))
+        return SentenceDataset(self.splits[split], self.lm_vocab.id(BOS), self.lm_vocab.id(EOS),
+                               self.hparams.topic_context)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         assert self.topic_vocab is not None
         pad_to = hp.max_sentence_len + 1 if hp.static_length else None
-        vt = len(self.topic_vocab)
+        collate = functools.partial(collate_sentences, topic_vocab_size=len(self.topic_vocab), pad_id=0,
+                                    pad_to=pad_to)
         ds = self.dataset(split)
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or hp.batch_size
         rank, world = rank_and_world()
+        if hp.stream:  # batches in stream order on every rank, training too
+            order = list(range(len(ds.docs)))
+            if shuffle:
+                random.Random(hp.seed).shuffle(order)
+            stream = DocumentStreamDataset(ds, batch_size, collate, world, order)
+            return DataLoader(stream, batch_size=None, sampler=EvalShardSampler(stream, world, rank),
+                              num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
         if not shuffle and world > 1:  # training: Lightning's DistributedSampler (shuffled)
             sampler = EvalShardSampler(ds, world, rank)
             return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
-                              collate_fn=functools.partial(collate_sentences, topic_vocab_size=vt,
-                                                         pad_id=0, pad_to=pad_to),
-                              persistent_workers=hp.num_workers > 0)
+                              collate_fn=collate, persistent_workers=hp.num_workers > 0)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
                           drop_last=shuffle and len(ds) > batch_size,
-                          num_workers=hp.num_workers,
-                          collate_fn=functools.partial(collate_sentences, topic_vocab_size=vt, pad_id=0,
-                                                     pad_to=pad_to),
+                          num_workers=hp.num_workers, collate_fn=collate,
                           generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
                           persistent_workers=hp.num_workers > 0)
 

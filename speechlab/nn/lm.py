@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechlab.nn.recurrence import run_recurrence
 
@@ -46,11 +47,19 @@ class RNNLanguageModel(nn.Module):
                 raise ValueError(f"tie_weights needs embed_dim == hidden_size ({embed_dim} != {hidden_size})")
             self.output.weight = self.embedding.weight
 
-    def forward(self, tokens: torch.Tensor, state: RNNState | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, RNNState]:
+    def forward(self, tokens: torch.Tensor, state: RNNState | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, RNNState]:
         """``tokens (B, L)`` → ``(logits (B, L, V), hidden (B, L, H), state)``; ``state`` is the
-        RNN state after the last position (feed it back to continue)."""
-        hidden, state = run_recurrence(self.rnn, self.dropout(self.embedding(tokens)), state)
+        RNN state after the last position (feed it back to continue). With ``lengths (B,)``
+        (each ≥ 1) row ``b``'s state is the one after its position ``lengths[b] - 1`` (the rest
+        is padding, run through a packed sequence; its outputs are zeros)."""
+        x = self.dropout(self.embedding(tokens))
+        if lengths is None:
+            hidden, state = run_recurrence(self.rnn, x, state)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            hidden, state = run_recurrence(self.rnn, packed, state)
+            hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=tokens.shape[1])
         return self.output(self.dropout(hidden)), hidden, state
 
     def step(self, token: torch.Tensor, state: RNNState | None = None

@@ -9,6 +9,13 @@ is the joint negative log-likelihood ``LM NLL + ntm_weight * (bow NLL + KL)``, p
 metrics, of the same hidden size (``lstm_hidden_size: null``), or of the same number of
 parameters as the TCNLM with this task's settings (``match_params: true``; topic model counted).
 
+Protocols (data options of :class:`~speechlab.data.corpus.DocumentDataModule`): the TCNLM's
+topic input is the document without the sentence (``topic_context: others``) or only its
+preceding sentences (``preceding``); the LSTM reads single sentences, or, with ``stream: true``,
+whole documents as consecutive sentence chunks with its state carried from one to the next
+(truncated BPTT; reset at each document's first sentence). The targets are the same in every
+protocol, so the perplexities compare.
+
 Metrics: ``{train,val,test}/ppl`` = exp(summed token NLL / target tokens), ``</s>`` included
 and ``<unk>`` counted as a token. ``speechlab test`` writes ``results.json`` (perplexity, and
 for TCNLM each topic's top words and its NPMI on the test documents) to ``output_dir``.
@@ -113,6 +120,7 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         self.lm_vocab: WordVocab | None = None
         self.topic_vocab: WordVocab | None = None
         self.ppl = nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
+        self._stream_state: dict[str, Any] = {}  # split -> a document stream's carried LSTM state
         if lm_vocab_size is not None and (lm_type == "lstm" or topic_vocab_size is not None):
             self.build(lm_vocab_size, topic_vocab_size)
 
@@ -193,41 +201,72 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         assert self.topic_model is not None
         return self.topic_model(bow, sample=False).topics
 
-    def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Summed LM NLL, target tokens, and (TCNLM) summed topic-model NLL and KL of a batch;
-        ``loss`` is their per-token total."""
+    def compute(self, batch: dict[str, torch.Tensor], state: Any = None) -> dict[str, Any]:
+        """Summed LM NLL (``lm_nll``; per row ``sentence_nll (B,)``), target tokens, and (TCNLM)
+        summed topic-model NLL and KL of a batch; ``loss`` is their per-token total.
+
+        A batch of a document stream (it has ``first (B,)``; LSTM only) continues ``state``, the
+        ``out["state"]`` of the stream's previous batch (``None`` at its start), from zeros in
+        the rows where ``first`` is True; ``out["state"]`` is the state after each row."""
         assert self.lm is not None
         tokens, targets = batch["tokens"], batch["targets"]
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, Any] = {}
         if self.is_tcnlm:
+            if "first" in batch:
+                raise ValueError("a document stream (data stream: true) is for lm_type: lstm; the "
+                                 "TCNLM reads sentences (topic_context: preceding keeps out the future)")
             assert self.topic_model is not None
             ntm = self.topic_model(batch["bow"])
             logits, _, _ = self.lm(tokens, ntm.topics)
             out["ntm_nll"], out["kl"] = ntm.nll.sum(), ntm.kl.sum()
+        elif "first" in batch:
+            if state is not None:
+                keep = (~batch["first"]).to(state[0].dtype)[None, :, None]
+                state = tuple(s * keep for s in state)
+            logits, _, out["state"] = self.lm(tokens, state, lengths=batch["lengths"])
         else:
             logits, _, _ = self.lm(tokens)
         n_tokens = (targets != -100).sum()
-        lm_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                 ignore_index=-100, reduction="sum")
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                              ignore_index=-100, reduction="none").view(targets.shape).sum(1)
+        lm_nll = nll.sum()
         loss = lm_nll
         if self.is_tcnlm:
             loss = loss + self.hparams.ntm_weight * (out["ntm_nll"] + out["kl"])
-        out.update(lm_nll=lm_nll, tokens=n_tokens, loss=loss / n_tokens.clamp(min=1))
+        out.update(lm_nll=lm_nll, sentence_nll=nll, tokens=n_tokens, loss=loss / n_tokens.clamp(min=1))
         return out
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
+        """:meth:`compute`, carrying a document stream's state from batch to batch of ``split``
+        (detached: truncated BPTT); the carry is dropped at the start of each epoch."""
+        out = self.compute(batch, self._stream_state.get(split))
+        if "state" in out:
+            self._stream_state[split] = tuple(s.detach() for s in out["state"])
+        return out
+
+    def on_train_epoch_start(self) -> None:
+        self._stream_state.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._stream_state.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._stream_state.pop("test", None)
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.compute(batch)
+        out = self._step(batch, "train")
         n = len(batch["tokens"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
-        self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"]), prog_bar=True, batch_size=n)
+        self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"].clamp(min=1)), prog_bar=True,
+                 batch_size=n)
         if self.is_tcnlm:
             self.log("train/kl", out["kl"].detach() / n, batch_size=n)
             self.log("train/bow_nll", out["ntm_nll"].detach() / n, batch_size=n)
         return out["loss"]
 
     def _evaluate(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        out = self.compute(batch)
+        out = self._step(batch, split)
         metric = self.ppl[split]
         metric.update(out["lm_nll"], out["tokens"])
         self.log(f"{split}/ppl", metric, prog_bar=split == "val", batch_size=len(batch["tokens"]))
@@ -250,6 +289,8 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
                                    "tokens": int(self.ppl["test"].tokens),
                                    "parameters": count_parameters(self)}
         dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "hparams") and "stream" in dm.hparams:
+            results["protocol"] = {"topic_context": dm.hparams.topic_context, "stream": dm.hparams.stream}
         if self.is_tcnlm:
             results["topics"] = self.topic_words(self.hparams.top_k)
             if dm is not None and getattr(dm, "splits", None):
