@@ -7,6 +7,10 @@
 #   OUT=/tmp/out MAX_TIME=00:00:17:00 bash recipes/20news/run_gpu.sh        # next call, resumes
 #   OUT=/tmp/out TEST_ONLY=1 bash recipes/20news/run_gpu.sh                 # test best.ckpt only
 #
+# The controlled protocol (docs/tcnlm.md; not in the default CONFIGS): the TCNLM that sees only
+# the preceding sentences and the document-stream LSTM, with the same settings:
+#   OUT=/tmp/out CONFIGS="tcnlm_10_preceding lstm_stream" bash recipes/20news/run_gpu.sh
+#
 # MAX_TIME is cumulative: Lightning's Timer state travels in last.ckpt, so a resumed run stops at
 # the total it is given. A call resumes from exp/20news_*/checkpoints/last.ckpt when it is there
 # (the GPU machine keeps git-ignored folders between calls only while it stays warm; the
