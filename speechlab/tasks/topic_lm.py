@@ -35,6 +35,7 @@ from torch import nn
 from speechlab.data.corpus import WordVocab
 from speechlab.functional.topic import topic_npmi
 from speechlab.io import atomic_write_text
+from speechlab.nn import count_parameters
 from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
@@ -43,10 +44,6 @@ from speechlab.tasks.outputs import TestOutputs
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def lstm_hidden_for_params(target: int, vocab_size: int, embed_dim: int, num_layers: int = 1) -> int:
