@@ -40,6 +40,10 @@ from speechlab.tasks.seq2seq import Seq2SeqTask
 from speechlab.tasks.topic_lm import TopicLMTask
 
 ENC = SpeechEncoderConfig(hidden_size=32, num_layers=1, conv_channels=8, dropout=0.0)
+#: the ASR tasks also run on the Conformer encoder (``<task>_conformer``)
+CONFORMER = SpeechEncoderConfig(kind="conformer", hidden_size=32, num_heads=4, ffn_dim=64,
+                                num_layers=2, depthwise_conv_kernel_size=7, conv_channels=8,
+                                dropout=0.0)
 DEC = AttentionDecoderConfig(embed_dim=16, hidden_size=48, attention_dim=24, location_channels=4,
                              location_kernel=5, output_dim=48, fusion_dim=16, dropout=0.0)
 OPT = dict(lr=5e-3, warmup_steps=1, weight_decay=0.0)
@@ -103,22 +107,26 @@ def save_lm(path) -> str:
 
 
 def make(name: str, tmp_path) -> tuple[pl.LightningModule, dict[str, Any]]:
-    """A small model of each task and a tiny fixed training batch."""
+    """A small model of each task and a tiny fixed training batch (``<asr task>_conformer``:
+    on the Conformer encoder)."""
     torch.manual_seed(0)
+    enc = ENC
+    if name.endswith("_conformer"):
+        name, enc = name.removesuffix("_conformer"), CONFORMER
     if name == "ctc":
-        return CTCTask(encoder=ENC, spec_augment=False, **OPT), speech_batch()
+        return CTCTask(encoder=enc, spec_augment=False, **OPT), speech_batch()
     if name == "gram_ctc":
         grams = tmp_path / "grams.json"
         GramSet.from_ngrams(CharVocab(), ["th", "he", "e ", "in"]).save(grams)
-        return (GramCTCTask(grams=str(grams), ctc_weight=0.3, encoder=ENC, spec_augment=False,
+        return (GramCTCTask(grams=str(grams), ctc_weight=0.3, encoder=enc, spec_augment=False,
                             loss_backend="cpu", **OPT), speech_batch())
     if name == "robust_gan":
-        return (RobustASRTask(encoder=ENC, spec_augment=False, lambda_adv=0.1, lambda_l1=0.5,
+        return (RobustASRTask(encoder=enc, spec_augment=False, lambda_adv=0.1, lambda_l1=0.5,
                               n_critic=2, critic=CriticConfig(channels=16, kernel_size=3), **OPT),
                 speech_batch(paired=True))
     if name in ("seq2seq_cold", "seq2seq_deep"):
         fusion = name.split("_")[1]
-        return (Seq2SeqTask(encoder=ENC, decoder=DEC, fusion=fusion,
+        return (Seq2SeqTask(encoder=enc, decoder=DEC, fusion=fusion,
                             lm_checkpoint=save_lm(tmp_path / "lm.pt"), spec_augment=False,
                             label_smoothing=0.1, **OPT), speech_batch())
     if name == "rnnlm":
@@ -233,6 +241,10 @@ CASES = [
     ("rnnlm", ["cross_entropy"]),
     ("tcnlm", ["cross_entropy", "gaussian_kl", "bow_nll"]),
     ("lstm_lm", ["cross_entropy"]),
+    ("ctc_conformer", ["ctc_loss"]),
+    ("gram_ctc_conformer", ["gram_ctc_loss", "ctc_loss"]),
+    ("robust_gan_conformer", ["ctc_loss", "wasserstein", "gradient_penalty", "generator_loss", "l1"]),
+    ("seq2seq_cold_conformer", ["cross_entropy"]),
 ]
 
 

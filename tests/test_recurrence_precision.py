@@ -213,9 +213,10 @@ CHILD = textwrap.dedent("""
 def test_bf16_mixed_trains_lstm_models_with_onednn_capped_at_avx2(tmp_path):
     """A child process with ONEDNN_MAX_CPU_ISA=AVX2 trains one bf16-mixed step of the models
     with an nn.LSTM (RNN LM, the TCNLM paper's LSTM baseline, Cold Fusion seq2seq with its LM,
-    the CTC encoder): it succeeds with finite float32 losses, and the probe agrees with what a
+    the CTC encoder) and the CTC task on the Conformer encoder (bf16 attention and depthwise
+    convolutions): it succeeds with finite float32 losses, and the probe agrees with what a
     plain nn.LSTM does under autocast there."""
-    names = ["rnnlm", "lstm_lm", "seq2seq_cold", "ctc"]
+    names = ["rnnlm", "lstm_lm", "seq2seq_cold", "ctc", "ctc_conformer"]
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), *names], env=_avx2_env(),
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -228,7 +229,7 @@ def test_bf16_mixed_trains_lstm_models_with_onednn_capped_at_avx2(tmp_path):
 
 @pytest.mark.slow
 def test_bf16_suite_and_lstm_recipes_pass_with_onednn_capped_at_avx2(espeak):
-    """tests/test_bf16.py (8 tasks) and the two 20news LSTM recipes' fast_dev_run (their
+    """tests/test_bf16.py (8 tasks, 4 of them also on the Conformer encoder) and the two 20news LSTM recipes' fast_dev_run (their
     fixture synthesises the espeak-ng corpus) in a pytest run whose oneDNN is capped at AVX2
     (about 30 s)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
@@ -238,4 +239,4 @@ def test_bf16_suite_and_lstm_recipes_pass_with_onednn_capped_at_avx2(espeak):
     proc = subprocess.run(cmd, env=_avx2_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert re.search(r"^10 passed", proc.stdout.splitlines()[-1]), proc.stdout[-2000:]
+    assert re.search(r"^14 passed", proc.stdout.splitlines()[-1]), proc.stdout[-2000:]
