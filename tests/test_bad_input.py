@@ -45,6 +45,7 @@ from speechlab.tasks.gram_select import min_frames
 REPO = Path(__file__).resolve().parents[1]
 CTC_RECIPE = REPO / "recipes" / "tiny" / "ctc.yaml"
 GRAM_RECIPE = REPO / "recipes" / "tiny" / "gram_ctc.yaml"
+CONFORMER_RECIPE = REPO / "recipes" / "tiny" / "ctc_conformer.yaml"
 VOCAB = CharVocab()
 SR = 16000
 
@@ -398,6 +399,24 @@ def test_unknown_recipe_key_on_the_command_line_is_named(capsys):
     rc, _, err = run_cli(capsys, "fit", "--config", CTC_RECIPE, "--model.init_args.hiden_size", "3")
     assert rc == 2 and "Traceback" not in err
     assert "Option 'hiden_size' is not accepted" in err and "usage: speechlab" in err
+
+
+@pytest.mark.parametrize("recipe, option, value, reason", [
+    (CTC_RECIPE, "stride", "3", "encoder.stride must be 1, 2, 4 or 8, got 3"),
+    (CONFORMER_RECIPE, "num_heads", "5", "encoder.hidden_size 144 (the Conformer's d_model) is "
+                                         "not a multiple of encoder.num_heads 5"),
+    (CONFORMER_RECIPE, "depthwise_conv_kernel_size", "16", "must be odd, got 16")])
+def test_encoder_value_it_cannot_be_built_with_is_one_line(recipe, option, value, reason, capsys):
+    rc, _, err = run_cli(capsys, "fit", "--config", recipe, f"--model.init_args.encoder.{option}",
+                         value, "--trainer.fast_dev_run", "1")
+    assert rc == 2 and reason in one_error_line(err, "fit")
+
+
+def test_unknown_encoder_kind_is_a_usage_error(capsys):
+    rc, _, err = run_cli(capsys, "fit", "--config", CTC_RECIPE, "--model.init_args.encoder.kind",
+                         "transformer", "--trainer.fast_dev_run", "1")
+    assert rc == 2 and "Traceback" not in err and "usage: speechlab" in err
+    assert "'transformer'" in err and "conformer" in err
 
 
 def test_unknown_key_in_a_recipe_file_is_named(tmp_path, capsys):

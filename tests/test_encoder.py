@@ -4,6 +4,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from speechlab.errors import InputError
 from speechlab.functional.ctc import ctc_greedy_decode
 from speechlab.nn import count_parameters
 from speechlab.nn.encoders import ConvSubsampling, SpeechEncoder, SpeechEncoderConfig
@@ -96,11 +97,12 @@ def test_ffn_dim_defaults_to_four_times_d_model():
     assert enc.conformer.conformer.conformer_layers[0].ffn1.sequential[1].out_features == 64
 
 
-@pytest.mark.parametrize("change, match", [({"num_heads": 3}, "multiple of num_heads"),
+@pytest.mark.parametrize("change, match", [({"num_heads": 3}, "multiple of encoder.num_heads 3"),
                                            ({"depthwise_conv_kernel_size": 4}, "odd"),
-                                           ({"kind": "transformer"}, "kind")])
+                                           ({"kind": "transformer"}, "kind"),
+                                           ({"stride": 3}, "stride must be 1, 2, 4 or 8")])
 def test_bad_conformer_config_is_rejected(change, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         SpeechEncoderConfig(**{**TINY_CONFORMER, **change})
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchaudio.models import Conformer
 
+from speechlab.errors import InputError
 from speechlab.nn.recurrence import run_recurrence
 
 
@@ -59,14 +60,19 @@ class SpeechEncoderConfig:
     depthwise_conv_kernel_size: int = 31
 
     def __post_init__(self) -> None:
+        """Raises:
+            InputError: a value the encoder cannot be built with, named (``encoder.<field>``).
+        """
+        if self.stride not in (1, 2, 4, 8):
+            raise InputError(f"encoder.stride must be 1, 2, 4 or 8, got {self.stride}")
         if self.kind not in ("rnn", "conformer"):
-            raise ValueError(f"encoder kind must be 'rnn' or 'conformer', got {self.kind!r}")
+            raise InputError(f"encoder.kind must be 'rnn' or 'conformer', got {self.kind!r}")
         if self.kind == "conformer":
             if self.num_heads < 1 or self.hidden_size % self.num_heads:
-                raise ValueError(f"conformer hidden_size {self.hidden_size} is not a multiple of "
-                                 f"num_heads {self.num_heads}")
+                raise InputError(f"encoder.hidden_size {self.hidden_size} (the Conformer's d_model) "
+                                 f"is not a multiple of encoder.num_heads {self.num_heads}")
             if self.depthwise_conv_kernel_size < 1 or self.depthwise_conv_kernel_size % 2 == 0:
-                raise ValueError("conformer depthwise_conv_kernel_size must be odd, got "
+                raise InputError("encoder.depthwise_conv_kernel_size must be odd, got "
                                  f"{self.depthwise_conv_kernel_size}")
 
 
