@@ -83,3 +83,21 @@ def test_ctc_conformer_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
     assert cer_before > 0.5  # untrained: mostly wrong
     assert loss_after < 0.1 * loss_before
     assert cer_after < 0.05, list(zip(batch["texts"], hyps, strict=True))
+
+
+def test_conformer_checkpoint_round_trip(tmp_path):
+    """A CTC checkpoint of the Conformer encoder loads (hyper-parameters and weights) into the
+    same model: the same log-probs on a padded batch."""
+    torch.manual_seed(0)
+    encoder = SpeechEncoderConfig(kind="conformer", hidden_size=16, num_heads=2, ffn_dim=32,
+                                  num_layers=2, depthwise_conv_kernel_size=5, conv_channels=4)
+    task = CTCTask(encoder=encoder, spec_augment=False)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "conformer.ckpt")
+    loaded = CTCTask.load_from_checkpoint(tmp_path / "conformer.ckpt", map_location="cpu",
+                                          weights_only=False).eval()
+    assert loaded.hparams.encoder == encoder and loaded.encoder.conformer is not None
+    x, lens = torch.randn(2, 50, 80), torch.tensor([50, 31])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lens), task.eval()(x, lens), rtol=0, atol=0)
