@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from speechlab.data.features import SpecAugment
 from speechlab.data.text import DEFAULT_CHARS
-from speechlab.functional.ctc import ctc_greedy_decode
+from speechlab.functional.ctc import ctc_greedy_decode, ctc_loss_from_logits
 from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
 from speechlab.tasks.asr import ASRTask
 
@@ -55,9 +54,8 @@ class CTCTask(ASRTask):
     def ctc_loss(self, encoded: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                  target_lens: torch.Tensor) -> torch.Tensor:
         """Mean CTC loss of the head over ``encoded (B, T', D)`` for ``targets (B, S)``."""
-        log_probs = self.head(encoded).float().log_softmax(dim=-1)
-        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lens,
-                          blank=self.vocab.blank, reduction="mean", zero_infinity=True)
+        return ctc_loss_from_logits(self.head(encoded), lengths, targets, target_lens,
+                                    self.vocab.blank)
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         enc, lengths = self.encode(batch["features"], batch["feature_lens"])

@@ -38,6 +38,7 @@ from speechlab.data.features import SpecAugment
 from speechlab.data.text import DEFAULT_CHARS
 from speechlab.data.textlm import EOS, IGNORE_INDEX, teacher_forcing_pairs
 from speechlab.decode.beam_search import GreedyDetails, Hypothesis, beam_search, greedy_search
+from speechlab.functional.ctc import ctc_loss_from_logits
 from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memory
 from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
 from speechlab.nn.fusion import freeze
@@ -284,9 +285,8 @@ class Seq2SeqTask(ASRTask):
         for character ``targets (B, S)`` (blank = 0)."""
         if self.ctc_head is None:
             raise ValueError("no CTC head: set ctc_weight > 0")
-        log_probs = self.ctc_head(encoded).float().log_softmax(dim=-1)
-        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths.to(log_probs.device),
-                          target_lens, blank=self.vocab.blank, reduction="mean", zero_infinity=True)
+        return ctc_loss_from_logits(self.ctc_head(encoded), lengths, targets, target_lens,
+                                    self.vocab.blank)
 
     def search(self, batch: dict[str, Any], beam_size: int | None = None,
                lm_weight: float | None = None) -> list[Hypothesis]:
