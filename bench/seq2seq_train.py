@@ -8,11 +8,11 @@ each per round) so that a machine whose load changes during the run slows all of
 table gives the median ms per step, steps/s, the ratio to CTC's steps/s and audio seconds per
 second.
 
-Rows ``… (step by step)`` are the anchor: the same model with the decoder run token by token
-through :meth:`AttentionDecoder.step` for teacher forcing and the location features computed as
-a convolution then a projection — what the code did before ``AttentionDecoder.forward`` batched
-the embeddings, the LM, fusion and the output DNN over the sequence and
-``Attention.location_features`` became one product.
+Rows ``… (step by step)`` are the anchor: the same model with teacher forcing run token by token
+through :meth:`AttentionDecoder.step` (:meth:`AttentionDecoder.forward_stepwise`) and the
+location features computed as a convolution then a projection — what the code did before
+``AttentionDecoder.forward`` batched the embeddings, the LM, fusion and the output DNN over the
+sequence and ``Attention.location_features`` became one product.
 
   OMP_NUM_THREADS=1 python bench/seq2seq_train.py --manifest data/tiny/train.jsonl --device cpu
   python bench/seq2seq_train.py --manifest data/synth10k/train.jsonl --device cuda --precision bf16
@@ -35,29 +35,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from speechlab.data.speech import SpeechDataModule  # noqa: E402
-from speechlab.nn.decoder import AttentionDecoder, DecoderOutput, Memory, lm_step  # noqa: E402
+from speechlab.nn.decoder import AttentionDecoder  # noqa: E402
 from speechlab.nn.lm import RNNLanguageModel  # noqa: E402
 from speechlab.tasks.ctc import CTCTask  # noqa: E402
 from speechlab.tasks.rnnlm import lm_bundle  # noqa: E402
 from speechlab.tasks.seq2seq import Seq2SeqTask  # noqa: E402
 
 
-def stepwise_forward(decoder: AttentionDecoder, memory: Memory, inputs: torch.Tensor,
-                     lm: RNNLanguageModel | None = None, sampling_prob: float = 0.0) -> DecoderOutput:
-    """Teacher forcing through :meth:`AttentionDecoder.step` token by token (the anchor)."""
-    state, lm_state, logits, aligns = decoder.init_state(memory), None, [], []
-    for t in range(inputs.shape[1]):
-        lm_logits = lm_hidden = None
-        if decoder.uses_lm:
-            lm_logits, lm_hidden, lm_state = lm_step(lm, inputs[:, t], lm_state)
-        out, state, _ = decoder.step(inputs[:, t], state, memory, lm_logits, lm_hidden)
-        logits.append(out)
-        aligns.append(state["alignment"])
-    return DecoderOutput(torch.stack(logits, dim=1), torch.stack(aligns, dim=1), None)
-
-
 class StepwiseDecoder(torch.nn.Module):
-    """Wraps a decoder so that its ``forward`` is :func:`stepwise_forward`."""
+    """Wraps a decoder so that its ``forward`` is :meth:`AttentionDecoder.forward_stepwise`."""
 
     def __init__(self, decoder: AttentionDecoder) -> None:
         super().__init__()
@@ -74,7 +60,7 @@ class StepwiseDecoder(torch.nn.Module):
             return getattr(self.inner, name)
 
     def forward(self, memory, inputs, lm=None, sampling_prob=0.0):  # noqa: ANN001
-        return stepwise_forward(self.inner, memory, inputs, lm, sampling_prob)
+        return self.inner.forward_stepwise(memory, inputs, lm, sampling_prob)
 
 
 def recipe_model_args(name: str) -> dict[str, Any]:

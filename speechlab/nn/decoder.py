@@ -241,7 +241,7 @@ class AttentionDecoder(nn.Module):
         if self.uses_lm and lm is None:
             raise ValueError(f"{self.fusion} fusion needs the language model")
         if sampling_prob > 0:
-            return self._forward_sampled(memory, inputs, lm, sampling_prob)
+            return self.forward_stepwise(memory, inputs, lm, sampling_prob)
         state = self.init_state(memory)
         embedded = self.dropout(self.embedding(inputs))  # (B, U, E)
         filters = self.attention.location_filters() if self.attention.kind == "location" else None
@@ -261,10 +261,13 @@ class AttentionDecoder(nn.Module):
         logits, gates = self.readout(s, lm_logits, lm_hidden)
         return DecoderOutput(logits, torch.stack(aligns, dim=1), gates)
 
-    def _forward_sampled(self, memory: Memory, inputs: torch.Tensor, lm: RNNLanguageModel | None,
-                         sampling_prob: float) -> DecoderOutput:
-        """:meth:`forward` with scheduled sampling: step by step, since each step's input may
-        be the previous step's argmax."""
+    def forward_stepwise(self, memory: Memory, inputs: torch.Tensor,
+                         lm: RNNLanguageModel | None = None, sampling_prob: float = 0.0
+                         ) -> DecoderOutput:
+        """Teacher forcing through :meth:`step` token by token (LM steps too): what
+        :meth:`forward` runs with scheduled sampling, where each step's input may be the
+        previous step's argmax; with ``sampling_prob = 0`` the same numbers as :meth:`forward`
+        (the speed benchmark's anchor)."""
         b, u = inputs.shape
         state = self.init_state(memory)
         lm_state = None
@@ -272,9 +275,11 @@ class AttentionDecoder(nn.Module):
         prev = inputs[:, 0]
         for t in range(u):
             if t > 0:
-                sampled = logits_out[-1].detach().argmax(dim=-1)
-                use = torch.rand(b, device=inputs.device) < sampling_prob
-                prev = torch.where(use, sampled, inputs[:, t])
+                prev = inputs[:, t]
+                if sampling_prob > 0:
+                    sampled = logits_out[-1].detach().argmax(dim=-1)
+                    use = torch.rand(b, device=inputs.device) < sampling_prob
+                    prev = torch.where(use, sampled, prev)
             lm_logits = lm_hidden = None
             if self.uses_lm:
                 assert lm is not None
