@@ -22,13 +22,10 @@ def _six_utterances(tiny_corpus, tmp_path) -> SpeechDataModule:
     return SpeechDataModule(str(manifest), str(manifest), max_duration=100, num_workers=0, dither=0.0)
 
 
-def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
-    torch.manual_seed(0)
-    dm = _six_utterances(tiny_corpus, tmp_path)
-    task = CTCTask(encoder=SpeechEncoderConfig(rnn_type="gru", hidden_size=128, dropout=0.0), spec_augment=False,
-                   lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=300,
-                   output_dir=str(tmp_path / "out"))
-    trainer = pl.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_checkpointing=False,
+def _fit_and_measure(task: CTCTask, dm: SpeechDataModule, steps: int):
+    """Train ``task`` for ``steps`` on ``dm``; returns (trainer, the six-utterance batch, its
+    loss and CER before and after, the hypotheses after)."""
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, check_val_every_n_epoch=1000,
                          gradient_clip_val=2.0, use_distributed_sampler=False, num_sanity_val_steps=0)
     dm.setup("fit")
@@ -37,15 +34,26 @@ def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
     task.eval()
     with torch.no_grad():
         loss_before = task.compute_loss(batch).item()
+        cer_before = edit_counts(batch["texts"], task.transcribe(batch), unit="char").rate
     task.train()
     trainer.fit(task, datamodule=dm)
     task.eval()
     with torch.no_grad():
         loss_after = task.compute_loss(batch).item()
         hyps = task.transcribe(batch)
+    cer_after = edit_counts(batch["texts"], hyps, unit="char").rate
+    return trainer, batch, loss_before, loss_after, cer_before, cer_after, hyps
+
+
+def test_ctc_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
+    torch.manual_seed(0)
+    dm = _six_utterances(tiny_corpus, tmp_path)
+    task = CTCTask(encoder=SpeechEncoderConfig(rnn_type="gru", hidden_size=128, dropout=0.0), spec_augment=False,
+                   lr=3e-3, warmup_steps=20, weight_decay=0.0, total_steps=300,
+                   output_dir=str(tmp_path / "out"))
+    trainer, batch, loss_before, loss_after, _, cer_after, hyps = _fit_and_measure(task, dm, 300)
     assert loss_after < 0.2 * loss_before
-    counts = edit_counts(batch["texts"], hyps, unit="char")
-    assert counts.rate < 0.05, list(zip(batch["texts"], hyps, strict=True))
+    assert cer_after < 0.05, list(zip(batch["texts"], hyps, strict=True))
 
     # speechlab test writes hypotheses and a summary that agree with the scorer
     trainer.test(task, datamodule=dm)
@@ -64,22 +72,7 @@ def test_ctc_conformer_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
                                   depthwise_conv_kernel_size=15, conv_channels=16, dropout=0.0)
     task = CTCTask(encoder=encoder, spec_augment=False, lr=2e-3, warmup_steps=20, weight_decay=0.0,
                    total_steps=120)
-    trainer = pl.Trainer(max_steps=120, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, check_val_every_n_epoch=1000,
-                         gradient_clip_val=2.0, use_distributed_sampler=False, num_sanity_val_steps=0)
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
-    task.eval()
-    with torch.no_grad():
-        loss_before = task.compute_loss(batch).item()
-        cer_before = edit_counts(batch["texts"], task.transcribe(batch), unit="char").rate
-    task.train()
-    trainer.fit(task, datamodule=dm)
-    task.eval()
-    with torch.no_grad():
-        loss_after = task.compute_loss(batch).item()
-        hyps = task.transcribe(batch)
-    cer_after = edit_counts(batch["texts"], hyps, unit="char").rate
+    _, batch, loss_before, loss_after, cer_before, cer_after, hyps = _fit_and_measure(task, dm, 120)
     assert cer_before > 0.5  # untrained: mostly wrong
     assert loss_after < 0.1 * loss_before
     assert cer_after < 0.05, list(zip(batch["texts"], hyps, strict=True))
