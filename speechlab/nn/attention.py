@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechlab.functional.adversarial import frame_mask
 
-def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(B, T)`` boolean, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+__all__ = ["Attention", "frame_mask"]
+
+
 
 
 class Attention(nn.Module):

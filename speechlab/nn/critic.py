@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechlab.functional.adversarial import frame_mask
 from speechlab.nn.recurrence import run_recurrence
 
 
@@ -59,7 +60,7 @@ class SequenceCritic(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.to(x.device).clamp(min=1, max=x.shape[1])
-        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])
+        mask = frame_mask(lengths, x.shape[1])
         m = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
         y = x.transpose(1, 2) * m  # (B, D, T)
         for conv in self.convs:

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchaudio.models import Conformer
 
 from speechlab.errors import InputError
+from speechlab.functional.adversarial import frame_mask
 from speechlab.nn.recurrence import run_recurrence
 
 
@@ -110,7 +111,7 @@ class ConvSubsampling(nn.Module):
             # padded frames are zeroed after each layer, so an utterance encodes the same
             # alone and in a padded batch
             y, lengths = torch.relu(conv(y)), _halve(lengths)
-            valid = torch.arange(y.shape[2], device=y.device)[None, :] < lengths[:, None].to(y.device)
+            valid = frame_mask(lengths.to(y.device), y.shape[2])
             y = y * valid[:, None, :, None]
         b, c, t, f = y.shape
         y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))
@@ -156,7 +157,7 @@ class ConformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         total = x.shape[1]
         longest = int(lengths.max())  # torchaudio's key padding mask is (B, max(lengths))
-        valid = torch.arange(longest, device=x.device)[None, :] < lengths[:, None].to(x.device)
+        valid = frame_mask(lengths.to(x.device), longest)
         with self._masked_depthwise_inputs(valid[:, None, :]):
             out, _ = self.conformer(x[:, :longest], lengths.to(x.device))
         out = out * valid[:, :, None].to(out.dtype)
