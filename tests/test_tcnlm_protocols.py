@@ -5,6 +5,8 @@ carries its state within a document and resets it between documents (oracle: the
 on the concatenated document), and every protocol scores the same target tokens."""
 
 import json
+import math
+import random
 from collections import Counter
 
 import pytest
@@ -106,12 +108,12 @@ def _concatenated_nll(task: TopicLMTask, sentences: list[list[int]]) -> list[flo
 def test_document_stream_carries_the_state_within_and_resets_between_documents():
     torch.manual_seed(0)
     task = TopicLMTask(lm_type="lstm", lm_vocab_size=V_LM, **SMALL).eval()
-    documents = [[[4, 5, 6], [7, 8], [9, 10, 11]],            # lane 0
-                 [[12, 13], [14, 15, 16, 17], [4], [5, 6]],   # lane 1
-                 [[8, 9, 10], [11, 12]],                      # lane 0 again, after document 0
-                 [[13, 14, 15]]]
+    documents = [[[4, 5, 6], [7, 8], [9, 10, 11]],            # lane 1
+                 [[12, 13], [14, 15, 16, 17], [4], [5, 6]],   # lane 0 (the longest, first)
+                 [[8, 9, 10], [11, 12]],                      # lane 1 again, after document 0
+                 [[13, 14, 15]]]                              # lane 0, after document 1
     assert stream_schedule([[0, 1, 2], [3, 4, 5, 6], [7, 8], [9]], 2) == [
-        [0, 3], [1, 4], [2, 5], [7, 6], [8, 9]]
+        [3, 0], [4, 1], [5, 2], [6, 7], [9, 8]]
     got = _stream_nll(task, _docs(*documents), lanes=2)
     assert len(got) == sum(map(len, documents))
     for d, doc in enumerate(documents):
@@ -125,6 +127,34 @@ def test_document_stream_carries_the_state_within_and_resets_between_documents()
     # document 0 (before document 2 in its lane) replaced: document 2's scores stay as they were
     other = _stream_nll(task, _docs([[18, 19, 18], [17]], *documents[1:]), lanes=2)
     assert [other[2, s] for s in range(2)] == [got[2, s] for s in range(2)]
+
+
+def test_stream_lanes_are_balanced_and_every_item_is_read_once_in_order():
+    rng = random.Random(0)
+    for lanes in (1, 3, 8):
+        # a few very long documents among many short ones, as in 20 Newsgroups
+        lengths = [rng.choice([1, 2, 3, 5, 8]) for _ in range(200)] + [60, 45, 40]
+        rng.shuffle(lengths)
+        starts = [sum(lengths[:d]) for d in range(len(lengths))]
+        docs = [list(range(s, s + n)) for s, n in zip(starts, lengths, strict=True)]
+        batches = stream_schedule(docs, lanes)
+        assert all(len(b) == lanes for b in batches)
+        items = [i for b in batches for i in b if i is not None]
+        assert sorted(items) == list(range(sum(lengths)))
+        for lane in range(lanes):  # each document's items consecutive and in order in one lane
+            read = [b[lane] for b in batches if b[lane] is not None]
+            for doc in docs:
+                if doc[0] in read:
+                    k = read.index(doc[0])
+                    assert read[k:k + len(doc)] == doc
+        fewest = max(max(lengths), math.ceil(sum(lengths) / lanes))  # no schedule has fewer
+        assert len(batches) <= math.ceil(4 / 3 * fewest), (lanes, len(batches), fewest)
+        # the lanes end together: at most a short document's length of batches less than half
+        # filled (reading the documents in turn instead leaves the long ones alone at the end)
+        if lanes > 1:
+            assert max(lengths) <= sum(lengths) / lanes
+            sparse = sum(sum(i is not None for i in b) < lanes / 2 for b in batches)
+            assert sparse <= 8, (lanes, sparse)
 
 
 def _rows(loader) -> list[tuple[int, tuple[int, ...]]]:

@@ -31,6 +31,7 @@ topic-specific word pools mixed with shared function words, deterministic for a 
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import os
 import random
 import re
 import unicodedata
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -518,20 +519,27 @@ def collate_sentences(items: Sequence[dict[str, Any]], topic_vocab_size: int, pa
 def stream_schedule(documents: Sequence[Sequence[int]], lanes: int) -> list[list[int | None]]:
     """Batches that read ``documents`` (each a sequence of item indices, in reading order) in
     ``lanes`` parallel lanes: row ``b`` of batch ``k + 1`` is the item after row ``b`` of batch
-    ``k`` in the same document, or, where that document has ended, the first item of the next
-    unread document; ``None`` where a lane has nothing left. Every item appears exactly once."""
+    ``k``, in the same document or, where that document has ended, the first item of the lane's
+    next document; ``None`` where a lane has nothing left. Every item appears exactly once.
+
+    The lanes are balanced so that they end together: documents, longest first, each go to the
+    lane with the fewest items so far (longest-processing-time scheduling: at most 4/3 of the
+    fewest batches possible), and each lane reads its documents in the given order. Dealing
+    documents to whichever lane is free instead leaves the longest documents alone at the end
+    (on 20 Newsgroups, 128 lanes: 546 of 1,664 training batches had fewer than 10 % of their
+    rows filled, a third of every epoch spent on a handful of documents)."""
     if lanes < 1:
         raise ValueError(f"a stream needs at least one lane, got {lanes}")
-    queue = iter([doc for doc in documents if doc])
-    lane_items: list[deque[int]] = [deque() for _ in range(lanes)]
-    batches: list[list[int | None]] = []
-    while True:
-        for items in lane_items:
-            if not items:
-                items.extend(next(queue, ()))
-        if not any(lane_items):
-            return batches
-        batches.append([items.popleft() if items else None for items in lane_items])
+    docs = [doc for doc in documents if doc]
+    heap = [(0, lane) for lane in range(lanes)]  # (items so far, lane)
+    assigned: list[list[int]] = [[] for _ in range(lanes)]
+    for d in sorted(range(len(docs)), key=lambda d: -len(docs[d])):
+        total, lane = heapq.heappop(heap)
+        assigned[lane].append(d)
+        heapq.heappush(heap, (total + len(docs[d]), lane))
+    streams = [[i for d in sorted(ds) for i in docs[d]] for ds in assigned]
+    return [[s[k] if k < len(s) else None for s in streams]
+            for k in range(max(map(len, streams), default=0))]
 
 
 class DocumentStreamDataset(Dataset):

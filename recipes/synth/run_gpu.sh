@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Attention seq2seq convergence on the GPU machine, in one device call (issue 14, item 2): the
-# 10k-utterance synthetic corpus is synthesized there, then CTC, seq2seq (attention only),
-# seq2seq + joint CTC (ctc_weight) and Cold Fusion + joint CTC train at the same time on one
-# H200 for the same wall-clock budget each (bf16-mixed), and each best dev-CER checkpoint is
-# tested (greedy and beam 4).
+# Runs on the 10k-utterance synthetic corpus on the GPU machine, in one device call: the corpus
+# is synthesized there (`speechlab data synth --utterances 10000 --seed 1 --dev-fraction 0.03
+# --test-fraction 0.03`, kept while the machine stays warm), then the chosen RUNS train at the
+# same time on one H200 for the same wall-clock budget each (bf16-mixed), and each best
+# dev-CER checkpoint is tested (greedy, and beam 4 for seq2seq).
 #
-#   OUT=/tmp/out bash recipes/cold_fusion/run_gpu_convergence.sh
-#   BUDGET=00:00:04:30 CTC_WEIGHT=0.3 RUNS="ctc s2s s2s_ctc cold_ctc" OUT=... bash ...
+# Attention seq2seq convergence (issue 14): CTC, seq2seq (attention only), seq2seq + joint CTC
+# (ctc_weight), Cold Fusion + joint CTC; and seq2seq / Cold Fusion whose encoder and CTC head
+# start from a trained CTC checkpoint (s2s_init, cold_init: CTC_INIT=path, default the ctc run's
+# best.ckpt of an earlier call on the same warm machine):
+#   OUT=/tmp/out RUNS="ctc s2s s2s_ctc cold_ctc" bash recipes/synth/run_gpu.sh
+#   OUT=/tmp/out RUNS="s2s_init cold_init" bash recipes/synth/run_gpu.sh
+# Conformer vs BiLSTM CTC (issue 19): the BiLSTM of recipes/tiny/ctc.yaml (0.76M parameters), the
+# same BiLSTM at hidden 216 (2.03M) and the Conformer of recipes/tiny/ctc_conformer.yaml (2.04M):
+#   OUT=/tmp/out RUNS="ctc ctc_bilstm_2m ctc_conformer" bash recipes/synth/run_gpu.sh
+#
+#   BUDGET=00:00:04:30 CTC_WEIGHT=0.3 ... (defaults)
 #
 # Carried (git-ignored): .whl2/ (cp312 wheels: lhotse, soundfile, jiwer, jsonargparse, ...) and
 # .gpu/espeak.tar.gz (espeak-ng + its libraries + English data, with a wrapper espeak/bin/espeak-ng
@@ -26,9 +35,13 @@ REPO=$PWD
 DATA=$REPO/data/synth10k
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .whl2/*.whl 2>/dev/null || exit 1
-export PYTHONPATH=/tmp/site:$REPO
+if ! python3 -c "import jiwer, lhotse, jsonargparse" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl2/*.whl 2>/dev/null || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$REPO:${PYTHONPATH:-}
+CTC_INIT=${CTC_INIT:-/tmp/runs/ctc/exp/tiny_ctc/checkpoints/best.ckpt}
 tar xzf .gpu/espeak.tar.gz -C /tmp && export PATH=/tmp/espeak/bin:$PATH
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 if [ ! -f "$DATA/test.jsonl" ]; then
@@ -51,6 +64,11 @@ PIDS=()
 for run in $RUNS; do
   case $run in
     ctc) fit ctc ctc "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 & PIDS+=($!) ;;
+    ctc_bilstm_2m) fit ctc_bilstm_2m ctc "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 \
+                     --model.init_args.encoder.hidden_size 216 & PIDS+=($!) ;;
+    ctc_conformer) fit ctc_conformer ctc_conformer "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 & PIDS+=($!) ;;
+    s2s_init) fit s2s_init seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+                --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.init_checkpoint "$CTC_INIT" & PIDS+=($!) ;;
     s2s) fit s2s seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
            --model.init_args.ctc_weight 0 & PIDS+=($!) ;;
     s2s_ctc) fit s2s_ctc seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
@@ -61,6 +79,12 @@ for run in $RUNS; do
        fit cold_ctc seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
          --model.init_args.ctc_weight "$CTC_WEIGHT" \
          --model.init_args.lm_checkpoint /tmp/runs/lm/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
+    cold_init)  # as cold_ctc, the encoder and CTC head from CTC_INIT
+      (fit lm_init rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
+         "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
+       fit cold_init seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+         --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.init_checkpoint "$CTC_INIT" \
+         --model.init_args.lm_checkpoint /tmp/runs/lm_init/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
   esac
 done
 for p in "${PIDS[@]}"; do wait "$p"; done
@@ -72,8 +96,8 @@ for run in $RUNS; do
   ckpt=$(ls /tmp/runs/$run/exp/*/checkpoints/best.ckpt 2>/dev/null | head -1)
   [ -n "$ckpt" ] || { echo "$run: no best.ckpt"; continue; }
   (cd "/tmp/runs/$run" && for beam in 1 4; do
-     extra=(); [ "$run" != ctc ] && extra=(--model.init_args.beam_size "$beam")
-     [ "$run" = ctc ] && [ "$beam" = 4 ] && continue
+     extra=(); [[ "$run" != ctc* ]] && extra=(--model.init_args.beam_size "$beam")
+     case $run in ctc*) [ "$beam" = 4 ] && continue ;; esac
      python3 -m speechlab.cli test --ckpt_path "$ckpt" --trainer.accelerator gpu "${extra[@]}" \
        --model.init_args.output_dir "/tmp/runs/$run/test_beam$beam" --model.init_args.overwrite true \
        >"$OUT/test_${run}_beam$beam.log" 2>&1
@@ -98,5 +122,8 @@ for run in sys.argv[1].split():
     print(run, json.dumps({k: v for k, v in row.items() if k != "dev_cer_curve"}))
 json.dump(rows, open(sys.argv[2], "w"), indent=1)
 EOF
+mkdir -p "$OUT/ckpt"  # the CTC checkpoints (a few MB each) come back, to start seq2seq from later
+for run in $RUNS; do case $run in ctc*)
+  cp /tmp/runs/$run/exp/*/checkpoints/best.ckpt "$OUT/ckpt/$run.ckpt" 2>/dev/null ;; esac; done
 tar czf "$OUT/logs.tgz" "$OUT"/*.log 2>/dev/null && rm -f "$OUT"/*.log
 el "done"
