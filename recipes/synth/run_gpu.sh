@@ -122,8 +122,15 @@ for run in sys.argv[1].split():
     print(run, json.dumps({k: v for k, v in row.items() if k != "dev_cer_curve"}))
 json.dump(rows, open(sys.argv[2], "w"), indent=1)
 EOF
-mkdir -p "$OUT/ckpt"  # the CTC checkpoints (a few MB each) come back, to start seq2seq from later
-for run in $RUNS; do case $run in ctc*)
-  cp /tmp/runs/$run/exp/*/checkpoints/best.ckpt "$OUT/ckpt/$run.ckpt" 2>/dev/null ;; esac; done
+mkdir -p "$OUT/ckpt"  # every best.ckpt comes back without its optimizer state (a few MB each)
+python3 - "$RUNS" "$OUT/ckpt" <<'EOF'
+import glob, sys, torch
+for run in sys.argv[1].split():
+    for path in glob.glob(f"/tmp/runs/{run}/exp/*/checkpoints/best.ckpt"):
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        for key in ("optimizer_states", "lr_schedulers"):
+            ck.pop(key, None)
+        torch.save(ck, f"{sys.argv[2]}/{run}.ckpt")
+EOF
 tar czf "$OUT/logs.tgz" "$OUT"/*.log 2>/dev/null && rm -f "$OUT"/*.log
 el "done"
