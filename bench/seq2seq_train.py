@@ -8,7 +8,9 @@ each per round) so that a machine whose load changes during the run slows all of
 table gives the median ms per step, steps/s, the ratio to CTC's steps/s and audio seconds per
 second.
 
-Rows ``… (step by step)`` are the anchor: the same model with teacher forcing run token by token
+Rows ``… (CUDA graphs)`` (on a GPU) run the decoder's teacher-forced recurrence as CUDA graphs
+(``decoder.cuda_graphs: true``: one graph per padded batch shape, captured while every batch is
+seen once in the warm-up, float32 inside). Rows ``… (step by step)`` are the anchor: the same model with teacher forcing run token by token
 through :meth:`AttentionDecoder.step` (:meth:`AttentionDecoder.forward_stepwise`) and the
 location features computed as a convolution then a projection — what the code did before
 ``AttentionDecoder.forward`` batched the embeddings, the LM, fusion and the output DNN over the
@@ -68,7 +70,7 @@ def recipe_model_args(name: str) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in ("output_dir", "lm_checkpoint", "test_lm_checkpoint")}
 
 
-def build_models(lm_path: Path, ctc_weight: float) -> dict[str, torch.nn.Module]:
+def build_models(lm_path: Path, ctc_weight: float, cuda_graphs: bool = False) -> dict[str, torch.nn.Module]:
     from speechlab.nn.decoder import AttentionDecoderConfig
     from speechlab.nn.encoders import SpeechEncoderConfig
 
@@ -85,6 +87,10 @@ def build_models(lm_path: Path, ctc_weight: float) -> dict[str, torch.nn.Module]
                               (f"seq2seq none + CTC {ctc_weight}", "seq2seq", {"ctc_weight": ctc_weight}),
                               ("seq2seq cold", "seq2seq_cold", {"fusion": "cold", "lm_checkpoint": str(lm_path)})):
         models[label] = s2s(recipe, **kw)
+        if cuda_graphs:
+            graphed = s2s(recipe, **kw)
+            graphed.decoder.config.cuda_graphs = True
+            models[f"{label} (CUDA graphs)"] = graphed
         slow = s2s(recipe, **kw)
         slow.decoder = StepwiseDecoder(slow.decoder)
         models[f"{label} (step by step)"] = slow
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"vocab_size": 29, "embed_dim": 64, "hidden_size": 256, "num_layers": 1, "dropout": 0.1}
     from speechlab.data.text import CharVocab
     torch.save(lm_bundle(RNNLanguageModel(**config), config, CharVocab()), lm_path)
-    models = build_models(lm_path, args.ctc_weight)
+    models = build_models(lm_path, args.ctc_weight, cuda_graphs=dev.type == "cuda")
     opts = {}
     for name, m in models.items():
         m.to(dev).train()
@@ -139,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {n: [] for n in models}
-    for i in range(args.warmup + args.steps):
+    warmup = max(args.warmup, len(batches))  # every batch once (CUDA graphs: one capture per shape)
+    for i in range(warmup + args.steps):
         batch = batches[i % len(batches)]
         for name in models:
             dt = one_step(name, batch)
-            if i >= args.warmup:
+            if i >= warmup:
                 times[name].append(dt)
     audio = statistics.mean(float(b["feature_lens"].sum()) / 100.0 for b in batches)  # 10 ms frames
     ctc_ms = statistics.median(times["ctc"]) * 1e3

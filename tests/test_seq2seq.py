@@ -437,3 +437,80 @@ def test_location_features_equal_the_convolution_then_the_projection():
     g_got = torch.autograd.grad((got * w).sum(), params)
     for a, b in zip(g_got, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _recurrence_case(device="cpu", num_layers=2):
+    from speechlab.nn.decoder import AttentionDecoder
+
+    torch.manual_seed(0)
+    config = AttentionDecoderConfig(embed_dim=12, hidden_size=16, num_layers=num_layers,
+                                    attention_dim=10, location_channels=4, location_kernel=5,
+                                    output_dim=16, dropout=0.0, cuda_graphs=True)
+    dec = AttentionDecoder(29, 20, config).to(device)
+    enc = torch.randn(3, 17, 20, device=device, requires_grad=True)
+    memory = dec.prepare_memory(enc, torch.tensor([17, 11, 6]))
+    embedded = torch.randn(3, 9, 12, device=device, requires_grad=True)
+    return dec, enc, memory, embedded
+
+
+def test_padded_recurrence_inputs_give_the_same_recurrence_on_the_real_rows_tokens_and_frames():
+    """What the CUDA graphs run: the recurrence over the inputs padded to bucketed batch, frame
+    and token counts, cut back, equals the recurrence over the inputs as they are (outputs and
+    gradients), so the graphs may pad."""
+    from speechlab.nn.decoder import Memory, frame_mask, pad_recurrence_inputs
+
+    dec, enc, memory, embedded = _recurrence_case()
+    ref = dec.recurrence(embedded, memory)
+    emb_p, values_p, keys_p, lengths_p = pad_recurrence_inputs(embedded, memory, (4, 8, 8))
+    assert emb_p.shape == (4, 16, 12) and values_p.shape == (4, 24, 20) and lengths_p.tolist() == [17, 11, 6, 1]
+    padded = Memory(values_p, keys_p, frame_mask(lengths_p, 24), lengths_p)
+    got = [o[:3, :9] for o in dec.recurrence(emb_p, padded)]
+    got[2] = got[2][..., :17]
+    assert torch.isfinite(dec.recurrence(emb_p, padded)[2]).all()  # the padded row too
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    w = [torch.randn_like(r) for r in ref]
+    params = [embedded, enc, *dec.cells.parameters(), *dec.attention.parameters()]
+    g_ref = torch.autograd.grad(sum((r * x).sum() for r, x in zip(ref, w, strict=True)), params,
+                                retain_graph=True)
+    g_got = torch.autograd.grad(sum((r * x).sum() for r, x in zip(got, w, strict=True)), params)
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphed_teacher_forcing_equals_the_eager_recurrence_and_follows_the_weights():
+    """config.cuda_graphs: the graphed forward and backward (captured on the first batch of a
+    shape, replayed on the next) give the eager recurrence's outputs and gradients, also after
+    an optimizer step has changed the weights; eval and no-grad calls run eagerly."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dec, enc, memory, embedded = _recurrence_case("cuda")
+    dec.train()
+    opt = torch.optim.SGD(dec.parameters(), lr=0.1)
+    params = [embedded, enc, *dec.cells.parameters(), *dec.attention.parameters()]
+    for _ in range(3):
+        ref = dec.recurrence(embedded, memory)
+        got = dec.graphed_recurrence(embedded, memory)
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        w = [torch.randn_like(r) for r in ref]
+        g_ref = torch.autograd.grad(sum((r * x).sum() for r, x in zip(ref, w, strict=True)), params,
+                                    retain_graph=True)
+        g_got = torch.autograd.grad(sum((r * x).sum() for r, x in zip(got, w, strict=True)), params,
+                                    retain_graph=True)
+        for a, b in zip(g_got, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        sum((r * x).sum() for r, x in zip(ref, w, strict=True)).backward()
+        opt.step()
+        opt.zero_grad()
+        memory = dec.prepare_memory(enc, torch.tensor([17, 11, 6], device="cuda"))
+    assert len(dec.__dict__["_graph_cache"].graphs) == 1
+    inputs = torch.randint(1, 29, (3, 9), device="cuda")
+    dec.eval()
+    with torch.no_grad():
+        dec(memory, inputs)  # eval: eager, no new graph
+    assert len(dec.__dict__["_graph_cache"].graphs) == 1
+    import copy
+    copy.deepcopy(dec)  # graphs are not copied

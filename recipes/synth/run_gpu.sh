@@ -11,6 +11,7 @@
 # best.ckpt of an earlier call on the same warm machine):
 #   OUT=/tmp/out RUNS="ctc s2s s2s_ctc cold_ctc" bash recipes/synth/run_gpu.sh
 #   OUT=/tmp/out RUNS="s2s_init cold_init" bash recipes/synth/run_gpu.sh
+# s2s_ctc_graphs: s2s_ctc with the decoder's teacher forcing as CUDA graphs (decoder.cuda_graphs).
 # Conformer vs BiLSTM CTC (issue 19): the BiLSTM of recipes/tiny/ctc.yaml (0.76M parameters), the
 # same BiLSTM at hidden 216 (2.03M) and the Conformer of recipes/tiny/ctc_conformer.yaml (2.04M):
 #   OUT=/tmp/out RUNS="ctc ctc_bilstm_2m ctc_conformer" bash recipes/synth/run_gpu.sh
@@ -67,6 +68,8 @@ for run in $RUNS; do
     ctc_bilstm_2m) fit ctc_bilstm_2m ctc "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 \
                      --model.init_args.encoder.hidden_size 216 & PIDS+=($!) ;;
     ctc_conformer) fit ctc_conformer ctc_conformer "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 & PIDS+=($!) ;;
+    s2s_ctc_graphs) fit s2s_ctc_graphs seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+                      --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.decoder.cuda_graphs true & PIDS+=($!) ;;
     s2s_init) fit s2s_init seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
                 --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.init_checkpoint "$CTC_INIT" & PIDS+=($!) ;;
     s2s) fit s2s seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from speechlab.nn.attention import Attention, frame_mask
+from speechlab.nn.cuda_graphs import GraphCache
 from speechlab.nn.fusion import ColdFusion, DeepFusion
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.recurrence import run_recurrence
@@ -46,6 +48,11 @@ class AttentionDecoderConfig:
         output_dim: hidden size of the output DNN.
         fusion_dim: cold fusion's LM feature / gate size.
         dropout: on embeddings, between LSTM layers and in the output DNN.
+        cuda_graphs: on a GPU, run teacher forcing's recurrence (LSTM cells + attention over
+            the whole target) as CUDA graphs, forward and backward, one per padded batch shape
+            (batch to a multiple of 8, frames of 32, tokens of 16), in float32 with autocast
+            off: one launch instead of a few dozen per token. Training only; decoding and the
+            CPU are unchanged.
     """
 
     embed_dim: int = 64
@@ -58,6 +65,7 @@ class AttentionDecoderConfig:
     output_dim: int = 256
     fusion_dim: int = 128
     dropout: float = 0.1
+    cuda_graphs: bool = False
 
 
 class Memory(NamedTuple):
@@ -242,24 +250,56 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"{self.fusion} fusion needs the language model")
         if sampling_prob > 0:
             return self.forward_stepwise(memory, inputs, lm, sampling_prob)
-        state = self.init_state(memory)
         embedded = self.dropout(self.embedding(inputs))  # (B, U, E)
-        filters = self.attention.location_filters() if self.attention.kind == "location" else None
-        queries, contexts, aligns = [], [], []
-        for t in range(inputs.shape[1]):
-            state = self.recur(torch.cat([embedded[:, t], state["context"]], dim=-1), state, memory,
-                               filters)
-            queries.append(state["query"])
-            contexts.append(state["context"])
-            aligns.append(state["alignment"])
-        s = torch.cat([torch.stack(queries, dim=1), torch.stack(contexts, dim=1)], dim=-1)
+        if (self.config.cuda_graphs and memory.values.is_cuda and self.training
+                and torch.is_grad_enabled()):
+            queries, contexts, aligns = self.graphed_recurrence(embedded, memory)
+        else:
+            queries, contexts, aligns = self.recurrence(embedded, memory)
+        s = torch.cat([queries, contexts.to(queries.dtype)], dim=-1)
         lm_logits = lm_hidden = None
         if self.uses_lm:
             assert lm is not None
             with torch.no_grad():  # the frozen LM over the whole reference prefix at once
                 lm_logits, lm_hidden, _ = lm(inputs)
         logits, gates = self.readout(s, lm_logits, lm_hidden)
-        return DecoderOutput(logits, torch.stack(aligns, dim=1), gates)
+        return DecoderOutput(logits, aligns, gates)
+
+    def recurrence(self, embedded: torch.Tensor, memory: Memory
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher forcing's recurrence: :meth:`recur` over ``embedded (B, U, E)`` (the
+        embedded previous tokens) from :meth:`init_state`. Returns ``(queries (B, U, H),
+        contexts (B, U, D), alignments (B, U, T))``."""
+        state = self.init_state(memory)
+        filters = self.attention.location_filters() if self.attention.kind == "location" else None
+        queries, contexts, aligns = [], [], []
+        for t in range(embedded.shape[1]):
+            state = self.recur(torch.cat([embedded[:, t], state["context"]], dim=-1), state, memory,
+                               filters)
+            queries.append(state["query"])
+            contexts.append(state["context"])
+            aligns.append(state["alignment"])
+        return torch.stack(queries, dim=1), torch.stack(contexts, dim=1), torch.stack(aligns, dim=1)
+
+    def graphed_recurrence(self, embedded: torch.Tensor, memory: Memory
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`recurrence` through CUDA graphs (``config.cuda_graphs``): the inputs padded
+        by :func:`pad_recurrence_inputs` to bucketed sizes, run in float32 with autocast off
+        as the graph of their shape (:class:`~speechlab.nn.cuda_graphs.GraphCache`, captured
+        on first use), the outputs cut back to ``(B, U, ·)`` / ``(B, U, T)``."""
+        b, u, _ = embedded.shape
+        t = memory.values.shape[1]
+        cache = self.__dict__.get("_graph_cache")
+        if cache is None:  # not a submodule, not in the state dict, dropped on copy (below)
+            cache = self.__dict__["_graph_cache"] = GraphCache(lambda: _Recurrence(self))
+        with torch.autocast(embedded.device.type, enabled=False):
+            queries, contexts, aligns = cache(*pad_recurrence_inputs(embedded, memory))
+        return queries[:b, :u], contexts[:b, :u], aligns[:b, :u, :t]
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(super().__getstate__())
+        state.pop("_graph_cache", None)  # CUDA graphs are neither copied nor pickled
+        return state
 
     def forward_stepwise(self, memory: Memory, inputs: torch.Tensor,
                          lm: RNNLanguageModel | None = None, sampling_prob: float = 0.0
@@ -291,3 +331,48 @@ class AttentionDecoder(nn.Module):
                 gates.append(gate)
         return DecoderOutput(torch.stack(logits_out, dim=1), torch.stack(aligns, dim=1),
                              torch.stack(gates, dim=1) if gates else None)
+
+
+RECURRENCE_BUCKETS = (8, 32, 16)  #: batch, frame and token multiples that graphed inputs are padded to
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_recurrence_inputs(embedded: torch.Tensor, memory: Memory,
+                          buckets: tuple[int, int, int] = RECURRENCE_BUCKETS
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:meth:`AttentionDecoder.recurrence`'s inputs padded for a CUDA graph and cast to
+    float32: ``embedded (B, U, E)`` with zero tokens to a multiple of ``buckets[2]``; the
+    memory ``values``/``keys`` with zero frames (outside every ``lengths``, so masked) to a
+    multiple of ``buckets[1]``; the batch with zero rows of length 1 (a valid frame, so their
+    attention is finite) to a multiple of ``buckets[0]``. The first ``B`` rows, ``U`` tokens
+    and ``T`` frames of the recurrence over them are those over the unpadded inputs: each
+    token depends only on earlier ones, padded frames get zero attention, padded rows are
+    separate utterances. Returns ``(embedded, values, keys, lengths)``."""
+    b, u, _ = embedded.shape
+    t = memory.values.shape[1]
+    pb, pt, pu = (_round_up(n, m) - n for n, m in zip((b, t, u), buckets, strict=True))
+    return (F.pad(embedded.float(), (0, 0, 0, pu, 0, pb)),
+            F.pad(memory.values.float(), (0, 0, 0, pt, 0, pb)),
+            F.pad(memory.keys.float(), (0, 0, 0, pt, 0, pb)),
+            F.pad(memory.lengths, (0, pb), value=1))
+
+
+class _Recurrence(nn.Module):
+    """:meth:`AttentionDecoder.recurrence` as a module of ``(embedded, values, keys, lengths)``
+    whose parameters are the decoder's LSTM cells and attention (what a CUDA graph captures);
+    the decoder itself is held outside the module tree."""
+
+    def __init__(self, decoder: AttentionDecoder) -> None:
+        super().__init__()
+        self.cells = decoder.cells
+        self.attention = decoder.attention
+        self.train(decoder.training)
+        self.__dict__["decoder"] = decoder
+
+    def forward(self, embedded: torch.Tensor, values: torch.Tensor, keys: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        memory = Memory(values, keys, frame_mask(lengths, values.shape[1]), lengths)
+        return self.__dict__["decoder"].recurrence(embedded, memory)
