@@ -146,10 +146,18 @@ def main(argv: list[str] | None = None) -> int:
 
     times: dict[str, list[float]] = {n: [] for n in models}
     warmup = max(args.warmup, len(batches))  # every batch once (CUDA graphs: one capture per shape)
+    failed: dict[str, str] = {}
     for i in range(warmup + args.steps):
         batch = batches[i % len(batches)]
         for name in models:
-            dt = one_step(name, batch)
+            if name in failed:
+                continue
+            try:
+                dt = one_step(name, batch)
+            except Exception as e:  # noqa: BLE001 - one row's failure is reported, the rest run
+                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                print(f"{name}: failed: {failed[name]}", file=sys.stderr)
+                continue
             if i >= warmup:
                 times[name].append(dt)
     audio = statistics.mean(float(b["feature_lens"].sum()) / 100.0 for b in batches)  # 10 ms frames
@@ -160,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
               "threads": torch.get_num_threads(), "precision": args.precision,
               "max_duration": args.max_duration, "audio_s_per_batch": audio, "rows": {}}
     for name, ts in times.items():
+        if name in failed:
+            rows.append(f"| {name} | failed: {failed[name]} | | | |")
+            result["rows"][name] = {"failed": failed[name]}
+            continue
         ms = statistics.median(ts) * 1e3
         rows.append(f"| {name} | {ms:.1f} | {1e3 / ms:.2f} | {ctc_ms / ms:.2f} | {audio * 1e3 / ms:.0f} |")
         result["rows"][name] = {"ms": ms, "steps_per_s": 1e3 / ms, "ratio_to_ctc": ctc_ms / ms}
