@@ -491,8 +491,10 @@ def test_cuda_graphed_teacher_forcing_equals_the_eager_recurrence_and_follows_th
     opt = torch.optim.SGD(dec.parameters(), lr=0.1)
     params = [embedded, enc, *dec.cells.parameters(), *dec.attention.parameters()]
     for _ in range(3):
-        ref = dec.recurrence(embedded, memory)
+        # graphed first: a capture must not run while an eager graph over the same parameters
+        # is alive (its gradient accumulators belong to the default stream; CUDA refuses)
         got = dec.graphed_recurrence(embedded, memory)
+        ref = dec.recurrence(embedded, memory)
         for a, b in zip(got, ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         w = [torch.randn_like(r) for r in ref]
