@@ -32,6 +32,7 @@ BUDGET=${BUDGET:-00:00:04:30}
 CTC_WEIGHT=${CTC_WEIGHT:-0.3}
 RUNS=${RUNS:-"ctc s2s s2s_ctc cold_ctc"}
 UTTS=${UTTS:-10000}
+S2S_STEPS=${S2S_STEPS:-1200}  # the seq2seq runs' max_steps (and LR schedule); raise it for the CUDA-graphed decoder
 REPO=$PWD
 DATA=$REPO/data/synth10k
 mkdir -p "$OUT"
@@ -68,24 +69,24 @@ for run in $RUNS; do
     ctc_bilstm_2m) fit ctc_bilstm_2m ctc "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 \
                      --model.init_args.encoder.hidden_size 216 & PIDS+=($!) ;;
     ctc_conformer) fit ctc_conformer ctc_conformer "${speech[@]}" "${gpu[@]}" --trainer.max_steps 6000 & PIDS+=($!) ;;
-    s2s_ctc_graphs) fit s2s_ctc_graphs seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+    s2s_ctc_graphs) fit s2s_ctc_graphs seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
                       --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.decoder.cuda_graphs true & PIDS+=($!) ;;
-    s2s_init) fit s2s_init seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+    s2s_init) fit s2s_init seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
                 --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.init_checkpoint "$CTC_INIT" & PIDS+=($!) ;;
-    s2s) fit s2s seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+    s2s) fit s2s seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
            --model.init_args.ctc_weight 0 & PIDS+=($!) ;;
-    s2s_ctc) fit s2s_ctc seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+    s2s_ctc) fit s2s_ctc seq2seq "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
                --model.init_args.ctc_weight "$CTC_WEIGHT" & PIDS+=($!) ;;
     cold_ctc)  # the character LM on the training transcripts first (1 minute), then cold fusion
       (fit lm rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
          "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
-       fit cold_ctc seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+       fit cold_ctc seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
          --model.init_args.ctc_weight "$CTC_WEIGHT" \
          --model.init_args.lm_checkpoint /tmp/runs/lm/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
     cold_init)  # as cold_ctc, the encoder and CTC head from CTC_INIT
       (fit lm_init rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
          "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
-       fit cold_init seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps 1200 \
+       fit cold_init seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
          --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.init_checkpoint "$CTC_INIT" \
          --model.init_args.lm_checkpoint /tmp/runs/lm_init/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
   esac
