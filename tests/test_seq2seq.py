@@ -241,8 +241,9 @@ def test_recipe_mismatch_errors_are_clear(tmp_path):
 
 def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, tmp_path):
     """`speechlab test --ckpt_path` honours output_dir / test_lm_checkpoint / lm_weight /
-    beam_size (and, with kenlm, ngram_lm / ngram_weight / ilm_weight) given on the command line over the checkpoint's saved values (SpeechLabCLI: the
-    command line wins); the training-start init_checkpoint is saved as None."""
+    beam_size (and, with kenlm, ngram_lm / ngram_weight / ilm_weight) given on the command
+    line over the checkpoint's saved values (SpeechLabCLI: the command line wins); the
+    training-start init_checkpoint is saved as None."""
     from speechlab.cli import main
 
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
