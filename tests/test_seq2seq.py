@@ -5,11 +5,13 @@ checkpoints embed the LM and a test-time LM swap needs no retraining."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.data.text import CharVocab
@@ -239,8 +241,9 @@ def test_recipe_mismatch_errors_are_clear(tmp_path):
 
 def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, tmp_path):
     """`speechlab test --ckpt_path` honours output_dir / test_lm_checkpoint / lm_weight /
-    beam_size given on the command line over the checkpoint's saved values (SpeechLabCLI: the
-    command line wins); the training-start init_checkpoint is saved as None."""
+    beam_size (and, with kenlm, ngram_lm / ngram_weight / ilm_weight) given on the command
+    line over the checkpoint's saved values (SpeechLabCLI: the command line wins); the
+    training-start init_checkpoint is saved as None."""
     from speechlab.cli import main
 
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
@@ -263,13 +266,25 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
     assert saved["output_dir"] == str(tmp_path / "train_out") and saved["fusion"] == "none"
     assert saved["init_checkpoint"] is None
     out = tmp_path / "test_out"
-    main(["test", "--config", recipe, "--config", str(callbacks), *small, "--ckpt_path", str(ckpt),
-          "--trainer.limit_test_batches=1",
-          f"--model.init_args.output_dir={out}", "--model.init_args.beam_size=2",
-          f"--model.init_args.test_lm_checkpoint={_save_lm(tmp_path / 'lm.pt')}",
-          "--model.init_args.lm_weight=0.5"])
+    ngram = []  # KenLM character n-gram fusion + ILM, when the kenlm module is there
+    if importlib.util.find_spec("kenlm") is not None:
+        arpa = tmp_path / "char.arpa"
+        arpa.write_text("\\data\\\nngram 1=5\nngram 2=1\n\n\\1-grams:\n-2.0\t<unk>\t0\n"
+                        "0\t<s>\t-0.3\n-1.0\t</s>\t0\n-0.5\ta\t0\n-0.6\t|\t0\n\n"
+                        "\\2-grams:\n-0.2\t<s> a\n\n\\end\\\n")
+        ngram = [f"--model.init_args.ngram_lm={arpa}", "--model.init_args.ngram_weight=0.3",
+                 "--model.init_args.ilm_weight=0.2"]
+    rc = main(["test", "--config", recipe, "--config", str(callbacks), *small, "--ckpt_path",
+               str(ckpt), "--trainer.limit_test_batches=1",
+               f"--model.init_args.output_dir={out}", "--model.init_args.beam_size=2",
+               f"--model.init_args.test_lm_checkpoint={_save_lm(tmp_path / 'lm.pt')}",
+               "--model.init_args.lm_weight=0.5", *ngram])
+    assert rc == 0
     assert (out / "wer.json").exists() and (out / "hyps.jsonl").exists()
     assert not (tmp_path / "train_out" / "wer.json").exists()
+    if ngram:  # the command line's n-gram options reached the task
+        used = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["init_args"]
+        assert (used["ngram_lm"], used["ngram_weight"], used["ilm_weight"]) == (str(arpa), 0.3, 0.2)
 
 
 def test_location_attention_learns_a_monotonic_alignment():

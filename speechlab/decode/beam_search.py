@@ -6,7 +6,11 @@ costs little more than greedy decoding. Per hypothesis the search carries the de
 the LM state (reordered with the surviving beams' origins after every step).
 
 Scores: ``log P(y_t | …)`` of the (deep/cold-fused) decoder, plus ``β log P_LM(y_t | …)`` with
-shallow fusion (``lm_weight = β > 0``). End of sentence: id ``eos`` (0) ends a hypothesis; a
+shallow fusion (``lm_weight = β > 0``), plus ``β_ng log P_ngram(y_t | …)`` of a KenLM character
+n-gram (``ngram_weight``, :class:`~speechlab.decode.ngram_fusion.CharNgramScorer`), minus
+``λ log P_ILM(y_t | …)`` of the decoder's zero-attention internal LM (``ilm_weight``,
+:meth:`~speechlab.nn.decoder.AttentionDecoder.ilm_step`); every term is natural-log and each
+model carries its own per-hypothesis state. End of sentence: id ``eos`` (0) ends a hypothesis; a
 finished hypothesis keeps its slot and score (it is extended by ``eos`` at no cost) until every
 hypothesis of the batch has finished. Max-length guard: after
 ``ceil(max_len_ratio · encoder frames)`` tokens (at most ``max_len``) only ``eos`` is allowed.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from speechlab.decode.ngram_fusion import CharNgramScorer
 from speechlab.functional.fusion import length_normalize, shallow_fusion
 from speechlab.nn.decoder import AttentionDecoder, Memory, lm_step, select_state
 from speechlab.nn.lm import RNNLanguageModel
@@ -29,7 +34,8 @@ from speechlab.nn.lm import RNNLanguageModel
 @dataclass
 class Hypothesis:
     """A decoded sequence: ``tokens`` without ``eos``; ``log_prob`` the summed step scores (with
-    ``β log P_LM`` under shallow fusion); ``score`` the length-normalized ranking score."""
+    ``β log P_LM`` under shallow fusion, ``β_ng log P_ngram`` and ``− λ log P_ILM`` when their
+    weights are set); ``score`` the length-normalized ranking score."""
 
     tokens: list[int]
     log_prob: float
@@ -61,10 +67,52 @@ def _check_lm(decoder: AttentionDecoder, lm: RNNLanguageModel | None, lm_weight:
     return needs
 
 
+@dataclass(frozen=True)
+class ExtraTerms:
+    """Search-time score terms beside the decoder and the RNN LM: ``+ ngram_weight · ln
+    P_ngram`` (``ngram``: a character n-gram scorer) and ``− ilm_weight · ln P_ILM`` (the
+    decoder's zero-attention internal LM). A zero weight skips its model entirely."""
+
+    ngram: CharNgramScorer | None = None
+    ngram_weight: float = 0.0
+    ilm_weight: float = 0.0
+
+    def check(self, decoder: AttentionDecoder) -> None:
+        """Raise ``ValueError`` when a weighted term cannot be computed for ``decoder``."""
+        if self.ngram_weight != 0.0:
+            if self.ngram is None:
+                raise ValueError(f"ngram_weight={self.ngram_weight} needs an n-gram scorer")
+            if self.ngram.vocab_size != decoder.vocab_size:
+                raise ValueError(f"the n-gram scorer has {self.ngram.vocab_size} tokens but the "
+                                 f"decoder {decoder.vocab_size}")
+        if self.ilm_weight != 0.0:
+            decoder.check_ilm()
+
+    def step(self, decoder: AttentionDecoder, tokens: torch.Tensor, state: dict
+             ) -> tuple[torch.Tensor | None, dict]:
+        """Consume ``tokens (N,)``: ``(score to add (N, V) fp32 or None, new state)``; the state
+        ``{"ngram": (N,) ids, "ilm": LSTM state}`` starts as ``{}`` and is reordered with
+        :func:`select_state`."""
+        add, new = None, {}
+        if self.ngram_weight != 0.0:
+            assert self.ngram is not None
+            ngram_logp, new["ngram"] = self.ngram.step(tokens, state.get("ngram"))
+            add = self.ngram_weight * ngram_logp
+        if self.ilm_weight != 0.0:
+            ilm_logits, new["ilm"] = decoder.ilm_step(tokens, state.get("ilm"))
+            ilm = -self.ilm_weight * ilm_logits.float().log_softmax(dim=-1)
+            add = ilm if add is None else add + ilm
+        return add, new
+
+
+NO_EXTRA_TERMS = ExtraTerms()
+
+
 def _step_scores(decoder: AttentionDecoder, lm: RNNLanguageModel | None, use_lm: bool,
                  lm_weight: float, tokens: torch.Tensor, state: dict, lm_state: object,
-                 memory: Memory):
-    """One fused step: ``(log-prob scores (N, V) fp32, decoder state, LM state, gate, LM log-probs)``."""
+                 memory: Memory, extra: ExtraTerms = NO_EXTRA_TERMS, extra_state: dict | None = None):
+    """One fused step: ``(log-prob scores (N, V) fp32, decoder state, LM state, gate, LM
+    log-probs, extra terms' state)``."""
     lm_logits = lm_hidden = lm_logp = None
     if use_lm:
         assert lm is not None
@@ -75,13 +123,18 @@ def _step_scores(decoder: AttentionDecoder, lm: RNNLanguageModel | None, use_lm:
     if lm_weight != 0.0:
         assert lm_logp is not None
         logp = shallow_fusion(logp, lm_logp, lm_weight)
-    return logp, state, lm_state, gate, lm_logp
+    add, extra_state = extra.step(decoder, tokens, extra_state or {})
+    if add is not None:
+        logp = logp + add
+    return logp, state, lm_state, gate, lm_logp, extra_state
 
 
 @torch.no_grad()
 def greedy_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel | None = None,
                   lm_weight: float = 0.0, max_len_ratio: float = 1.0, max_len: int | None = None,
-                  eos: int = 0, return_details: bool = False
+                  eos: int = 0, return_details: bool = False, *,
+                  ngram: CharNgramScorer | None = None, ngram_weight: float = 0.0,
+                  ilm_weight: float = 0.0
                   ) -> list[Hypothesis] | tuple[list[Hypothesis], GreedyDetails]:
     """Argmax decoding of a batch (the reference that beam size 1 must reproduce).
 
@@ -93,11 +146,17 @@ def greedy_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageMode
         max_len_ratio, max_len: the max-length guard (see the module docstring).
         eos: the ``<sos>``/``<eos>`` id.
         return_details: also return :class:`GreedyDetails` (attention and gates per step).
+        ngram: a character n-gram scorer (shallow fusion with ``ngram_weight``).
+        ngram_weight: its weight β_ng (0: not used).
+        ilm_weight: λ of the internal LM subtracted (0: none; fusion none/shallow only).
 
     Returns:
         One :class:`Hypothesis` per utterance (``score = log_prob``), and the details if asked.
     """
     use_lm = _check_lm(decoder, lm, lm_weight)
+    extra = ExtraTerms(ngram, ngram_weight, ilm_weight)
+    extra.check(decoder)
+    extra_state: dict = {}
     b = memory.values.shape[0]
     device = memory.values.device
     limit = max_lengths(memory, max_len_ratio, max_len)
@@ -108,8 +167,8 @@ def greedy_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageMode
     total = torch.zeros(b, dtype=torch.float32, device=device)
     out, aligns, gates, lm_lps = [], [], [], []
     for t in range(int(limit.max()) + 1):
-        logp, state, lm_state, gate, lm_logp = _step_scores(decoder, lm, use_lm, lm_weight,
-                                                           tokens, state, lm_state, memory)
+        logp, state, lm_state, gate, lm_logp, extra_state = _step_scores(
+            decoder, lm, use_lm, lm_weight, tokens, state, lm_state, memory, extra, extra_state)
         forced = t >= limit
         best = torch.where(forced, torch.full_like(tokens, eos), logp.argmax(dim=-1))
         best = torch.where(finished, torch.full_like(best, eos), best)
@@ -142,7 +201,8 @@ def greedy_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageMode
 def beam_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel | None = None,
                 lm_weight: float = 0.0, beam_size: int = 4, length_penalty: float = 1.0,
                 max_len_ratio: float = 1.0, max_len: int | None = None, eos: int = 0,
-                nbest: int = 1) -> list[list[Hypothesis]]:
+                nbest: int = 1, *, ngram: CharNgramScorer | None = None,
+                ngram_weight: float = 0.0, ilm_weight: float = 0.0) -> list[list[Hypothesis]]:
     """Beam search over ``B`` utterances × ``beam_size`` beams, one decoder step per position.
 
     Args:
@@ -155,11 +215,16 @@ def beam_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel 
         max_len_ratio, max_len: the max-length guard.
         eos: the ``<sos>``/``<eos>`` id.
         nbest: hypotheses returned per utterance (≤ ``beam_size``), best first.
+        ngram, ngram_weight, ilm_weight: the n-gram and internal-LM terms (as
+            :func:`greedy_search`), their states carried per hypothesis.
 
     Returns:
         Per utterance, the ``nbest`` best :class:`Hypothesis` by normalized score.
     """
     use_lm = _check_lm(decoder, lm, lm_weight)
+    extra = ExtraTerms(ngram, ngram_weight, ilm_weight)
+    extra.check(decoder)
+    extra_state: dict = {}
     b, k, v = memory.values.shape[0], beam_size, decoder.vocab_size
     device = memory.values.device
     limit = max_lengths(memory, max_len_ratio, max_len)  # (B,)
@@ -176,8 +241,8 @@ def beam_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel 
     offsets = (torch.arange(b, device=device) * k)[:, None]
     origins, emitted = [], []
     for t in range(int(limit.max()) + 1):
-        logp, state, lm_state, _, _ = _step_scores(decoder, lm, use_lm, lm_weight, tokens, state,
-                                                  lm_state, mem)
+        logp, state, lm_state, _, _, extra_state = _step_scores(
+            decoder, lm, use_lm, lm_weight, tokens, state, lm_state, mem, extra, extra_state)
         logp = logp.view(b, k, v)
         forced = (t >= limit)[:, None, None]
         logp = torch.where(forced, logp + only_eos, logp)   # max-length guard: eos only
@@ -193,6 +258,7 @@ def beam_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel 
         flat = (offsets + origin).view(-1)
         state = select_state(state, flat)
         lm_state = select_state(lm_state, flat)
+        extra_state = select_state(extra_state, flat)
         tokens = token.view(-1)
         if bool(finished.all()):
             break
@@ -220,13 +286,15 @@ def beam_search(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel 
 
 def decode(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel | None = None,
            lm_weight: float = 0.0, beam_size: int = 1, length_penalty: float = 1.0,
-           max_len_ratio: float = 1.0, max_len: int | None = None, eos: int = 0
-           ) -> list[Hypothesis]:
+           max_len_ratio: float = 1.0, max_len: int | None = None, eos: int = 0, *,
+           ngram: CharNgramScorer | None = None, ngram_weight: float = 0.0,
+           ilm_weight: float = 0.0) -> list[Hypothesis]:
     """Best hypothesis per utterance: greedy for ``beam_size == 1``, beam search otherwise."""
+    terms = {"ngram": ngram, "ngram_weight": ngram_weight, "ilm_weight": ilm_weight}
     if beam_size <= 1:
-        return greedy_search(decoder, memory, lm, lm_weight, max_len_ratio, max_len, eos)  # type: ignore[return-value]
+        return greedy_search(decoder, memory, lm, lm_weight, max_len_ratio, max_len, eos, **terms)  # type: ignore[return-value]
     return [h[0] for h in beam_search(decoder, memory, lm, lm_weight, beam_size, length_penalty,
-                                      max_len_ratio, max_len, eos)]
+                                      max_len_ratio, max_len, eos, **terms)]
 
 
 def default_max_len_ratio(chars_per_second: float, frame_rate: float, margin: float = 2.0) -> float:

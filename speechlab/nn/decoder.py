@@ -148,6 +148,7 @@ class AttentionDecoder(nn.Module):
         self.attention = Attention(memory_dim, c.hidden_size, c.attention_dim, c.attention,
                                    c.location_channels, c.location_kernel)
         self.dropout = nn.Dropout(c.dropout)
+        self.memory_dim = memory_dim
         self.state_dim = c.hidden_size + memory_dim
         self.fusion_layer: ColdFusion | DeepFusion | None = None
         if fusion == "cold":
@@ -209,16 +210,61 @@ class AttentionDecoder(nn.Module):
         (``h``, ``c``, ``context``, ``alignment``) and, under ``"query"``, the top cell's output;
         ``[query; context]`` is the decoder state ``s_t`` that fusion and the output DNN read.
         ``location_filters``: :meth:`Attention.location_filters`, computed once per sequence."""
+        lstm = self.lstm_cells(x, state)
+        context, alignment = self.attention(lstm["query"], memory.values, memory.keys,
+                                            memory.mask, state["alignment"], location_filters)
+        return {"h": lstm["h"], "c": lstm["c"], "context": context, "alignment": alignment,
+                "query": lstm["query"]}
+
+    def lstm_cells(self, x: torch.Tensor, state: State) -> State:
+        """The stacked LSTM cells of :meth:`recur` alone: ``x (N, E + D)`` and ``state["h"]``,
+        ``state["c"]`` ``(N, layers, H)`` → ``{"h", "c"}`` (new, same shapes) and ``"query"``
+        ``(N, H)``, the top cell's output."""
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             h, c = run_recurrence(cell, x, (state["h"][:, i], state["c"][:, i]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h) if i + 1 < len(self.cells) else h
-        context, alignment = self.attention(x, memory.values, memory.keys, memory.mask,
-                                            state["alignment"], location_filters)
-        return {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "context": context,
-                "alignment": alignment, "query": x}
+        return {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1), "query": x}
+
+    def check_ilm(self) -> None:
+        """Raise ``ValueError`` unless :meth:`ilm_step` is defined (fusion none/shallow)."""
+        if self.fusion_layer is not None:
+            raise ValueError(f"internal LM estimation (ilm_weight) is defined for fusion none/"
+                             f"shallow only, not {self.fusion}: its output DNN reads the LM too")
+
+    def ilm_step(self, tokens: torch.Tensor, state: State | None
+                 ) -> tuple[torch.Tensor, State]:
+        """One step of the internal LM by zero attention (Meng et al. 2021): the decoder with
+        the context zero at every step, i.e. the LSTM cells on ``[E y_{t-1}; 0]`` and the output
+        DNN on ``[q_t; 0]``, so ``log_softmax`` of the logits is ``log P_ILM(y_t | y_<t)``.
+
+        Args:
+            tokens: ``(N,)`` previous tokens (``<sos>`` = 0 at the start).
+            state: ``{"h", "c"}`` ``(N, layers, H)`` from the previous ILM step, or None at
+                the start (zero LSTM state, as :meth:`init_state`); independent of the
+                decoder's own state, reorderable with :func:`select_state`.
+
+        Returns:
+            ``(logits (N, V), new state)``.
+
+        Raises:
+            ValueError: with deep or cold fusion, whose output DNN also reads the LM's outputs
+                (zeroing the context alone does not remove the LM from it, so the ILM is not
+                defined here).
+        """
+        self.check_ilm()
+        n = tokens.shape[0]
+        if state is None:
+            zeros = self.embedding.weight.new_zeros(n, len(self.cells), self.config.hidden_size)
+            state = {"h": zeros, "c": zeros.clone()}
+        embedded = self.dropout(self.embedding(tokens))
+        no_context = embedded.new_zeros(n, self.memory_dim)
+        lstm = self.lstm_cells(torch.cat([embedded, no_context], dim=-1), state)
+        query = lstm.pop("query")
+        logits, _ = self.readout(torch.cat([query, no_context.to(query.dtype)], dim=-1))
+        return logits, lstm
 
     def readout(self, s: torch.Tensor, lm_logits: torch.Tensor | None = None,
                 lm_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,6 +22,13 @@ not reach it — it stays in eval mode with ``requires_grad=False``. It follows 
 and dtype (``_apply``). Checkpoints embed a copy (``speechlab_lm``), so testing needs no LM file;
 ``test_lm_checkpoint`` swaps in another LM (e.g. another domain's) at test time without
 retraining — it must share the vocabulary (and, for deep fusion, the hidden size).
+
+Two more search-time terms, for any fusion mode: a KenLM character n-gram (``ngram_lm``, a
+``speechlab lm ngram --unit char`` model, weight ``ngram_weight``) added like the RNN LM's
+shallow fusion, and the decoder's zero-attention internal LM (``ilm_weight = λ``, fusion
+none/shallow) subtracted: ``log P_dec + β log P_LM + β_ng log P_ngram − λ log P_ILM`` per token
+(:mod:`speechlab.decode.beam_search`, ``docs/cold_fusion.md``). The n-gram model is not embedded
+in checkpoints: its absolute path is saved, and every option can be given at test time.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from speechlab.data.features import SpecAugment
 from speechlab.data.text import DEFAULT_CHARS
 from speechlab.data.textlm import EOS, IGNORE_INDEX, teacher_forcing_pairs
 from speechlab.decode.beam_search import GreedyDetails, Hypothesis, beam_search, greedy_search
+from speechlab.decode.ngram_fusion import CharNgramScorer
 from speechlab.functional.ctc import ctc_loss_from_logits
 from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memory
 from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
@@ -84,6 +92,12 @@ class Seq2SeqTask(ASRTask):
         lm_weight: shallow fusion weight β at search time (also usable on top of deep/cold);
             like the other search options, ``speechlab test --ckpt_path … --model.init_args.X``
             overrides the checkpoint's value.
+        ngram_lm: a KenLM character n-gram (ARPA or binary, ``speechlab lm ngram --unit char``)
+            for shallow fusion at search time; saved by absolute path, not embedded.
+        ngram_weight: its weight β_ng (needs ``ngram_lm``).
+        ilm_weight: λ of internal LM estimation: the decoder's zero-attention LM
+            (:meth:`~speechlab.nn.decoder.AttentionDecoder.ilm_step`) subtracted at search time,
+            ``− λ log P_ILM``; fusion none/shallow only.
         beam_size: beams for test/predict (1 = greedy).
         val_beam_size: beams for validation during fit.
         length_penalty: α of the final ranking ``score / length^α``.
@@ -107,7 +121,8 @@ class Seq2SeqTask(ASRTask):
                  decoder: AttentionDecoderConfig | None = None,
                  fusion: Literal["none", "shallow", "deep", "cold"] = "none",
                  lm_checkpoint: str | None = None, test_lm_checkpoint: str | None = None,
-                 lm_weight: float = 0.0, beam_size: int = 4, val_beam_size: int = 1,
+                 lm_weight: float = 0.0, ngram_lm: str | None = None,
+                 ngram_weight: float = 0.0, ilm_weight: float = 0.0, beam_size: int = 4, val_beam_size: int = 1,
                  length_penalty: float = 1.0, max_len_ratio: float = 1.0,
                  label_smoothing: float = 0.1, scheduled_sampling: float = 0.0,
                  scheduled_sampling_start: int = 0, scheduled_sampling_ramp: int = 1000,
@@ -125,6 +140,13 @@ class Seq2SeqTask(ASRTask):
                              "checkpoint: speechlab fit --config recipes/tiny/rnnlm.yaml)")
         if fusion == "shallow" and lm_weight == 0.0:
             log.warning("fusion=shallow with lm_weight=0: the LM does not change the search")
+        if ngram_weight != 0.0 and ngram_lm is None:
+            raise ValueError(f"ngram_weight={ngram_weight} needs model.init_args.ngram_lm (a "
+                             "KenLM character model: speechlab lm ngram --unit char)")
+        self.ngram: CharNgramScorer | None = None
+        if ngram_lm is not None:
+            self.hparams.ngram_lm = os.path.abspath(ngram_lm)
+            self.ngram = CharNgramScorer(self.hparams.ngram_lm, self.vocab.chars)
         self.__dict__["_lm"] = None  # not a submodule: frozen, outside parameters()/state_dict()
         self._lm_config: dict[str, Any] = {}
         self._lm_source = ""
@@ -134,6 +156,8 @@ class Seq2SeqTask(ASRTask):
         lm_hidden = self._lm_config.get("hidden_size")
         self.decoder = AttentionDecoder(len(self.vocab), self.encoder.output_dim, decoder,
                                         fusion=fusion, lm_hidden_size=lm_hidden)
+        if ilm_weight != 0.0:
+            self.decoder.check_ilm()
         if not 0.0 <= ctc_weight < 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1), got {ctc_weight}")
         self.ctc_head = (torch.nn.Linear(self.encoder.output_dim, len(self.vocab))
@@ -297,15 +321,24 @@ class Seq2SeqTask(ASRTask):
         memory = self.encode(batch["features"], batch["feature_lens"])
         lm = self.lm if (self.decoder.uses_lm or weight != 0.0) else None
         if beam <= 1:
-            return greedy_search(self.decoder, memory, lm, weight, hp.max_len_ratio, eos=EOS)  # type: ignore[return-value]
+            return greedy_search(self.decoder, memory, lm, weight, hp.max_len_ratio, eos=EOS,  # type: ignore[return-value]
+                                 **self.extra_terms())
         return [h[0] for h in beam_search(self.decoder, memory, lm, weight, beam,
-                                          hp.length_penalty, hp.max_len_ratio, eos=EOS)]
+                                          hp.length_penalty, hp.max_len_ratio, eos=EOS,
+                                          **self.extra_terms())]
+
+    def extra_terms(self) -> dict[str, Any]:
+        """The n-gram and internal-LM options of the search (keyword arguments of
+        :func:`~speechlab.decode.beam_search.beam_search` / ``greedy_search``)."""
+        return {"ngram": self.ngram, "ngram_weight": self.hparams.ngram_weight,
+                "ilm_weight": self.hparams.ilm_weight}
 
     def greedy_details(self, batch: dict[str, Any]) -> tuple[list[str], GreedyDetails]:
         """Greedy transcripts with attention alignments and fusion gates (for analysis)."""
         memory = self.encode(batch["features"], batch["feature_lens"])
         hyps, details = greedy_search(self.decoder, memory, self.lm, self.hparams.lm_weight,
-                                      self.hparams.max_len_ratio, eos=EOS, return_details=True)
+                                      self.hparams.max_len_ratio, eos=EOS, return_details=True,
+                                      **self.extra_terms())
         return [self.vocab.decode(h.tokens) for h in hyps], details
 
     def transcribe(self, batch: dict[str, Any]) -> list[str]:
