@@ -20,7 +20,7 @@ from speechlab.nn.decoder import AttentionDecoderConfig
 from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.nn.fusion import COLD_GATE_BIAS_INIT, ColdFusion, DeepFusion
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.rnnlm import LMCheckpointError, lm_bundle
+from speechlab.tasks.rnnlm import LMCheckpointError, lm_bundle, load_language_model
 from speechlab.tasks.seq2seq import Seq2SeqTask, scheduled_sampling_prob
 
 ENC = SpeechEncoderConfig(hidden_size=48, num_layers=1, dropout=0.0)
@@ -285,6 +285,51 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
     if ngram:  # the command line's n-gram options reached the task
         used = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["init_args"]
         assert (used["ngram_lm"], used["ngram_weight"], used["ilm_weight"]) == (str(arpa), 0.3, 0.2)
+
+
+def test_speechlab_test_rebuilds_a_cold_model_whose_training_lm_file_is_gone(tiny_corpus, tmp_path,
+                                                                            capsys):
+    """A fused model's checkpoint holds its LM (``speechlab_lm``) and lists ``lm_checkpoint``
+    among its embedded files: ``speechlab test --ckpt_path`` takes the LM from the checkpoint,
+    so it works after the training-time LM file is gone (it failed in jsonargparse before);
+    ``load_language_model`` reads that LM from the checkpoint; a missing swapped-in LM is one
+    error line naming the file."""
+    from speechlab.cli import main
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq_cold.yaml")
+    lm_path = tmp_path / "lm_gone.pt"
+    _save_lm(lm_path, seed=3, hidden=32)
+    lm_state = torch.load(lm_path, weights_only=False)["state_dict"]
+    data = [f"--data.init_args.test_manifest={tiny_corpus['test']}", "--trainer.accelerator=cpu",
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}"]
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pytorch_lightning.callbacks.ModelCheckpoint\n"
+        f"      init_args:\n        dirpath: {tmp_path / 'checkpoints'}\n        save_last: true\n")
+    assert main(["fit", "--config", recipe, "--config", str(callbacks), *data,
+                 "--model.init_args.encoder.hidden_size=32", "--model.init_args.encoder.num_layers=1",
+                 "--model.init_args.decoder.hidden_size=32", "--model.init_args.decoder.output_dim=32",
+                 f"--model.init_args.lm_checkpoint={lm_path}",
+                 f"--data.init_args.train_manifest={tiny_corpus['train']}",
+                 f"--data.init_args.dev_manifest={tiny_corpus['dev']}", "--trainer.max_steps=1",
+                 "--trainer.limit_val_batches=0",
+                 f"--model.init_args.output_dir={tmp_path / 'train_out'}"]) == 0
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    lm_path.unlink()
+    lm, _, _ = load_language_model(ckpt)
+    assert all(torch.equal(v, lm_state[k]) for k, v in lm.state_dict().items())
+    out = tmp_path / "test_out"
+    assert main(["test", "--ckpt_path", str(ckpt), *data, "--trainer.limit_test_batches=1",
+                 f"--model.init_args.output_dir={out}", "--model.init_args.beam_size=1"]) == 0
+    assert (out / "wer.json").exists()
+    capsys.readouterr()
+    missing = tmp_path / "other_lm.pt"
+    assert main(["test", "--ckpt_path", str(ckpt), *data, f"--model.init_args.output_dir={out}",
+                 "--model.init_args.overwrite=true",
+                 f"--model.init_args.test_lm_checkpoint={missing}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"speechlab test: error: {missing}: LM checkpoint not found", err
 
 
 def test_location_attention_learns_a_monotonic_alignment():

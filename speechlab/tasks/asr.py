@@ -41,6 +41,11 @@ from speechlab.tasks.outputs import TestOutputs
 
 log = logging.getLogger("speechlab.tasks")
 
+#: checkpoint key: the init args (file paths) whose content the checkpoint holds itself; when a
+#: task is rebuilt from the checkpoint (``--ckpt_path FILE``, :mod:`speechlab.tasks.cli`) these
+#: init args are set to FILE, so the files a model was trained from need not exist any more
+EMBEDDED_FILES_KEY = "speechlab_embedded_files"
+
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
     """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to

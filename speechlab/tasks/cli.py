@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from speechlab.errors import InputError
+from speechlab.tasks.asr import EMBEDDED_FILES_KEY
 from speechlab.progress import default_interval, is_terminal, rate
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)
@@ -106,7 +107,10 @@ class SpeechLabCLI(LightningCLI):
     ``--data.*`` arguments of the command line (``--model.init_args.output_dir``, decoding
     options, another test manifest): what the command line says wins. (Lightning's own
     ``LightningCLI`` lets the checkpoint override the command line, and ignores the data module's
-    hyper-parameters.) A ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/
+    hyper-parameters.) Init args naming a file whose content the checkpoint holds itself (its
+    ``speechlab_embedded_files``, e.g. a fused seq2seq model's ``lm_checkpoint``) are set to the
+    checkpoint, so a model stays testable when the files it was trained from are gone. A
+    ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/
     ``registry``) is an :class:`~speechlab.errors.InputError` naming it.
 
     ``test`` refuses to start, before the trainer runs, when the task would replace files an
@@ -196,6 +200,11 @@ def with_checkpoint_config(argv: list[str]) -> list[str]:
     inserted = []
     for key, hp_key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
         value = _subclass_value(checkpoint.get(hp_key))
+        if value is not None and key == "model":  # files the checkpoint holds: from the checkpoint
+            embedded = checkpoint.get(EMBEDDED_FILES_KEY)
+            for name in embedded if isinstance(embedded, list) else ():
+                if value["init_args"].get(name) is not None:
+                    value["init_args"][name] = str(path.resolve())
         try:
             text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
         except yaml.YAMLError:  # objects, not a LightningCLI dump: Lightning's way

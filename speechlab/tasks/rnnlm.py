@@ -26,6 +26,7 @@ from torchmetrics import Metric
 from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
+from speechlab.errors import InputError
 from speechlab.io import atomic_write_text
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
@@ -34,8 +35,9 @@ from speechlab.tasks.outputs import TestOutputs
 Vocab = CharVocab | SentencePieceVocab
 
 
-class LMCheckpointError(ValueError):
-    """An LM checkpoint that cannot be used; the message names the file and the reason."""
+class LMCheckpointError(InputError):
+    """An LM checkpoint that cannot be used; the message names the file and the reason (the
+    ``speechlab`` command reports it in one line)."""
 
 
 class Perplexity(Metric):
@@ -183,8 +185,9 @@ def language_model_from_bundle(bundle: dict[str, Any], where: str = "LM record"
 
 def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
                         ) -> tuple[RNNLanguageModel, dict[str, Any], Vocab]:
-    """Load an :class:`RNNLMTask` checkpoint (or a saved :func:`lm_bundle`) as
-    ``(lm, config, vocab)``; the LM is returned in eval mode.
+    """Load an :class:`RNNLMTask` checkpoint, a saved :func:`lm_bundle`, or the LM embedded in a
+    fused model's checkpoint (a :class:`~speechlab.tasks.seq2seq.Seq2SeqTask` one: key
+    ``speechlab_lm``) as ``(lm, config, vocab)``; the LM is returned in eval mode.
 
     Raises :class:`LMCheckpointError` naming ``path`` when the file is missing, is not an RNN LM
     checkpoint, or its vocabulary differs from ``expected_vocab`` (the seq2seq model's: the LM
@@ -203,6 +206,8 @@ def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
         state = {k[3:]: v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
         bundle = {"config": ckpt["speechlab_lm_config"], "vocab": ckpt["speechlab_vocab"],
                   "state_dict": state}
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("speechlab_lm"), dict):
+        bundle = ckpt["speechlab_lm"]
     else:
         raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint (no speechlab_lm_config; "
                                 "train one with speechlab fit --config recipes/tiny/rnnlm.yaml)")

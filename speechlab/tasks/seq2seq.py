@@ -51,7 +51,7 @@ from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memor
 from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
 from speechlab.nn.fusion import freeze
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.asr import ASRTask
+from speechlab.tasks.asr import EMBEDDED_FILES_KEY, ASRTask
 from speechlab.tasks.rnnlm import (
     LMCheckpointError,
     language_model_from_bundle,
@@ -220,6 +220,9 @@ class Seq2SeqTask(ASRTask):
             bundle = lm_bundle(self.lm, self._lm_config, self.vocab)
             bundle["source"] = self._lm_source
             checkpoint["speechlab_lm"] = bundle
+            # rebuilt from this file (speechlab test --ckpt_path), the LM comes from here, not
+            # from the training-time lm_checkpoint path (which may be gone or retrained)
+            checkpoint[EMBEDDED_FILES_KEY] = ["lm_checkpoint"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         swap = self.hparams.test_lm_checkpoint
