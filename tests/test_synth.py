@@ -87,6 +87,21 @@ def test_resume_remakes_only_missing_files(corpus: Path, tmp_path: Path) -> None
     assert victim.is_file()
 
 
+def test_splits_renders_only_those_splits_with_the_full_runs_files(corpus: Path,
+                                                                   tmp_path: Path) -> None:
+    # --splits dev test: the full run's dev/test manifests and WAVs byte for byte, nothing else
+    out = tmp_path / "s"
+    assert cli.main(["data", "synth", "--out", str(out), "--utterances", str(N), "--seed", "0",
+                     "--jobs", "1", "--splits", "dev", "test"]) == 0
+    full = tree(corpus)
+    wanted = {r["audio_filepath"] for s in ("dev", "test") for r in rows(corpus / f"{s}.jsonl")}
+    expected = {k: v for k, v in full.items() if k in wanted or k in ("dev.jsonl", "test.jsonl")}
+    assert tree(out) == expected and len(wanted) == 2
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['eval'\]"):
+        synthesize_corpus(tmp_path / "x", generate_sentences(N, seed=0), seed=0, jobs=1,
+                          progress=False, splits_wanted=["eval"])
+
+
 def test_utterance_is_reproducible_on_its_own() -> None:
     sentences = generate_sentences(50, seed=0)
     assert utterance_spec(37, sentences[37], seed=0) == utterance_spec(37, sentences[37], seed=0)

@@ -335,6 +335,7 @@ def synthesize_corpus(
     id_prefix: str = "tts",
     progress: bool = True,
     force: bool = False,
+    splits_wanted: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Synthesize ``sentences`` (utterance ``i`` speaks ``sentences[i]``) into ``out_dir``.
 
@@ -344,7 +345,10 @@ def synthesize_corpus(
     sentences or voice settings) is an error before anything is synthesized, unless ``force``
     (then it is replaced). ``voices``/``variants`` default to those of :data:`DEFAULT_VOICES`
     and :data:`DEFAULT_VARIANTS` that espeak-ng has; ``speed_range`` is in words per minute,
-    ``pitch_range`` in espeak-ng's 0-99 units, both inclusive.
+    ``pitch_range`` in espeak-ng's 0-99 units, both inclusive. ``splits_wanted`` (e.g. ``["test"]``)
+    renders and writes only those splits: the same utterances, files and manifest lines as a
+    full run (the split is decided on the whole corpus first), for evaluating elsewhere a model
+    trained on the full corpus.
     """
     from speechlab.data.audio import audio_info
 
@@ -363,6 +367,13 @@ def synthesize_corpus(
     ]
     paths = {spec.index: wav_dir / spec.wav_name(sample_rate) for spec in specs}
     splits = split_corpus(specs, seed, dev_fraction, test_fraction)
+    if splits_wanted is not None:
+        unknown = sorted(set(splits_wanted) - splits.keys())
+        if unknown:
+            raise ValueError(f"synthesize_corpus: unknown split(s) {unknown} (train, dev, test)")
+        splits = {name: members for name, members in splits.items() if name in splits_wanted}
+        kept = {u.index for members in splits.values() for u in members}
+        specs = [spec for spec in specs if spec.index in kept]
     if not force:
         _check_existing_manifests(out_dir, splits, paths)
     num_samples: dict[int, int] = {}
@@ -436,6 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=[30, 70], metavar=("LO", "HI"),
                         help="espeak-ng pitch 0-99, inclusive (default 30 70)")
     parser.add_argument("--id-prefix", default="tts", help="utterance id prefix (default tts)")
+    parser.add_argument("--splits", nargs="+", default=None, choices=("train", "dev", "test"),
+                        help="render and write only these splits of the corpus (default: all); "
+                        "the same files as a full run, e.g. a test set to evaluate elsewhere")
     parser.add_argument("--force", action="store_true",
                         help="replace manifests in --out that list another corpus")
 
@@ -462,5 +476,6 @@ def main(args: argparse.Namespace) -> int:
         dev_fraction=args.dev_fraction, test_fraction=args.test_fraction, voices=args.voices,
         variants=args.variants, speed_range=tuple(args.speed_range),
         pitch_range=tuple(args.pitch_range), id_prefix=args.id_prefix, force=args.force,
+        splits_wanted=args.splits,
     )
     return 0
