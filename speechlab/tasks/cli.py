@@ -15,8 +15,8 @@ from pytorch_lightning.callbacks import Callback, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from speechlab.errors import InputError
-from speechlab.tasks.asr import EMBEDDED_FILES_KEY
 from speechlab.progress import default_interval, is_terminal, rate
+from speechlab.tasks.asr import EMBEDDED_FILES_KEY
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
