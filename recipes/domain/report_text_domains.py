@@ -1,10 +1,10 @@
 """Tables of the real-text domain-transfer study (issue 14; ``recipes/domain/run_gpu.sh`` and
-``recipes/domain/run_cpu_kenlm.sh``).
+``recipes/domain/run_cpu_decode.sh``).
 
 Collect the raw outputs into one record (and print its tables)::
 
     python recipes/domain/report_text_domains.py collect --stage3 results_stage3.json \\
-        --kenlm exp/domain_kenlm/results_kenlm.json --ctc-dir CTC_TEST_DIR --logs LOG_DIR... \\
+        --cpu exp/domain_cpu/results_cpu.json --ctc-dir CTC_TEST_DIR --logs LOG_DIR... \\
         --ppl-dir exp/domain_ppl --meta meta.json --out docs/results/domain_text_h200.json
 
 Print the markdown tables of a record::
@@ -30,6 +30,7 @@ from pathlib import Path
 ENDED = re.compile(r"training ended at step (\d+)/(\d+)\s+epoch (\d+)\s+([\d.]+) s\s+([\d.]+) "
                    r"steps/s(.*)")
 METRIC = re.compile(r"(val/\w+) ([\d.]+)")
+VALIDATION = re.compile(r"validation at step (\d+)/\d+\s+epoch \d+(.*)")
 # (row label, model key in the record, note)
 ROWS = (
     ("CTC, no LM (greedy)", "ctc", "the encoder every seq2seq row starts from"),
@@ -59,17 +60,22 @@ def training_runs(log_dirs: list[Path]) -> dict[str, dict]:
             if not lines:
                 continue
             m = lines[-1]
+            curve = [[int(v[1]), *(float(x) for _, x in METRIC.findall(v[2]))]
+                     for v in map(VALIDATION.search, log.read_text(errors="replace").splitlines()) if v]
+            metrics = {k: float(v) for k, v in METRIC.findall(m[6])}
             runs[log.stem[4:]] = {
                 "steps": int(m[1]), "max_steps": int(m[2]), "epochs": int(m[3]),
-                "wall_s": float(m[4]), "steps_per_s": float(m[5]),
-                **{k: float(v) for k, v in METRIC.findall(m[6])}}
+                "wall_s": float(m[4]), "steps_per_s": float(m[5]), **metrics,
+                "dev_curve": {"columns": ["step", *metrics], "rows": curve}}
     return runs
 
 
 def collect(args: argparse.Namespace) -> dict:
+    """The record: the CPU decodes (KenLM rows; LSTM-LM shallow / ILM rows with the weights of
+    the wider dev grid) replace the GPU call's rows of the same name; both sets are kept."""
     stage3 = json.loads(Path(args.stage3).read_text())
-    kenlm = json.loads(Path(args.kenlm).read_text()) if args.kenlm else {}
-    tests = {k: v for k, v in {**stage3, **kenlm}.items() if k != "weights"}
+    cpu = json.loads(Path(args.cpu).read_text()) if args.cpu else {}
+    tests = {k: v for k, v in {**stage3, **cpu}.items() if k != "weights"}
     for domain in ("books", "reviews"):
         path = Path(args.ctc_dir) / f"ctc_{domain}" / "wer.json"
         if path.exists():
@@ -79,10 +85,13 @@ def collect(args: argparse.Namespace) -> dict:
         ppl[path.parent.name] = json.loads(path.read_text())
     return {
         "meta": json.loads(Path(args.meta).read_text()) if args.meta else {},
-        "weights": {**stage3.get("weights", {}), **kenlm.get("weights", {})},
+        "weights": {**stage3.get("weights", {}), **cpu.get("weights", {})},
+        "gpu_weights": stage3.get("weights", {}),
         "training": training_runs([Path(d) for d in args.logs]),
         "lm_perplexity": ppl,
         "tests": tests,
+        "tests_gpu": {k: v for k, v in stage3.items() if k != "weights"},
+        "tests_cpu": {k: v for k, v in cpu.items() if k != "weights"},
     }
 
 
@@ -102,11 +111,14 @@ def tables(record: dict) -> str:
                 cells.append(_cell(t, f"ctc_{domain}_b1") if not prefix else "–")
                 continue
             beam = _cell(t, f"{prefix}{key}_{domain}_b4")
-            greedy = t.get(f"{prefix}{key}_{domain}_b1")
+            # greedy only where no weight was re-picked on the CPU (the GPU's b1 rows of
+            # shallow / ILM used the GPU grid's weights)
+            greedy = key in ("none", "deep", "cold") and t.get(f"{prefix}{key}_{domain}_b1")
             cells.append(beam + (f" ({_cell(t, f'{prefix}{key}_{domain}_b1')})" if greedy else ""))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("")
-    out.append("WER / CER in %, beam 4 (greedy in parentheses where it was run). Weights picked on "
+    out.append("WER / CER in %, beam 4 (greedy in parentheses for the rows without LM weights). "
+               "Weights picked on "
                f"B's dev set: shallow beta = {w.get('beta')}; shallow + ILM beta = "
                f"{w.get('ilm_beta')}, lambda = {w.get('ilm_lambda')}; 6-gram beta = "
                f"{w.get('ngram_beta')}; 6-gram + ILM beta = {w.get('ngram_ilm_beta')}, lambda = "
@@ -120,6 +132,17 @@ def tables(record: dict) -> str:
         dev = ", ".join(f"{k[4:]} {100 * v:.2f} %" if k != "val/ppl" else f"ppl {v:.3f}"
                         for k, v in r.items() if k.startswith("val/"))
         out.append(f"| {run} | {data} | {r['steps']} | {r['wall_s']:.0f} | {r['steps_per_s']:.1f} | {dev} |")
+    curves = {run: record["training"][run]["dev_curve"] for run in ("none", "cold")
+              if run in record["training"]}
+    if curves:
+        out += ["", "Dev CER (%, greedy, A's dev set) at each validation (once per epoch):", "",
+                "| run | " + " | ".join(f"epoch {i}" for i in range(max(len(c["rows"]) for c in curves.values()))) + " |",
+                "|---|" + "---:|" * max(len(c["rows"]) for c in curves.values())]
+        width = max(len(c["rows"]) for c in curves.values())
+        for run, c in curves.items():
+            cer = c["columns"].index("val/cer")
+            cells = [f"{100 * row[cer]:.1f} (step {row[0]})" for row in c["rows"]]
+            out.append(f"| {run} | " + " | ".join(cells + ["–"] * (width - len(cells))) + " |")
     ppl = record.get("lm_perplexity", {})
     if ppl:
         out += ["", "| character perplexity of the LSTM LM on the speech sentences of | A (books) | B (reviews) |",
@@ -135,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect")
     c.add_argument("--stage3", required=True)
-    c.add_argument("--kenlm")
+    c.add_argument("--cpu")
     c.add_argument("--ctc-dir", default=".")
     c.add_argument("--logs", nargs="*", default=[])
     c.add_argument("--ppl-dir")

@@ -23,7 +23,8 @@
 #   (copy $OUT/ckpt/*.ckpt into .cache/domain/ckpt/ here; the next stage reads them from there)
 #
 # The KenLM character n-gram rows are decoded on a CPU machine (the kenlm module does not load
-# beside torch on the GPU machine, recipes/run_gpu_gram_ctc.sh): recipes/domain/run_cpu_kenlm.sh;
+# beside torch on the GPU machine, recipes/run_gpu_gram_ctc.sh): recipes/domain/run_cpu_decode.sh (which also
+# re-decodes the LSTM-LM shallow / ILM rows with a wider weight grid);
 # the tables: recipes/domain/report_text_domains.py. The carried .whl2/ and .gpu/espeak.tar.gz
 # come from scripts/gpu_bundle.sh.
 # Results: $OUT/logs_stage<N>.tgz (fit logs: dev CER/ppl per epoch), $OUT/ckpt/*.ckpt (best dev
@@ -233,6 +234,13 @@ EOF
     done
     for q in "${pids[@]}"; do wait "$q"; done
   }
+  for d in books reviews; do  # the CTC model the seq2seq encoders start from (greedy, no LM)
+    $SL test --ckpt_path "$(ck ctc)" --data.init_args.test_manifest "$D/$d/test.jsonl" \
+      --data.init_args.num_workers 2 --trainer.accelerator "$ACCEL" --trainer.logger false \
+      --trainer.enable_progress_bar false --trainer.default_root_dir "$R/test/ctc_${d}_b1" \
+      --model.init_args.output_dir "$R/test/ctc_${d}_b1" --model.init_args.overwrite true \
+      >"$OUT/test_ctc_$d.log" 2>&1 || echo "test ctc $d failed: $(tail -1 "$OUT/test_ctc_$d.log")"
+  done
   rows "" books "$LM_A" "$NONE" "$DEEP" "$COLD"
   rows "" reviews "$LM_B" "$NONE" "$DEEP" "$COLD"
   wait $P2 $P3 $P4
