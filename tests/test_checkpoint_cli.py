@@ -199,7 +199,9 @@ def test_second_test_into_the_same_folder_refuses(tiny_corpus, tmp_path, monkeyp
                    "wrote it); pass --model.init_args.overwrite true to replace it, or give another "
                    "--model.init_args.output_dir"]
     assert {name: (out / name).read_bytes() for name in first} == first
-    assert sorted(p.name for p in out.iterdir()) == ["hyps.jsonl", "wer.json"]  # no temporary files
+    # no temporary files; the run's configuration beside its outputs, none in the working dir
+    assert sorted(p.name for p in out.iterdir()) == ["config.test.yaml", "hyps.jsonl", "wer.json"]
+    assert not Path("config.yaml").exists()
 
     (out / "wer.json").write_text("stale\n")
     assert main([*common, "--model.init_args.overwrite", "true"]) == 0

@@ -104,7 +104,7 @@ def test_speechlab_test_scores_every_set_like_separate_runs(ctc_checkpoint, two_
                               "--model.init_args.output_dir", out, *QUIET)
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == \
-        ["hyps.clean-set.jsonl", "hyps.noisy-set.jsonl", "wer.json"]
+        ["config.test.yaml", "hyps.clean-set.jsonl", "hyps.noisy-set.jsonl", "wer.json"]
     summary = json.loads((out / "wer.json").read_text())["sets"]
     assert list(summary) == ["clean-set", "noisy-set"]
     coverage = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test: scored")]

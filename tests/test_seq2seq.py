@@ -282,8 +282,12 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
     assert rc == 0
     assert (out / "wer.json").exists() and (out / "hyps.jsonl").exists()
     assert not (tmp_path / "train_out" / "wer.json").exists()
+    # test's configuration lies beside its outputs; fit's stays in the trainer's log dir
+    assert (out / "config.test.yaml").exists() and not (out / "config.yaml").exists()
+    fit_config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert fit_config["model"]["init_args"]["output_dir"] == str(tmp_path / "train_out")
     if ngram:  # the command line's n-gram options reached the task
-        used = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["init_args"]
+        used = yaml.safe_load((out / "config.test.yaml").read_text())["model"]["init_args"]
         assert (used["ngram_lm"], used["ngram_weight"], used["ilm_weight"]) == (str(arpa), 0.3, 0.2)
 
 

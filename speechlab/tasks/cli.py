@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.callbacks import Callback, ProgressBar
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from speechlab.errors import InputError
 from speechlab.progress import default_interval, is_terminal, rate
@@ -92,6 +92,30 @@ class LogProgressBar(ProgressBar):
                     rate(steps, elapsed, "steps"), self._metrics(trainer, pl_module))
 
 
+class RunConfigCallback(SaveConfigCallback):
+    """Writes the run's resolved configuration: for ``fit`` where Lightning does (``config.yaml``
+    in the trainer's log dir); for ``test`` / ``validate`` / ``predict`` of a task with an
+    ``output_dir``, beside its outputs (``hyps.jsonl``, ``wer.json``) as ``config.<stage>.yaml``,
+    so evaluating a checkpoint leaves no ``config.yaml`` in the working directory, does not
+    replace the training run's (a recipe's ``output_dir`` is often its log dir), and the outputs
+    keep the settings that made them."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        hparams = getattr(pl_module, "hparams", {})
+        out = hparams.get("output_dir") if stage != "fit" and isinstance(hparams, dict) else None
+        if not out or self.already_saved:
+            super().setup(trainer, pl_module, stage)
+            return
+        if trainer.is_global_zero:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            name, fn = Path(self.config_filename), getattr(stage, "value", stage)  # TrainerFn
+            self.parser.save(self.config, str(Path(out) / f"{name.stem}.{fn}{name.suffix}"),
+                             skip_none=False, overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
 class SpeechLabCLI(LightningCLI):
     """Lightning's CLI over any task and data module: recipes name them with
     ``model.class_path`` / ``data.class_path`` (subclass mode).
@@ -120,6 +144,7 @@ class SpeechLabCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", RunConfigCallback)
         self._ckpt_config_done = False
         super().__init__(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, args=args, **kwargs)
