@@ -27,13 +27,9 @@ MAX_TIME=${MAX_TIME:-00:00:08:30}
 CONFIGS=${CONFIGS:-"lstm_equal_size lstm_equal_params tcnlm_10 tcnlm_30 tcnlm_50"}
 STEPS=${STEPS:-11000}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTORCH_NVML_BASED_CUDA_CHECK=1
-if ! python3 -c "import jiwer, lhotse, jsonargparse" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl2/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+export PYTORCH_NVML_BASED_CUDA_CHECK=1
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 DATA=(--data.init_args.train .cache/20news/train.jsonl.gz --data.init_args.test .cache/20news/test.jsonl.gz)
 SETTINGS=(--data.init_args.batch_size 128 --model.init_args.total_steps "$STEPS"

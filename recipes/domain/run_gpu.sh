@@ -52,16 +52,8 @@ RETRY_TIME=${RETRY_TIME:-00:00:05:00}
 BEAM=${BEAM:-4}
 BETAS=${BETAS:-"0.2 0.4"}; ILM_RATIOS=${ILM_RATIOS:-"0.5"}   # lambda = ratio * beta
 mkdir -p "$OUT" "$R" "$CK"
-export PYTHONUNBUFFERED=1
-if ! python3 -c "import jiwer, lhotse, jsonargparse" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl2/*.whl 2>/dev/null || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$REPO:${PYTHONPATH:-}
-if ! command -v espeak-ng >/dev/null; then
-  tar xzf .gpu/espeak.tar.gz -C /tmp && export PATH=/tmp/espeak/bin:$PATH
-fi
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh espeak || exit 1
 [ "$ACCEL" = gpu ] && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SL="python3 -m speechlab.cli"
 

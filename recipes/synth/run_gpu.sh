@@ -36,15 +36,9 @@ S2S_STEPS=${S2S_STEPS:-1200}  # the seq2seq runs' max_steps (and LR schedule); r
 REPO=$PWD
 DATA=$REPO/data/synth10k
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ! python3 -c "import jiwer, lhotse, jsonargparse" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl2/*.whl 2>/dev/null || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$REPO:${PYTHONPATH:-}
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh espeak || exit 1
 CTC_INIT=${CTC_INIT:-/tmp/runs/ctc/exp/tiny_ctc/checkpoints/best.ckpt}
-tar xzf .gpu/espeak.tar.gz -C /tmp && export PATH=/tmp/espeak/bin:$PATH
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 if [ ! -f "$DATA/test.jsonl" ]; then
   python3 -m speechlab.cli data synth --out "$DATA" --utterances "$UTTS" --seed 1 --jobs "$(nproc)" \
