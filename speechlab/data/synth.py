@@ -370,7 +370,7 @@ def synthesize_corpus(
     if splits_wanted is not None:
         unknown = sorted(set(splits_wanted) - splits.keys())
         if unknown:
-            raise ValueError(f"synthesize_corpus: unknown split(s) {unknown} (train, dev, test)")
+            raise ValueError(f"synthesize_corpus: unknown split(s) {unknown} ({', '.join(SPLITS)})")
         splits = {name: members for name, members in splits.items() if name in splits_wanted}
         kept = {u.index for members in splits.values() for u in members}
         specs = [spec for spec in specs if spec.index in kept]
@@ -447,7 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=[30, 70], metavar=("LO", "HI"),
                         help="espeak-ng pitch 0-99, inclusive (default 30 70)")
     parser.add_argument("--id-prefix", default="tts", help="utterance id prefix (default tts)")
-    parser.add_argument("--splits", nargs="+", default=None, choices=("train", "dev", "test"),
+    parser.add_argument("--splits", nargs="+", default=None, choices=SPLITS,
                         help="render and write only these splits of the corpus (default: all); "
                         "the same files as a full run, e.g. a test set to evaluate elsewhere")
     parser.add_argument("--force", action="store_true",
