@@ -34,12 +34,10 @@ mkdir -p "$OUT/logs" "$OUT/lm" "$OUT/test"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
 # the audio: the splits the GPU machine rendered, deterministic by seed (run_gpu.sh's settings)
-$SL data synth --out "$D/books" --text "$T/books_speech.txt" --utterances 10800 --seed 141 \
-  --jobs "$JOBS" --dev-fraction 0.0277778 --test-fraction 0.0462963 --id-prefix books \
-  --splits test >"$OUT/logs/synth_books.log" 2>&1 || { tail -1 "$OUT/logs/synth_books.log"; exit 1; }
-$SL data synth --out "$D/reviews" --text "$T/reviews_speech.txt" --utterances 1900 --seed 142 \
-  --jobs "$JOBS" --dev-fraction 0.1578948 --test-fraction 0.3157895 --id-prefix reviews \
-  --splits dev test >"$OUT/logs/synth_reviews.log" 2>&1 || { tail -1 "$OUT/logs/synth_reviews.log"; exit 1; }
+# shellcheck source=recipes/domain/speech.sh
+source "$REPO/recipes/domain/speech.sh"
+synth_domain books "$OUT/logs/synth_books.log" --splits test || exit 1
+synth_domain reviews "$OUT/logs/synth_reviews.log" --splits dev test || exit 1
 if [ -n "$MD5" ]; then
   (cd "$D" && md5sum books/wavs/*.wav reviews/wavs/*.wav) | sort -k2 >"$OUT/md5_here.txt"
   differ=$(zcat -f "$MD5" | sort -k2 | join -1 2 -2 2 - "$OUT/md5_here.txt" | awk '$2!=$3' | wc -l)

@@ -40,9 +40,6 @@ T=${TEXT_DIR:-$REPO/.cache/domain}     # prepare_text_domains.py output (+ ckpt/
 D=${DATA_DIR:-$REPO/data/domain_text_speech}
 R=${RUNS_DIR:-/tmp/domain_runs}
 CK=$T/ckpt
-UTTS_A=${UTTS_A:-10800}; UTTS_B=${UTTS_B:-1900}
-FRAC_A=${FRAC_A:-"0.0277778 0.0462963"}   # dev, test: 300 and 500 of 10,800
-FRAC_B=${FRAC_B:-"0.1578948 0.3157895"}   # 300 and 600 of 1,900
 LM_HIDDEN=${LM_HIDDEN:-512}
 LM_TIME=${LM_TIME:-00:00:04:00}; CTC_TIME=${CTC_TIME:-00:00:04:15}
 CALL_S=${CALL_S:-570}          # a device call's limit (600 s) less a margin
@@ -57,15 +54,13 @@ source scripts/gpu_env.sh espeak || exit 1
 [ "$ACCEL" = gpu ] && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SL="python3 -m speechlab.cli"
 
-synth() {  # synth NAME UTTS SEED DEV TEST: deterministic, resumable (kept WAVs are reused)
-  [ -f "$D/$1/test.jsonl" ] && return 0
-  $SL data synth --out "$D/$1" --text "$T/$1_speech.txt" --utterances "$2" --seed "$3" \
-    --jobs "$(nproc)" --dev-fraction "$4" --test-fraction "$5" --id-prefix "$1" \
-    >"$OUT/synth_$1.log" 2>&1 || { tail -3 "$OUT/synth_$1.log"; return 1; }
+# shellcheck source=recipes/domain/speech.sh
+source "$REPO/recipes/domain/speech.sh"   # the corpus settings (UTTS_A/B, FRAC_A/B), synth_domain
+synth() {  # synth NAME: all of the domain's speech, once (kept WAVs are reused)
+  [ -f "$D/$1/test.jsonl" ] || synth_domain "$1" "$OUT/synth_$1.log"
 }
 synth_all() {
-  # shellcheck disable=SC2086
-  synth books "$UTTS_A" 141 $FRAC_A && synth reviews "$UTTS_B" 142 $FRAC_B || exit 1
+  synth books && synth reviews || exit 1
   el "speech: A $(wc -l <"$D/books/train.jsonl")/$(wc -l <"$D/books/dev.jsonl")/$(wc -l <"$D/books/test.jsonl"), B $(wc -l <"$D/reviews/train.jsonl")/$(wc -l <"$D/reviews/dev.jsonl")/$(wc -l <"$D/reviews/test.jsonl") train/dev/test"
 }
 speech() {  # speech DOMAIN: the data overrides of a recipe
