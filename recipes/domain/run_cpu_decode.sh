@@ -54,7 +54,7 @@ evaluate() {  # evaluate NAME CKPT MANIFEST [--model.init_args.X V ...]: -> $OUT
   [ -f "$OUT/test/$name/wer.json" ] && return 0   # resumable
   $SL test --ckpt_path "$ckpt" --data.init_args.test_manifest "$manifest" \
     --data.init_args.num_workers 0 --trainer.accelerator cpu --trainer.logger false \
-    --trainer.enable_progress_bar false --trainer.default_root_dir "$OUT/test/$name" \
+    --trainer.enable_progress_bar false \
     --model.init_args.beam_size "$BEAM" --model.init_args.output_dir "$OUT/test/$name" \
     --model.init_args.overwrite true "$@" >"$OUT/logs/test_$name.log" 2>&1 ||
     echo "test $name failed: $(tail -1 "$OUT/logs/test_$name.log")"
@@ -133,7 +133,7 @@ for lm in books reviews; do
     [ -f "$OUT/ppl/${lm}_on_$text/results.json" ] && continue
     $SL test --ckpt_path "$T/ckpt/lm_$lm.ckpt" --data.init_args.test_text "$T/${text}_speech.txt" \
       --trainer.accelerator cpu --trainer.logger false --trainer.enable_progress_bar false \
-      --trainer.default_root_dir "$OUT/ppl" --model.init_args.output_dir "$OUT/ppl/${lm}_on_$text" \
+      --model.init_args.output_dir "$OUT/ppl/${lm}_on_$text" \
       --model.init_args.overwrite true >"$OUT/logs/ppl_${lm}_on_$text.log" 2>&1 ||
       echo "ppl $lm on $text failed: $(tail -1 "$OUT/logs/ppl_${lm}_on_$text.log")"
   done

@@ -174,8 +174,7 @@ case $STAGE in
     $SL test --ckpt_path "$ckpt" --data.init_args.test_manifest "$manifest" \
       --data.init_args.num_workers 2 --trainer.accelerator "$ACCEL" --trainer.logger false \
       --trainer.enable_progress_bar false --model.init_args.beam_size "$beam" \
-      --model.init_args.output_dir "$R/test/$name" --model.init_args.overwrite true \
-      --trainer.default_root_dir "$R/test/$name" "$@" \
+      --model.init_args.output_dir "$R/test/$name" --model.init_args.overwrite true "$@" \
       >"$OUT/test_$name.log" 2>&1 || echo "test $name failed: $(tail -1 "$OUT/test_$name.log")"
   }
   # beta (shallow) and lambda = ratio * beta (ILM) on B's dev set, the none model + B's LM
@@ -224,7 +223,7 @@ EOF
   for d in books reviews; do  # the CTC model the seq2seq encoders start from (greedy, no LM)
     $SL test --ckpt_path "$(ck ctc)" --data.init_args.test_manifest "$D/$d/test.jsonl" \
       --data.init_args.num_workers 2 --trainer.accelerator "$ACCEL" --trainer.logger false \
-      --trainer.enable_progress_bar false --trainer.default_root_dir "$R/test/ctc_${d}_b1" \
+      --trainer.enable_progress_bar false \
       --model.init_args.output_dir "$R/test/ctc_${d}_b1" --model.init_args.overwrite true \
       >"$OUT/test_ctc_$d.log" 2>&1 || echo "test ctc $d failed: $(tail -1 "$OUT/test_ctc_$d.log")"
   done
