@@ -11,7 +11,9 @@
 # best.ckpt of an earlier call on the same warm machine):
 #   OUT=/tmp/out RUNS="ctc s2s s2s_ctc cold_ctc" bash recipes/synth/run_gpu.sh
 #   OUT=/tmp/out RUNS="s2s_init cold_init" bash recipes/synth/run_gpu.sh
-# s2s_ctc_graphs: s2s_ctc with the decoder's teacher forcing as CUDA graphs (decoder.cuda_graphs).
+# s2s_ctc_graphs, cold_ctc_graphs: s2s_ctc / cold_ctc with the decoder's teacher forcing as CUDA
+# graphs (decoder.cuda_graphs); from scratch in the full budget (issue 14):
+#   OUT=/tmp/out S2S_STEPS=4000 RUNS="s2s_ctc_graphs cold_ctc_graphs" bash recipes/synth/run_gpu.sh
 # Conformer vs BiLSTM CTC (issue 19): the BiLSTM of recipes/tiny/ctc.yaml (0.76M parameters), the
 # same BiLSTM at hidden 216 (2.03M) and the Conformer of recipes/tiny/ctc_conformer.yaml (2.04M):
 #   OUT=/tmp/out RUNS="ctc ctc_bilstm_2m ctc_conformer" bash recipes/synth/run_gpu.sh
@@ -77,6 +79,12 @@ for run in $RUNS; do
        fit cold_ctc seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
          --model.init_args.ctc_weight "$CTC_WEIGHT" \
          --model.init_args.lm_checkpoint /tmp/runs/lm/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
+    cold_ctc_graphs)  # cold_ctc with the CUDA-graphed decoder
+      (fit lm_graphs rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
+         "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
+       fit cold_ctc_graphs seq2seq_cold "${speech[@]}" "${gpu[@]}" --trainer.max_steps "$S2S_STEPS" \
+         --model.init_args.ctc_weight "$CTC_WEIGHT" --model.init_args.decoder.cuda_graphs true \
+         --model.init_args.lm_checkpoint /tmp/runs/lm_graphs/exp/tiny_rnnlm/checkpoints/last.ckpt) & PIDS+=($!) ;;
     cold_init)  # as cold_ctc, the encoder and CTC head from CTC_INIT
       (fit lm_init rnnlm --data.init_args.train_text "$DATA/train.jsonl" --data.init_args.dev_text \
          "$DATA/dev.jsonl" --trainer.accelerator gpu --trainer.max_time 00:00:01:00 --trainer.max_steps 3000 &&
