@@ -164,3 +164,39 @@ def test_teacher_must_fit_the_student(teacher_ckpt, tmp_path):
     vocab = save_teacher(tmp_path / "vocab.ckpt", vocab="abc '")
     with pytest.raises(InputError, match=rf"^{vocab}: teacher vocabulary"):
         make_task(views="both", ts_weight=1.0, teacher_checkpoint=str(vocab)).load_teacher()
+
+
+def test_init_checkpoint_warm_starts_encoder_and_head_only(teacher_ckpt, tmp_path):
+    """``init_checkpoint`` (issue 15.2, the warm start of every row): the encoder and CTC head
+    equal the trained CTC model's tensor for tensor, a GAN's critic starts as a fresh one (the
+    same seed without init gives the same critic), a checkpoint of the warm-started model saves
+    ``init_checkpoint`` as None, and a source of another encoder shape or vocabulary is one
+    line naming its file."""
+    source = CTCTask.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=False)
+    torch.manual_seed(3)
+    fresh = make_task(views="both", lambda_adv=0.1)
+    torch.manual_seed(3)
+    warm = make_task(views="both", lambda_adv=0.1, init_checkpoint=str(teacher_ckpt))
+    want = {**{f"encoder.{k}": v for k, v in source.encoder.state_dict().items()},
+            **{f"head.{k}": v for k, v in source.head.state_dict().items()}}
+    got = warm.state_dict()
+    assert want and all(torch.equal(got[k], v) for k, v in want.items())
+    assert any(not torch.equal(fresh.state_dict()[k], v) for k, v in want.items())
+    critic = [k for k in got if k.startswith("critic.")]
+    assert critic and all(torch.equal(got[k], fresh.state_dict()[k]) for k in critic)
+
+    trainer = fit(warm, [paired_batch(0)], steps=1)
+    trainer.save_checkpoint(tmp_path / "warm.ckpt")
+    saved = torch.load(tmp_path / "warm.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hyper_parameters"]["init_checkpoint"] is None
+
+    other = save_teacher(tmp_path / "wide.ckpt",
+                         SpeechEncoderConfig(stride=ENC.stride, hidden_size=ENC.hidden_size + 8,
+                                             num_layers=ENC.num_layers,
+                                             conv_channels=ENC.conv_channels, dropout=0.0))
+    with pytest.raises(InputError, match=rf"^{other}: its encoder does not fit") as err:
+        make_task(views="both", init_checkpoint=str(other))
+    assert "\n" not in str(err.value)
+    vocab = save_teacher(tmp_path / "vocab.ckpt", vocab="abc '")
+    with pytest.raises(InputError, match=rf"^{vocab}: vocabulary"):
+        make_task(views="both", init_checkpoint=str(vocab))

@@ -115,6 +115,10 @@ class RobustASRTask(CTCTask):
         teacher_checkpoint: a trained CTC-family checkpoint (:class:`CTCTask`, or a robust one)
             with this model's vocabulary and frame rate; frozen, used only in training.
         ts_temperature: softmax temperature ``τ`` of ``L_ts`` (scaled by ``τ²``).
+        init_checkpoint: a trained CTC-family checkpoint (the same vocabulary and encoder
+            configuration) whose encoder and CTC head this model starts from (the warm start
+            of every configuration of a study; the critic, if any, starts fresh). A training-start
+            option: checkpoints save it as None, so rebuilding a trained model does not read it.
         lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`; the
             schedule applies to the encoder/head optimizer.
     """
@@ -126,7 +130,8 @@ class RobustASRTask(CTCTask):
                  critic_lr: float = 5e-4, critic_betas: tuple[float, float] = (0.5, 0.9),
                  penalty_warmup_steps: int = 0, grad_clip: float | None = 2.0,
                  ts_weight: float = 0.0, teacher_checkpoint: str | None = None,
-                 ts_temperature: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 ts_temperature: float = 1.0, init_checkpoint: str | None = None,
+                 lr: float = 2e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 200, total_steps: int | None = None,
                  output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(vocab, encoder, spec_augment, lr, weight_decay, warmup_steps,
@@ -151,6 +156,35 @@ class RobustASRTask(CTCTask):
         self.automatic_optimization = False
         self.critic = (SequenceCritic(self.encoder.output_dim, critic or CriticConfig())
                        if lambda_adv > 0 else None)
+        if init_checkpoint is not None:
+            self.load_encoder_and_head(init_checkpoint)
+
+    def load_encoder_and_head(self, path: str) -> None:
+        """Copy the encoder and CTC head of the CTC-family checkpoint ``path`` into this model.
+
+        Raises:
+            InputError: another vocabulary, or an encoder or head of other shapes (another
+                encoder configuration).
+        """
+        from speechlab.tasks.robust_eval import load_ctc_task
+
+        source = load_ctc_task(path)
+        if source.vocab != self.vocab:
+            raise InputError(f"{path}: vocabulary {source.vocab} differs from the model's {self.vocab}")
+        for name in ("encoder", "head"):
+            try:
+                getattr(self, name).load_state_dict(getattr(source, name).state_dict())
+            except RuntimeError as err:  # missing/unexpected keys or other shapes
+                first = str(err).strip().splitlines()[-1].strip()
+                raise InputError(f"{path}: its {name} does not fit this model's "
+                                 f"(another encoder configuration?): {first}") from None
+        log.info("initialized the encoder and CTC head from %s", path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict) and "init_checkpoint" in hp:
+            hp["init_checkpoint"] = None  # a training-start option: the weights are in this file
 
     # -- the frozen teacher -------------------------------------------------------------------
     @property
