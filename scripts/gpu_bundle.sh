@@ -14,7 +14,7 @@ PY=${PY:-python3}
 WHEELS=(lhotse==1.33.0 lilcom intervaltree sortedcontainers cytoolz toolz audioread tabulate
         "jsonargparse==4.53.0" docstring-parser typeshed-client soundfile cffi pycparser
         jiwer==4.0.0 rapidfuzz==3.14.6 pyroomacoustics==0.10.1)
-if ! ls .whl2/lhotse-*.whl .whl2/pyroomacoustics-*.whl >/dev/null 2>if ! ls .whl2/lhotse-*.whl >/dev/null 2>&1; then1; then
+if ! ls .whl2/lhotse-*.whl .whl2/pyroomacoustics-*.whl >/dev/null 2>&1; then
   mkdir -p .whl2
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
