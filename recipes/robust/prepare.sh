@@ -3,6 +3,8 @@
 # deterministic by seed; run where it trains (the H200 machine's 16 cores: ~3 minutes).
 #
 #   bash recipes/robust/prepare.sh OUT SHARED [UTTERANCES=10700] [JOBS=nproc]
+#   TEST_ONLY=1 bash recipes/robust/prepare.sh ...   # the test sets alone (minutes on 2 cores),
+#       the very files of a full run (synth --splits test; far-field draws are seeded per utterance)
 #
 # SHARED holds noise_rir/{noise,rir}/ and fsdd/ (../shared/data, or the carried copy of
 # recipes/robust/pack_shared.sh). The recorded noises and impulse responses are split into a
@@ -77,9 +79,11 @@ PY
 }
 
 echo "== clean corpus ($N utterances)"
+splits=(); [ -n "${TEST_ONLY:-}" ] && splits=(--splits test)
 [ -f "$OUT/clean/test.jsonl" ] || sl data synth --out "$OUT/clean" --utterances "$N" --seed 2 \
-  --jobs "$JOBS" --dev-fraction 0.03 --test-fraction 0.03
+  --jobs "$JOBS" --dev-fraction 0.03 --test-fraction 0.03 "${splits[@]}"
 
+if [ -z "${TEST_ONLY:-}" ]; then
 echo "== far-field training copies"
 n_train=$(wc -l <"$OUT/clean/train.jsonl")
 cut=$((n_train * 2 / 3))
@@ -92,6 +96,7 @@ ff --in "$OUT/clean/train_real.jsonl" --out "$OUT/farfield/train_real" --snr-ran
 rows "$OUT/farfield/train_sim/train_sim.jsonl" "$OUT/farfield/train.jsonl" "" "$OUT/farfield/train_real/train_real.jsonl"
 echo "$(wc -l <"$OUT/farfield/train.jsonl") far-field training utterances"
 ff --in "$OUT/clean/dev.jsonl" --out "$OUT/farfield/dev" --snr-range 0 20 --seed 1 --rooms 100
+fi
 
 echo "== test sets"
 T=$OUT/test
@@ -120,5 +125,5 @@ PY
 ff --in "$T/fsdd_clean/test.jsonl" --out "$T/fsdd_sim_snr10" --snr 10 --seed 100 --rooms 100
 ff --in "$T/fsdd_clean/test.jsonl" --out "$T/fsdd_heldout_snr10" --snr 10 --seed 100 \
    --noise-dir "$HALVES/heldout/noise" --rir-dir "$HALVES/heldout/rir"
-touch "$OUT/.ready"
+[ -n "${TEST_ONLY:-}" ] || touch "$OUT/.ready"
 echo "== done: $(ls "$T" | tr '\n' ' ')"
