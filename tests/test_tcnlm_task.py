@@ -171,3 +171,65 @@ def test_tcnlm_beats_the_lstm_on_the_embedded_corpus(tmp_path):
         trainer.test(task, datamodule=data, verbose=False)
         ppl[lm_type] = json.loads((tmp_path / lm_type / "results.json").read_text())["perplexity"]
     assert ppl["tcnlm"] < 0.9 * ppl["lstm"], ppl
+
+
+class _Snapshots(pl.Callback):
+    """Every parameter before the first step, and the LM's after each step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        self.lm_after: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.lm_after.append({n: p.detach().clone() for n, p in pl_module.lm.named_parameters()})
+
+
+def test_topic_pretraining_trains_the_topic_model_alone_then_both(dm, tmp_path):
+    """``topic_pretrain_steps`` 3: steps 1-3 change the topic model and leave every LM tensor
+    bit-identical (the LM gets no gradient), their loss is the negative ELBO per bag-of-words
+    token (checked against the topic model's own output); from step 4 the LM trains too."""
+    torch.manual_seed(0)
+    task = TopicLMTask(num_topics=4, total_steps=6, topic_pretrain_steps=3, **SMALL)
+    task.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+    batch = next(iter(dm.train_dataloader()))
+    task.train()
+    out = task.compute(batch)
+    assert "lm_nll" not in out
+    torch.manual_seed(1)
+    out = task.compute(batch)
+    torch.manual_seed(1)
+    ntm = task.topic_model(batch["bow"])
+    assert out["loss"].item() == pytest.approx(
+        ((ntm.nll.sum() + ntm.kl.sum()) / batch["bow"].sum()).item(), rel=1e-6)
+    snaps = _Snapshots()
+    _trainer(6, tmp_path, enable_checkpointing=False, callbacks=[snaps]).fit(task, datamodule=dm)
+    lm_start = {n[len("lm."):]: v for n, v in snaps.start.items() if n.startswith("lm.")}
+    assert all(torch.equal(lm_start[n], v) for step in snaps.lm_after[:3] for n, v in step.items())
+    assert any(not torch.equal(lm_start[n], v) for n, v in snaps.lm_after[3].items())
+    topic_now = dict(task.topic_model.named_parameters())
+    assert any(not torch.equal(snaps.start[f"topic_model.{n}"], p) for n, p in topic_now.items())
+    task.eval()
+    assert "lm_nll" in task.compute(batch)  # evaluation always runs the LM
+
+
+def test_kl_warmup_scales_the_kl_term_in_training_only(dm):
+    """``kl_warmup_steps`` 4: the training loss at step 0 is (LM NLL + bow NLL + KL/4) per token,
+    by hand from compute's own parts; evaluation uses the full KL; a negative setting is an error."""
+    torch.manual_seed(0)
+    task = TopicLMTask(num_topics=4, kl_warmup_steps=4, **SMALL)
+    task.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+    batch = next(iter(dm.train_dataloader()))
+    task.train()
+    assert task.kl_scale() == 0.25
+    out = task.compute(batch)
+    want = (out["lm_nll"] + out["ntm_nll"] + 0.25 * out["kl"]) / out["tokens"]
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    task.eval()
+    out = task.compute(batch)
+    assert task.kl_scale() == 1.0
+    want = (out["lm_nll"] + out["ntm_nll"] + out["kl"]) / out["tokens"]
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="kl_warmup_steps"):
+        TopicLMTask(kl_warmup_steps=-1)
+    with pytest.raises(ValueError, match="lm_type: tcnlm"):
+        TopicLMTask(lm_type="lstm", topic_pretrain_steps=5)

@@ -79,6 +79,12 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         topic_decoder: ``"product"`` (ProdLDA-style, default) or ``"mixture"`` (the paper's);
             see :mod:`speechlab.nn.topic`.
         ntm_weight: weight of the topic model's negative ELBO in the loss.
+        topic_pretrain_steps: the first training steps train the topic model alone (loss = its
+            negative ELBO per bag-of-words token; the LM is not run and gets no gradient), so
+            the TC-LSTM is joined to topics that already mean something.
+        kl_warmup_steps: the KL term of the topic model's ELBO is scaled by
+            ``min(1, (step + 1) / kl_warmup_steps)`` in training (KL annealing; 0: always 1).
+            Evaluation always uses the full ELBO.
         lstm_hidden_size: hidden size of the ``lstm`` baseline (default ``hidden_size``).
         match_params: ``lstm`` only: choose ``lstm_hidden_size`` so that the baseline has as
             many parameters as the TCNLM (LM + topic model) with these settings.
@@ -101,6 +107,7 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
                  topic_hidden: int = 256,
                  topic_layers: int = 2, topic_dropout: float = 0.0,
                  topic_decoder: Literal["product", "mixture"] = "product", ntm_weight: float = 1.0,
+                 topic_pretrain_steps: int = 0, kl_warmup_steps: int = 0,
                  lstm_hidden_size: int | None = None, match_params: bool = False,
                  lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
                  total_steps: int | None = None, compile: bool = False, top_k: int = 10,
@@ -111,6 +118,10 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
             raise ValueError(f"lm_type must be 'tcnlm' or 'lstm', got {lm_type!r}")
         if match_params and lm_type != "lstm":
             raise ValueError("match_params applies to lm_type: lstm only")
+        if topic_pretrain_steps < 0 or kl_warmup_steps < 0:
+            raise ValueError("topic_pretrain_steps and kl_warmup_steps must be >= 0")
+        if topic_pretrain_steps > 0 and lm_type != "tcnlm":
+            raise ValueError("topic_pretrain_steps trains the topic model: it needs lm_type: tcnlm")
         self.save_hyperparameters()
         self.lm: nn.Module | None = None
         self.topic_model: NeuralTopicModel | None = None
@@ -214,8 +225,12 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
                                  "TCNLM reads sentences (topic_context: preceding keeps out the future)")
             assert self.topic_model is not None
             ntm = self.topic_model(batch["bow"])
-            logits, _, _ = self.lm(tokens, ntm.topics)
             out["ntm_nll"], out["kl"] = ntm.nll.sum(), ntm.kl.sum()
+            neg_elbo = out["ntm_nll"] + self.kl_scale() * out["kl"]
+            if self.pretraining_topics():  # the topic model alone
+                out["loss"] = neg_elbo / batch["bow"].sum().clamp(min=1)
+                return out
+            logits, _, _ = self.lm(tokens, ntm.topics)
         elif "first" in batch:
             if state is not None:
                 keep = (~batch["first"]).to(state[0].dtype)[None, :, None]
@@ -229,9 +244,21 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         lm_nll = nll.sum()
         loss = lm_nll
         if self.is_tcnlm:
-            loss = loss + self.hparams.ntm_weight * (out["ntm_nll"] + out["kl"])
+            loss = loss + self.hparams.ntm_weight * neg_elbo
         out.update(lm_nll=lm_nll, sentence_nll=nll, tokens=n_tokens, loss=loss / n_tokens.clamp(min=1))
         return out
+
+    def pretraining_topics(self) -> bool:
+        """Whether this training step trains the topic model alone (``topic_pretrain_steps``)."""
+        return self.training and self.global_step < self.hparams.get("topic_pretrain_steps", 0)
+
+    def kl_scale(self) -> float:
+        """The KL term's weight at this step: ``min(1, (step + 1) / kl_warmup_steps)`` in
+        training (1 without ``kl_warmup_steps``, and in evaluation)."""
+        warmup = self.hparams.get("kl_warmup_steps", 0)
+        if not self.training or warmup <= 0:
+            return 1.0
+        return min(1.0, (self.global_step + 1) / warmup)
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
         """:meth:`compute`, carrying a document stream's state from batch to batch of ``split``
@@ -255,8 +282,9 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         out = self._step(batch, "train")
         n = len(batch["tokens"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
-        self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"].clamp(min=1)), prog_bar=True,
-                 batch_size=n)
+        if "lm_nll" in out:  # not while the topic model trains alone
+            self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"].clamp(min=1)),
+                     prog_bar=True, batch_size=n)
         if self.is_tcnlm:
             self.log("train/kl", out["kl"].detach() / n, batch_size=n)
             self.log("train/bow_nll", out["ntm_nll"].detach() / n, batch_size=n)
