@@ -8,6 +8,10 @@ each per round) so that a machine whose load changes during the run slows all of
 table gives the median ms per step, steps/s, the ratio to CTC's steps/s and audio seconds per
 second.
 
+On the CPU, the plain rows run the decoder's teacher-forced recurrence with its hand-written
+backward (:meth:`AttentionDecoder.bptt_recurrence`, :mod:`speechlab.functional.decoder_bptt`: the
+weight gradients once per batch, not once per token); rows ``… (autograd recurrence)`` run the
+same recurrence through autograd step by step (``decoder.cpu_bptt = False``), as before it.
 Rows ``… (CUDA graphs)`` (on a GPU) run the decoder's teacher-forced recurrence as CUDA graphs
 (``decoder.cuda_graphs: true``: one graph per padded batch shape, captured while every batch is
 seen once in the warm-up, float32 inside). Rows ``… (step by step)`` are the anchor: the same model with teacher forcing run token by token
@@ -70,7 +74,8 @@ def recipe_model_args(name: str) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in ("output_dir", "lm_checkpoint", "test_lm_checkpoint")}
 
 
-def build_models(lm_path: Path, ctc_weight: float, cuda_graphs: bool = False) -> dict[str, torch.nn.Module]:
+def build_models(lm_path: Path, ctc_weight: float, cuda_graphs: bool = False,
+                 autograd_rows: bool = False) -> dict[str, torch.nn.Module]:
     from speechlab.nn.decoder import AttentionDecoderConfig
     from speechlab.nn.encoders import SpeechEncoderConfig
 
@@ -91,6 +96,10 @@ def build_models(lm_path: Path, ctc_weight: float, cuda_graphs: bool = False) ->
             graphed = s2s(recipe, **kw)
             graphed.decoder.config.cuda_graphs = True
             models[f"{label} (CUDA graphs)"] = graphed
+        if autograd_rows:
+            eager = s2s(recipe, **kw)
+            eager.decoder.cpu_bptt = False
+            models[f"{label} (autograd recurrence)"] = eager
         slow = s2s(recipe, **kw)
         slow.decoder = StepwiseDecoder(slow.decoder)
         models[f"{label} (step by step)"] = slow
@@ -124,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {"vocab_size": 29, "embed_dim": 64, "hidden_size": 256, "num_layers": 1, "dropout": 0.1}
     from speechlab.data.text import CharVocab
     torch.save(lm_bundle(RNNLanguageModel(**config), config, CharVocab()), lm_path)
-    models = build_models(lm_path, args.ctc_weight, cuda_graphs=dev.type == "cuda")
+    models = build_models(lm_path, args.ctc_weight, cuda_graphs=dev.type == "cuda",
+                          autograd_rows=dev.type == "cpu")
     opts = {}
     for name, m in models.items():
         m.to(dev).train()

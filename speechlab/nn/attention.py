@@ -93,7 +93,9 @@ class Attention(nn.Module):
         e = keys + self.query_proj(query)[:, None, :]
         if self.kind == "location":
             e = e + self.location_features(prev_alignment, location_filters)
-        scores = self.energy(torch.tanh(e)).squeeze(-1).float()
+        scores = self.energy(torch.tanh(e)).squeeze(-1)
+        # the softmax in float32 at least: bf16/fp16 scores upcast, float64 ones kept
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         scores = scores.masked_fill(~mask, float("-inf"))
         alignment = scores.softmax(dim=-1).to(memory.dtype)
         context = torch.bmm(alignment[:, None, :], memory).squeeze(1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechlab.functional.decoder_bptt import AttentionWeights, LSTMWeights, attention_recurrence
 from speechlab.nn.attention import Attention, frame_mask
 from speechlab.nn.cuda_graphs import GraphCache
 from speechlab.nn.fusion import ColdFusion, DeepFusion
@@ -132,6 +133,11 @@ class AttentionDecoder(nn.Module):
         fusion: ``none``/``shallow`` (no LM inside the decoder), ``deep`` or ``cold``.
         lm_hidden_size: the LM's hidden size (deep fusion).
     """
+
+    #: teacher forcing in training on the CPU runs the recurrence as :meth:`bptt_recurrence`
+    #: (see :meth:`uses_cpu_bptt`); False (on an instance): :meth:`recurrence`, autograd step
+    #: by step, the reference that tests and the speed benchmark's anchor run
+    cpu_bptt: bool = True
 
     def __init__(self, vocab_size: int, memory_dim: int, config: AttentionDecoderConfig | None = None,
                  fusion: FusionKind = "none", lm_hidden_size: int | None = None) -> None:
@@ -287,7 +293,10 @@ class AttentionDecoder(nn.Module):
 
         Without scheduled sampling only the recurrence (LSTM cells + attention) runs step by
         step: the embeddings, the LM, fusion and the output DNN run once over the whole
-        sequence (the same numbers as :meth:`step` by step, far fewer kernel launches).
+        sequence (the same numbers as :meth:`step` by step, far fewer kernel launches). The
+        recurrence is :meth:`recurrence` (autograd), or in training :meth:`graphed_recurrence`
+        on a GPU with ``config.cuda_graphs`` and :meth:`bptt_recurrence` on the CPU
+        (:meth:`uses_cpu_bptt`).
 
         Returns:
             :class:`DecoderOutput` with ``logits (B, U, V)``.
@@ -300,6 +309,8 @@ class AttentionDecoder(nn.Module):
         if (self.config.cuda_graphs and memory.values.is_cuda and self.training
                 and torch.is_grad_enabled()):
             queries, contexts, aligns = self.graphed_recurrence(embedded, memory)
+        elif self.uses_cpu_bptt(embedded, memory):
+            queries, contexts, aligns = self.bptt_recurrence(embedded, memory)
         else:
             queries, contexts, aligns = self.recurrence(embedded, memory)
         s = torch.cat([queries, contexts.to(queries.dtype)], dim=-1)
@@ -314,8 +325,9 @@ class AttentionDecoder(nn.Module):
     def recurrence(self, embedded: torch.Tensor, memory: Memory
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher forcing's recurrence: :meth:`recur` over ``embedded (B, U, E)`` (the
-        embedded previous tokens) from :meth:`init_state`. Returns ``(queries (B, U, H),
-        contexts (B, U, D), alignments (B, U, T))``."""
+        embedded previous tokens) from :meth:`init_state`, through autograd step by step (the
+        reference that :meth:`bptt_recurrence` is tested against). Returns ``(queries (B, U,
+        H), contexts (B, U, D), alignments (B, U, T))``."""
         state = self.init_state(memory)
         filters = self.attention.location_filters() if self.attention.kind == "location" else None
         queries, contexts, aligns = [], [], []
@@ -326,6 +338,40 @@ class AttentionDecoder(nn.Module):
             contexts.append(state["context"])
             aligns.append(state["alignment"])
         return torch.stack(queries, dim=1), torch.stack(contexts, dim=1), torch.stack(aligns, dim=1)
+
+    def uses_cpu_bptt(self, embedded: torch.Tensor, memory: Memory) -> bool:
+        """Whether :meth:`forward` runs the recurrence as :meth:`bptt_recurrence`: with
+        :attr:`cpu_bptt` on, in training with gradients, on the CPU without autocast, with
+        ``embedded``, the memory and the LSTM weights all float32 or all float64 (and the
+        inter-layer dropout below 1)."""
+        dtype = self.cells[0].weight_ih.dtype
+        return (self.cpu_bptt and self.training and torch.is_grad_enabled()
+                and dtype in (torch.float32, torch.float64)
+                and all(x.device.type == "cpu" and x.dtype == dtype
+                        for x in (embedded, memory.values, memory.keys, self.cells[0].weight_ih))
+                and not torch.is_autocast_enabled("cpu") and self.dropout.p < 1.0)
+
+    def bptt_recurrence(self, embedded: torch.Tensor, memory: Memory
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`recurrence` as one autograd node with a hand-written backward
+        (:func:`~speechlab.functional.decoder_bptt.attention_recurrence`): the same outputs and
+        gradients, and on the CPU a fraction of autograd's per-step cost (every weight gradient
+        is one product over the whole sequence instead of one per step). The inter-layer
+        dropout masks (``num_layers > 1``) are drawn here for all steps at once, so the random
+        stream differs from :meth:`recurrence`'s (the distribution does not)."""
+        att = self.attention
+        filters = att.location_filters() if att.kind == "location" else None
+        masks = None
+        p = self.dropout.p
+        if self.training and p > 0 and len(self.cells) > 1:
+            b, u, _ = embedded.shape
+            masks = embedded.new_empty(len(self.cells) - 1, u, b, self.config.hidden_size)
+            masks.bernoulli_(1.0 - p).div_(1.0 - p)
+        cells = [LSTMWeights(c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh) for c in self.cells]
+        return attention_recurrence(embedded, memory.values, memory.keys, memory.mask,
+                                    self.init_state(memory)["alignment"], cells,
+                                    AttentionWeights(att.query_proj.weight, att.energy.weight[0],
+                                                     filters), masks)
 
     def graphed_recurrence(self, embedded: torch.Tensor, memory: Memory
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
