@@ -13,9 +13,8 @@
 #   OUT=/tmp/out STAGES="data ctc" bash recipes/robust/run_gpu.sh                  # call 1
 #   OUT=/tmp/out CTC_INIT=ctc_init.ckpt STAGES="data rows" bash recipes/robust/run_gpu.sh  # call 2
 #   ... SEEDS=1, SEEDS=2 for the other seeds
-# recipes/robust/ctc_init.ckpt (2.4 MB, committed) is the warm start of record (the ctc stage of
-# 2026-12-02, optimizer state dropped): the rows' default CTC_INIT, so that every seed of the
-# study, in any later session, starts from the same model.
+# Every seed of a study must start from the same warm start: keep $OUT/ctc_init.ckpt of the ctc
+# stage (carried as a git-ignored file) for all its rows calls; a new ctc stage is a new study.
 #
 # Rows (recipes/tiny/robust_*.yaml, data and schedule swapped): clean (clean view only),
 # augment (both views), l1 (paired L1, lambda 3), ts (teacher-student on the paired clean view),
@@ -75,7 +74,7 @@ EOF
 fi
 
 if has rows; then
-  CTC_INIT=$(readlink -f "${CTC_INIT:-recipes/robust/ctc_init.ckpt}")  # default: the committed warm start of record
+  CTC_INIT=$(readlink -f "${CTC_INIT:?rows need CTC_INIT (or the ctc stage)}")
   data=(--data.init_args.train_manifest "$D/farfield/train.jsonl"
         --data.init_args.paired_clean_manifest "$D/clean/train.jsonl"
         --data.init_args.dev_manifest "$D/farfield/dev/dev.jsonl"
