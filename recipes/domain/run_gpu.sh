@@ -84,16 +84,15 @@ best() { ls "$R/$1"/exp/*/checkpoints/best.ckpt 2>/dev/null | head -1; }
 keep_ckpt() {  # keep_ckpt RUN...: best.ckpt without optimizer state -> $OUT/ckpt/RUN.ckpt
   mkdir -p "$OUT/ckpt"
   python3 - "$R" "$OUT/ckpt" "$@" <<'EOF'
-import glob, sys, torch
+import glob, sys
+sys.path.insert(0, "scripts")
+from gpu_results import strip_checkpoint
 runs, out = sys.argv[1], sys.argv[2]
 for run in sys.argv[3:]:
     paths = glob.glob(f"{runs}/{run}/exp/*/checkpoints/best.ckpt")
     if not paths:
         print(f"{run}: no best.ckpt"); continue
-    ck = torch.load(paths[0], map_location="cpu", weights_only=False)
-    for key in ("optimizer_states", "lr_schedulers"):
-        ck.pop(key, None)
-    torch.save(ck, f"{out}/{run}.ckpt")
+    strip_checkpoint(paths[0], f"{out}/{run}.ckpt")
 EOF
 }
 ck() {  # ck RUN: this stage's or an earlier stage's (carried) checkpoint of RUN

@@ -62,13 +62,7 @@ if has ctc && [ -z "${CTC_INIT:-}" ]; then
     --data.init_args.train_manifest "$D/clean/train.jsonl" --data.init_args.dev_manifest "$D/clean/dev.jsonl" \
     --data.init_args.test_manifest "$D/clean/test.jsonl" >"$OUT/fit_ctc.log" 2>&1)
   grep -E "training ended" "$OUT/fit_ctc.log" | tail -1
-  python3 - "$CTC_RUN/exp/tiny_ctc/checkpoints/best.ckpt" "$OUT/ctc_init.ckpt" <<'EOF'
-import sys, torch
-ck = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
-for key in ("optimizer_states", "lr_schedulers"):
-    ck.pop(key, None)
-torch.save(ck, sys.argv[2])
-EOF
+  python3 scripts/gpu_results.py strip "$CTC_RUN/exp/tiny_ctc/checkpoints/best.ckpt" "$OUT/ctc_init.ckpt"
   CTC_INIT=$OUT/ctc_init.ckpt
   el "ctc: $CTC_INIT"
 fi
@@ -119,16 +113,13 @@ if has rows; then
   for p in "${PIDS[@]}"; do wait "$p"; done
   el "tests done"
   python3 - "$ROOT/runs" "$OUT" "${RUNS[@]}" <<'EOF'
-import glob, json, os, re, sys, tarfile, torch
+import glob, json, os, sys, tarfile
+sys.path.insert(0, "scripts")
+from gpu_results import fit_summary, strip_checkpoint
 runs_dir, out, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
 old = json.load(open(f"{out}/results.json")) if os.path.exists(f"{out}/results.json") else {}
 for run in runs:
-    row = {}
-    fit = open(f"{out}/fit_{run}.log").read()
-    m = re.findall(r"training ended at step (\d+)\S*\s+epoch (\d+)\s+([\d.]+) s\s+([\d.]+) steps/s", fit)
-    if m:
-        row.update(steps=int(m[-1][0]), epochs=int(m[-1][1]), train_s=float(m[-1][2]), steps_per_s=float(m[-1][3]))
-    row["dev_cer_curve"] = [(int(s), float(c)) for s, c in re.findall(r"validation at step (\d+)\S*.*?val/cer ([\d.]+)", fit)]
+    row = fit_summary(open(f"{out}/fit_{run}.log").read())
     path = f"{runs_dir}/{run}/test/wer.json"
     if os.path.exists(path):
         sets = json.load(open(path))["sets"]
@@ -143,10 +134,7 @@ for i in range(0, len(runs), 3):
     with tarfile.open(f"{out}/ckpt_{runs[i]}.tgz", "w:gz") as tar:
         for run in runs[i:i + 3]:
             for path in glob.glob(f"{runs_dir}/{run}/exp/*/checkpoints/best.ckpt"):
-                ck = torch.load(path, map_location="cpu", weights_only=False)
-                for key in ("optimizer_states", "lr_schedulers"):
-                    ck.pop(key, None)
-                torch.save(ck, f"{ckdir}/{run}.ckpt")
+                strip_checkpoint(path, f"{ckdir}/{run}.ckpt")
                 tar.add(f"{ckdir}/{run}.ckpt", arcname=f"{run}.ckpt")
 EOF
 fi

@@ -111,15 +111,12 @@ for run in $RUNS; do
 done
 for p in "${PIDS[@]}"; do wait "$p"; done
 python3 - "$RUNS" "$OUT/results.json" <<'EOF'
-import glob, json, re, sys, torch
+import glob, json, re, sys
+sys.path.insert(0, "scripts")
+from gpu_results import fit_summary
 rows = {}
 for run in sys.argv[1].split():
-    row = {}
-    fit = open(f"{sys.argv[2].rsplit('/', 1)[0]}/fit_{run}.log").read()
-    m = re.findall(r"training ended at step (\d+)\S*\s+epoch (\d+)\s+([\d.]+) s\s+([\d.]+) steps/s", fit)
-    if m:
-        row.update(steps=int(m[-1][0]), epochs=int(m[-1][1]), train_s=float(m[-1][2]), steps_per_s=float(m[-1][3]))
-    row["dev_cer_curve"] = [(int(s), float(c)) for s, c in re.findall(r"validation at step (\d+)\S*.*?val/cer ([\d.]+)", fit)]
+    row = fit_summary(open(f"{sys.argv[2].rsplit('/', 1)[0]}/fit_{run}.log").read())
     for path in glob.glob(f"/tmp/runs/{run}/test_beam*/wer.json"):
         beam = re.search(r"beam(\d+)", path).group(1)
         w = json.load(open(path))
@@ -129,14 +126,10 @@ for run in sys.argv[1].split():
 json.dump(rows, open(sys.argv[2], "w"), indent=1)
 EOF
 mkdir -p "$OUT/ckpt"  # every best.ckpt comes back without its optimizer state (a few MB each)
-python3 - "$RUNS" "$OUT/ckpt" <<'EOF'
-import glob, sys, torch
-for run in sys.argv[1].split():
-    for path in glob.glob(f"/tmp/runs/{run}/exp/*/checkpoints/best.ckpt"):
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        for key in ("optimizer_states", "lr_schedulers"):
-            ck.pop(key, None)
-        torch.save(ck, f"{sys.argv[2]}/{run}.ckpt")
-EOF
+for run in $RUNS; do
+  for ckpt in /tmp/runs/$run/exp/*/checkpoints/best.ckpt; do
+    [ -f "$ckpt" ] && python3 scripts/gpu_results.py strip "$ckpt" "$OUT/ckpt/$run.ckpt"
+  done
+done
 tar czf "$OUT/logs.tgz" "$OUT"/*.log 2>/dev/null && rm -f "$OUT"/*.log
 el "done"
