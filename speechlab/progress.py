@@ -8,7 +8,7 @@ them. So:
   ``data farfield``, ``grams refine``, ``decode``): a tqdm bar when the stream is a terminal;
   otherwise a :class:`LineProgress`, which writes one plain line at most every ``interval``
   seconds and one summary line at the end.
-* :class:`speechlab.tasks.cli.LogProgressBar` -- the same for Lightning (kept there: this
+* :class:`speechlab.cli.lightning.LogProgressBar` -- the same for Lightning (kept there: this
   module does not import Lightning, so the tools start fast).
 
 ``SPEECHLAB_PROGRESS_INTERVAL`` (seconds, default 30) sets the interval of both.

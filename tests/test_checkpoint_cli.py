@@ -130,9 +130,9 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     beam search (beam 3) and another folder: the CLI's model decodes with the beam search, its
     transcripts are the beam search's (decoded here from the checkpoint with
     ``load_gram_ctc``), and they are written where the command line says."""
+    from speechlab.cli.lightning import SpeechLabCLI
     from speechlab.data.speech import SpeechDataModule
     from speechlab.score import edit_counts
-    from speechlab.tasks.cli import SpeechLabCLI
     from speechlab.tasks.gram_ctc import GramDecoding, load_gram_ctc
 
     ckpt = _fit(tmp_path / "train", tiny_corpus, "gram_ctc")

@@ -118,7 +118,7 @@ def check_config_files(argv: Sequence[str]) -> None:
 def run_lightning(argv: Sequence[str] | None) -> None:
     """Lightning's CLI over any LightningModule / LightningDataModule (recipes name them);
     ``argv=None`` reads ``sys.argv``."""
-    from speechlab.tasks.cli import SpeechLabCLI
+    from speechlab.cli.lightning import SpeechLabCLI
 
     check_config_files(sys.argv[1:] if argv is None else argv)
     SpeechLabCLI(args=None if argv is None else list(argv), parser_kwargs={"prog": "speechlab"})

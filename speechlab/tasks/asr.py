@@ -42,7 +42,7 @@ from speechlab.tasks.outputs import TestOutputs
 log = logging.getLogger("speechlab.tasks")
 
 #: checkpoint key: the init args (file paths) whose content the checkpoint holds itself; when a
-#: task is rebuilt from the checkpoint (``--ckpt_path FILE``, :mod:`speechlab.tasks.cli`) these
+#: task is rebuilt from the checkpoint (``--ckpt_path FILE``, :mod:`speechlab.cli.lightning`) these
 #: init args are set to FILE, so the files a model was trained from need not exist any more
 EMBEDDED_FILES_KEY = "speechlab_embedded_files"
 

@@ -73,7 +73,7 @@ def scheduled_sampling_prob(step: int, max_prob: float, start: int, ramp: int) -
 #: training-start options: a trained model's checkpoint saves them as None (the run started
 #: from them; rebuilding the model from the checkpoint must not load them again). Search-time
 #: options (beam size, LM weight, output_dir, ...) are saved; ``speechlab test --ckpt_path``
-#: takes them from the command line when it gives them (:class:`~speechlab.tasks.cli.SpeechLabCLI`).
+#: takes them from the command line when it gives them (:class:`~speechlab.cli.lightning.SpeechLabCLI`).
 TRAINING_START_OPTIONS: tuple[str, ...] = ("init_checkpoint",)
 
 
