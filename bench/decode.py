@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from speechlab.cli.decode import network_outputs
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.score import edit_counts
-from speechlab.tasks.decode_cli import network_outputs
 from speechlab.tasks.gram_ctc import load_gram_ctc
 
 

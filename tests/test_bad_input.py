@@ -10,7 +10,6 @@ through :func:`speechlab.cli.main`) and the public API the way a user reaches th
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_manifests import entry, manifest, tone, wav
 
-from speechlab.cli import TOOLS, main
+from speechlab.cli import TOOLS, load_tool, main
 from speechlab.data.grams import GramSet
 from speechlab.data.manifests import ManifestError, load_cuts, read_manifest
 from speechlab.data.text import CharVocab, normalize_text
@@ -193,8 +192,8 @@ def _user_file_readers(audio: Path) -> dict[str, tuple[str, str, object]]:
     ARPA words and synth sentences were BOM-safe already: the first never reads line 1's text,
     the second normalizes U+FEFF away)."""
     from speechlab.data import corpus, farfield, subword, textlm
+    from speechlab.decode.prefix_beam import load_lexicon
     from speechlab.lm.ngram import read_lines
-    from speechlab.tasks.decode_cli import load_lexicon
     from speechlab.tasks.robust_eval import clean_ids
 
     rows = [{"id": "u1", "audio_filepath": str(audio), "duration": 1.0, "text": "hello world",
@@ -587,9 +586,8 @@ def writing_tools() -> list[tuple[str, ...]]:
 def test_every_tool_that_writes_files_has_force(words):
     """Audit: a tool with an output option (``--out``, ``--json`` with a path) offers ``--force``."""
     target = TOOLS[words[0]] if len(words) == 1 else TOOLS[words[0]][words[1]]
-    module = importlib.import_module(target[0])
     parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
+    load_tool(target[0]).add_arguments(parser)
     options = {o: a for a in parser._actions for o in a.option_strings}
     writes = [o for o in ("--out", "--json") if o in options and options[o].nargs != 0]
     if writes:

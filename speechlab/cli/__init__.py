@@ -4,28 +4,32 @@ Training subcommands go to Lightning's CLI (``fit``, ``validate``, ``test``, ``p
 YAML recipe (``--config recipes/tiny/ctc.yaml``); tool subcommands (``data synth``,
 ``data farfield``, ``data validate``, ``score``, ...) are plain argparse commands.
 
-A tool module registers itself in :data:`TOOLS` by its import path; it defines
-``add_arguments(parser)`` and ``main(args) -> int``. Modules are imported only when their
-command runs, so ``speechlab score`` does not pay for importing Lightning.
+A tool registers itself in :data:`TOOLS` as ``"module:command"``: the module (one per command
+group in ``speechlab/cli/``) defines ``add_<command>_arguments(parser)`` and
+``<command>(args) -> int``, whose docstring is the command's ``--help`` description
+(:func:`load_tool`). Modules are imported only when their command runs, so ``speechlab score``
+does not pay for importing torch or Lightning.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from speechlab.errors import CLIError, InputError
 from speechlab.io import read_text
 
-__all__ = ["CLIError", "TOOLS", "main"]
+__all__ = ["CLIError", "TOOLS", "Tool", "load_tool", "main"]
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-#: command -> (module, one-line help), or group -> {command -> (module, help)}
+#: command -> ("module:command", one-line help), or group -> {command -> ("module:command", help)}
 TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "data": {
         "synth": ("speechlab.data.synth", "synthesize the embedded espeak-ng corpus"),
@@ -40,7 +44,7 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "lm": {
         "ngram": ("speechlab.lm.ngram", "train a KenLM n-gram LM (builds lmplz on first use)"),
     },
-    "decode": ("speechlab.tasks.decode_cli", "CTC/Gram-CTC greedy or beam (+KenLM) decoding"),
+    "decode": ("speechlab.cli.decode:decode", "CTC/Gram-CTC greedy or beam (+KenLM) decoding"),
     "tcnlm": {
         "generate": ("speechlab.tcnlm.generate", "sample sentences conditioned on a topic (mixture)"),
         "topics": ("speechlab.tcnlm.topics", "top words of each topic of a TCNLM"),
@@ -71,14 +75,38 @@ def _tool_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class Tool:
+    """The functions of one tool command."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int | None]
+    description: str | None
+
+
+def load_tool(target: str) -> Tool:
+    """Import the module of ``target`` and return its command.
+
+    ``"pkg.module:name"`` is ``add_<name>_arguments(parser)`` and ``<name>(args)`` of
+    ``pkg.module``, described by the docstring of ``<name>``; a bare ``"pkg.module"`` is the
+    module's ``add_arguments(parser)`` and ``main(args)``, described by the module's docstring.
+    """
+    module_name, _, name = target.partition(":")
+    module = importlib.import_module(module_name)
+    if not name:
+        return Tool(module.add_arguments, module.main, module.__doc__)
+    main = getattr(module, name)
+    return Tool(getattr(module, f"add_{name}_arguments"), main, inspect.getdoc(main))
+
+
 def _add_tool(sub: argparse._SubParsersAction, name: str, tool: tuple[str, str], load: bool) -> None:
-    module_name, help_text = tool
+    target, help_text = tool
     p = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
     if load:
-        module = importlib.import_module(module_name)
-        p.description = module.__doc__
-        module.add_arguments(p)
-        p.set_defaults(_main=module.main)
+        loaded = load_tool(target)
+        p.description = loaded.description
+        loaded.add_arguments(p)
+        p.set_defaults(_main=loaded.main)
 
 
 def config_files(argv: Sequence[str]) -> list[str]:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechlab.io import open_text
+from speechlab.io import open_text, read_text
 
 LN10 = math.log(10.0)
 CHAR_SPACE = "|"
@@ -148,6 +148,27 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
     if not seen:
         raise ValueError(f"{path}: not an ARPA model (no \\1-grams: section)")
     return words
+
+
+def load_lexicon(spec: str | None, lm: str | os.PathLike | None) -> list[str] | None:
+    """The lexicon of a :class:`PrefixBeamSearch`: ``None`` for ``spec=None``; for ``"lm"`` the
+    words of the ARPA model ``lm`` (:func:`arpa_words`); else the first word of each line of the
+    file ``spec``.
+
+    Raises:
+        ValueError: ``spec="lm"`` without an ARPA ``lm`` (a binary model's words cannot be read).
+        FileNotFoundError: ``spec`` names no file.
+    """
+    if spec is None:
+        return None
+    if spec == "lm":
+        if lm is None or not str(lm).endswith(".arpa"):
+            raise ValueError("--lexicon lm needs an ARPA --lm (a binary LM's words cannot be read)")
+        return arpa_words(lm)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such lexicon file")
+    return [w for line in read_text(path).splitlines() for w in line.split()[:1]]
 
 
 def _load_library() -> ctypes.CDLL | None:
@@ -484,4 +505,7 @@ class PrefixBeamSearch:
         return out[:nbest]
 
 
-__all__ = ["BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "native_available"]
+__all__ = [
+    "BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
+    "native_available",
+]

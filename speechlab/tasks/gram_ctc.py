@@ -23,7 +23,7 @@ import torch
 
 from speechlab.data.grams import GramSet
 from speechlab.data.text import DEFAULT_CHARS
-from speechlab.decode.prefix_beam import PrefixBeamSearch
+from speechlab.decode.prefix_beam import PrefixBeamSearch, load_lexicon
 from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
 from speechlab.functional.gram_decode import gram_greedy_decode
@@ -247,8 +247,6 @@ class GramCTCTask(CTCTask):
     def beam_search(self) -> PrefixBeamSearch:
         """The prefix beam search of :attr:`decoding` (built once)."""
         if self._beam is None:
-            from speechlab.tasks.decode_cli import load_lexicon
-
             d = self.decoding
             assert self.grams is not None
             self._beam = PrefixBeamSearch.from_gramset(

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from speechlab.cli.decode import add_device_argument
 from speechlab.data.grams import GramSet
 from speechlab.functional.gram_decode import gram_emission_counts
-from speechlab.tasks.decode_cli import add_device_argument
 
 
 def refine_grams(grams: GramSet, counts: dict[str, int], keep: int) -> GramSet:
@@ -64,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from speechlab.cli.decode import network_outputs, resolve_device
     from speechlab.io import check_overwrite
-    from speechlab.tasks.decode_cli import network_outputs, resolve_device
     from speechlab.tasks.gram_ctc import load_gram_ctc
     from speechlab.tasks.gram_select import gram_statistics
 

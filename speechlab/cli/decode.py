@@ -1,15 +1,6 @@
-"""Decode a manifest with a trained CTC or Gram-CTC checkpoint: greedy, or prefix beam search
-over grams with an optional KenLM; prints WER/CER (speechlab's scorer), output frames per
-second of audio and decoding time. Several ``--lm-weight``/``--word-score`` values decode the
-same network outputs once per pair (a grid: tune on dev, then decode test with the best pair).
-
-  speechlab decode --checkpoint exp/tiny_gram_ctc/checkpoints/best.ckpt --manifest data/tiny/test.jsonl
-  speechlab decode --checkpoint C --manifest M --method beam --beam-size 16 \\
-      --lm exp/lm/tiny_3gram.arpa --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
-  speechlab decode ... --lm exp/lm/tiny_3gram.arpa --lexicon lm     # only the LM's words
-
-CTC checkpoints (``CTCTask``) decode as unigram Gram-CTC, which is the same model.
-"""
+"""``speechlab decode``: greedy or beam (+KenLM) decoding of a manifest with a CTC or Gram-CTC
+checkpoint, scored with speechlab's scorer; also the network pass and the ``--device`` option
+that ``speechlab grams refine`` shares."""
 
 from __future__ import annotations
 
@@ -18,16 +9,15 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
-from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
+from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, load_lexicon
 from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
-from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite, read_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
 from speechlab.progress import progress
 from speechlab.score import edit_counts
 from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
@@ -108,21 +98,7 @@ def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
     return [gram_greedy_decode(lp[None], torch.tensor([lp.shape[0]]), sym)[0] for lp in out.log_probs]
 
 
-def load_lexicon(spec: str | None, lm: str | None) -> list[str] | None:
-    """``None``; ``"lm"``: the words of the ARPA ``lm``; else a file with one word per line."""
-    if spec is None:
-        return None
-    if spec == "lm":
-        if lm is None or not str(lm).endswith(".arpa"):
-            raise ValueError("--lexicon lm needs an ARPA --lm (a binary LM's words cannot be read)")
-        return arpa_words(lm)
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such lexicon file")
-    return [w for line in read_text(path).splitlines() for w in line.split()[:1]]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="CTCTask or GramCTCTask checkpoint")
     p.add_argument("--manifest", required=True, help="utterances to decode (with references)")
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
@@ -146,7 +122,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing --out / --json files")
 
 
-def main(args: argparse.Namespace) -> int:
+def decode(args: argparse.Namespace) -> int:
+    """Decode a manifest with a trained CTC or Gram-CTC checkpoint: greedy, or prefix beam search
+    over grams with an optional KenLM; prints WER/CER (speechlab's scorer), output frames per
+    second of audio and decoding time. Several ``--lm-weight``/``--word-score`` values decode the
+    same network outputs once per pair (a grid: tune on dev, then decode test with the best pair).
+
+      speechlab decode --checkpoint exp/tiny_gram_ctc/checkpoints/best.ckpt --manifest data/tiny/test.jsonl
+      speechlab decode --checkpoint C --manifest M --method beam --beam-size 16 \\
+          --lm exp/lm/tiny_3gram.arpa --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
+      speechlab decode ... --lm exp/lm/tiny_3gram.arpa --lexicon lm     # only the LM's words
+
+    CTC checkpoints (``CTCTask``) decode as unigram Gram-CTC, which is the same model.
+    """
     # every input and output is checked before the network runs over the manifest
     device = resolve_device(args.device)
     for path in (args.out, args.json):
