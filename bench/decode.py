@@ -99,8 +99,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     if args.simulate is not None:
+        from speechlab.data.manifests import manifest_texts
         from speechlab.data.text import DEFAULT_CHARS
-        from speechlab.tasks.gram_select import manifest_texts
 
         chars = list(DEFAULT_CHARS)
         texts = manifest_texts(args.manifest)

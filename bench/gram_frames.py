@@ -1,7 +1,7 @@
 """How many output frames Gram-CTC vs CTC need on our data (model-free): for each corpus and
 encoder stride, the share of utterances whose transcript cannot be emitted at all (fewer output
 frames than the fewest a path needs: characters + blanks between repeats for CTC; a shortest gram
-segmentation for Gram-CTC, speechlab.tasks.gram_select.min_frames).
+segmentation for Gram-CTC, speechlab.data.grams.min_frames).
 
   python bench/gram_frames.py --manifest data/tiny/train.jsonl data/fsdd/train.jsonl --top-k 50
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from speechlab.data.grams import GramSet
+from speechlab.data.grams import GramSet, min_frames
 from speechlab.data.manifests import read_manifest
 from speechlab.data.text import CharVocab, normalize_text
-from speechlab.tasks.gram_select import min_frames, select_grams
 
 
 def output_frames(duration: float, stride: int) -> int:
@@ -43,7 +42,7 @@ def main() -> None:
         rate = sum(len(t) for t in texts) / sum(d for _, d in rows)
         sets = [("CTC (characters)", GramSet.unigrams(vocab))]
         sets += [(f"Gram-CTC, {k} most frequent n-grams (n<={args.max_n})",
-                  select_grams(texts, vocab, args.max_n, k)) for k in args.top_k]
+                  GramSet.from_corpus(texts, vocab, args.max_n, k)) for k in args.top_k]
         for name, gs in sets:
             need = [min_frames(t, gs) for t in texts]
             cells = []

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from test_manifests import entry, manifest, tone, wav
 
 from speechlab.cli import TOOLS, load_tool, main
-from speechlab.data.grams import GramSet
+from speechlab.data.grams import GramSet, min_frames
 from speechlab.data.manifests import ManifestError, load_cuts, read_manifest
 from speechlab.data.text import CharVocab, normalize_text
 from speechlab.functional.gram_ctc import gram_ctc_loss
@@ -39,7 +39,6 @@ from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.score import TranscriptError, edit_counts, read_transcripts
 from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.gram_ctc import GramCTCTask
-from speechlab.tasks.gram_select import min_frames
 
 REPO = Path(__file__).resolve().parents[1]
 CTC_RECIPE = REPO / "recipes" / "tiny" / "ctc.yaml"

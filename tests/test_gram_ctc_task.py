@@ -237,7 +237,7 @@ def test_decode_cli_greedy_and_beam(overfit, tmp_path, capsys):
 def test_min_frames_hand_computed():
     """Fewest frames a path needs: a shortest gram segmentation plus a blank between two equal
     consecutive grams (CTC: characters + repeats)."""
-    from speechlab.tasks.gram_select import min_frames, segment_greedy
+    from speechlab.data.grams import min_frames, segment_greedy
 
     grams = GramSet(CharVocab("ab"), ["a", "b", "ab"])
     assert min_frames("aab", grams) == 2  # a | ab

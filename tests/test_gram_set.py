@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from speechlab.data.grams import GramSet
+from speechlab.data.grams import GramSet, ngram_counts
 from speechlab.data.text import CharVocab
 
 
@@ -87,6 +87,23 @@ def test_from_corpus_counts_by_hand():
     counts = {"at": 3, "th": 3, "ha": 2, "he": 2, "e ": 2, "the": 2, "hat": 2, "he ": 2, "tha": 1}
     for gram, n in counts.items():
         assert sum(t.count(gram) for t in texts) == n
+
+
+def test_ngram_counts_by_order_and_from_corpus_agree():
+    """``GramSet.from_corpus`` keeps the ``top_k`` most frequent grams of :func:`ngram_counts`
+    (one counter for both: the set and the statistics ``speechlab grams select`` prints)."""
+    texts = ["the cat", "the hat", "that", "th3 x"]  # "3" is outside the vocabulary
+    v = CharVocab()
+    counts = ngram_counts(texts, v, max_n=3)
+    assert sorted(counts) == [2, 3]
+    assert counts[2]["th"] == 4 and counts[2]["at"] == 3 and counts[3]["the"] == 2
+    assert "h3" not in counts[2] and "th3" not in counts[3]
+    assert ngram_counts(texts, v, 3, within_words=True)[2]["e "] == 0
+    ranked = sorted(((g, c) for order in counts.values() for g, c in order.items()),
+                    key=lambda kv: (-kv[1], kv[0]))
+    assert GramSet.from_corpus(texts, v, max_n=3, top_k=5).grams[28:] == tuple(
+        g for g, _ in ranked[:5])
+    assert ngram_counts(texts, v, max_n=1) == {}
 
 
 def test_key_table_is_sorted_and_complete():

@@ -38,8 +38,8 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "score": ("speechlab.score", "WER/CER of hypotheses against references"),
     "grams": {
-        "select": ("speechlab.tasks.gram_select", "handpicked GramSet: unigrams + frequent n-grams"),
-        "refine": ("speechlab.tasks.gram_refine", "GramSet of the grams a trained model emits"),
+        "select": ("speechlab.cli.grams:select", "handpicked GramSet: unigrams + frequent n-grams"),
+        "refine": ("speechlab.cli.grams:refine", "GramSet of the grams a trained model emits"),
     },
     "lm": {
         "ngram": ("speechlab.lm.ngram", "train a KenLM n-gram LM (builds lmplz on first use)"),

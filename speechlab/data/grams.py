@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from speechlab.data.text import CharVocab
@@ -120,14 +120,8 @@ class GramSet:
             raise ValueError(f"max_n must be >= 1, got {max_n}")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        counts: Counter[str] = Counter()
-        for text in texts:
-            for n in range(2, max_n + 1):
-                for i in range(len(text) - n + 1):
-                    g = text[i : i + n]
-                    if vocab.oov_chars(g) or (within_words and " " in g):
-                        continue
-                    counts[g] += 1
+        by_order = ngram_counts(texts, vocab, max_n, within_words)
+        counts = {g: c for order in by_order.values() for g, c in order.items()}
         best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
         return cls.from_ngrams(vocab, [g for g, _ in best])
 
@@ -273,3 +267,121 @@ class GramSet:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: malformed GramSet JSON: {e}") from None
         return cls.from_dict(d, source=str(path))
+
+
+# ---------------------------------------------------------------------- statistics over text
+
+
+def ngram_counts(texts: Iterable[str], vocab: CharVocab, max_n: int,
+                 within_words: bool = False) -> dict[int, Counter[str]]:
+    """``{n: Counter of n-grams}`` for ``2 <= n <= max_n`` over ``texts`` (used as given).
+
+    N-grams with characters outside ``vocab`` are not counted, nor, with ``within_words=True``,
+    n-grams that contain a space.
+    """
+    counts: dict[int, Counter[str]] = {n: Counter() for n in range(2, max_n + 1)}
+    for text in texts:
+        for n in range(2, max_n + 1):
+            for i in range(len(text) - n + 1):
+                g = text[i : i + n]
+                if vocab.oov_chars(g) or (within_words and " " in g):
+                    continue
+                counts[n][g] += 1
+    return counts
+
+
+def segment_greedy(text: str, grams: GramSet) -> list[str]:
+    """Longest-match segmentation of ``text`` into grams of the set (left to right); a character
+    outside the set is one token of its own."""
+    out, i = [], 0
+    while i < len(text):
+        for n in range(min(grams.max_n, len(text) - i), 0, -1):
+            if text[i : i + n] in grams:
+                out.append(text[i : i + n])
+                i += n
+                break
+        else:  # a character outside the vocabulary: count it as one token
+            out.append(text[i])
+            i += 1
+    return out
+
+
+def min_frames(text: str, grams: GramSet) -> int:
+    """Fewest frames a Gram-CTC path needs to emit ``text``: a shortest segmentation into grams
+    plus one blank between two equal consecutive grams (dynamic programming over positions and
+    the last gram). With unigrams only this is CTC's ``len + repeats``. ``2**30`` when no
+    segmentation exists (a character outside the set)."""
+    inf = 1 << 30
+    u = len(text)
+    # best[i] = {last gram: frames} for the prefix text[:i]
+    best: list[dict[str, int]] = [dict() for _ in range(u + 1)]
+    best[0][""] = 0
+    for i in range(u):
+        if not best[i]:
+            continue
+        for n in range(1, min(grams.max_n, u - i) + 1):
+            g = text[i : i + n]
+            if g not in grams:
+                continue
+            cost = min(f + (2 if last == g else 1) for last, f in best[i].items())
+            if cost < best[i + n].get(g, inf):
+                best[i + n][g] = cost
+    return min(best[u].values()) if best[u] else inf
+
+
+def gram_statistics(texts: Sequence[str], grams: GramSet, counts: dict[str, int] | None = None,
+                    top: int = 40) -> str:
+    """A printable report: set size by order, the ``top`` longer grams by ``counts`` (when
+    given), and how much of ``texts`` the set covers (greedy segmentation, fewest frames)."""
+    by_order = Counter(len(g) for g in grams.grams)
+    lines = [f"GramSet: {len(grams.grams)} grams + blank = {len(grams)} outputs; by order: "
+             + ", ".join(f"{n}-grams {by_order[n]}" for n in sorted(by_order))]
+    chars = sum(len(t) for t in texts)
+    if texts:
+        tokens = sum(len(segment_greedy(t, grams)) for t in texts)
+        frames_ctc = sum(min_frames(t, GramSet.unigrams(grams.vocab)) for t in texts)
+        frames_g = sum(min_frames(t, grams) for t in texts)
+        lines.append(f"text: {len(texts)} utterances, {chars} characters; greedy longest-match "
+                     f"segmentation: {tokens} tokens ({chars / max(tokens, 1):.2f} characters per "
+                     f"token); fewest frames a path needs: CTC {frames_ctc}, this set {frames_g} "
+                     f"({frames_g / max(frames_ctc, 1):.2f}x)")
+    if counts is not None:
+        longer = sorted(((g, counts.get(g, 0)) for g in grams.grams if len(g) > 1),
+                        key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{g!r}:{c}" for g, c in longer[:top])
+        lines.append(f"longest grams by count (top {min(top, len(longer))} of {len(longer)}): {shown}")
+    return "\n".join(lines)
+
+
+def refine_grams(grams: GramSet, counts: dict[str, int], keep: int) -> GramSet:
+    """All unigrams + the ``keep`` longer grams of ``grams`` with the highest (non-zero)
+    ``counts`` (e.g. how often a model emitted each gram); ties by the gram string. Order: by
+    count, so ids follow usage."""
+    longer = sorted(((g, c) for g, c in counts.items() if len(g) > 1 and c > 0 and g in grams),
+                    key=lambda kv: (-kv[1], kv[0]))[:keep]
+    return GramSet.from_ngrams(grams.vocab, [g for g, _ in longer])
+
+
+def emission_report(counts: dict[str, int], top: int = 30) -> str:
+    """A printable report of ``{gram: times emitted}``: tokens by gram length, the share of
+    characters spelled by multi-character grams, the ``top`` most used and the unused grams."""
+    total = sum(counts.values())
+    chars = sum(len(g) * c for g, c in counts.items())
+    by_len: Counter[int] = Counter()
+    for g, c in counts.items():
+        by_len[len(g)] += c
+    multi = sum(len(g) * c for g, c in counts.items() if len(g) > 1)
+    used = sorted(((g, c) for g, c in counts.items() if c > 0), key=lambda kv: (-kv[1], kv[0]))
+    longer = [(g, c) for g, c in used if len(g) > 1]
+    lines = [
+        f"emitted {total} tokens spelling {chars} characters ({chars / max(total, 1):.2f} per token); "
+        "by gram length: " + ", ".join(f"{n}: {by_len[n]}" for n in sorted(by_len)),
+        f"characters spelled by multi-character grams: {multi} ({100 * multi / max(chars, 1):.1f}%)",
+        f"grams used: {len(used)} of {len(counts)} ({len(longer)} longer than one character)",
+        "most used longer grams: " + ", ".join(f"{g!r}:{c}" for g, c in longer[:top]),
+    ]
+    unused = sorted(g for g, c in counts.items() if c == 0 and len(g) > 1)
+    if unused:
+        lines.append(f"never emitted ({len(unused)}): " + ", ".join(map(repr, unused[:top]))
+                     + (" ..." if len(unused) > top else ""))
+    return "\n".join(lines)

@@ -59,6 +59,7 @@ __all__ = [
     "ManifestIssue",
     "ValidationReport",
     "read_manifest",
+    "manifest_texts",
     "load_cuts",
     "write_manifest",
     "ctc_min_frames",
@@ -200,6 +201,23 @@ def read_manifest(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         if missing:
             raise ManifestError(f"{path}:{lineno}: missing field: {', '.join(map(repr, missing))}")
         yield lineno, entry
+
+
+def manifest_texts(path: str | os.PathLike, normalize: bool = True) -> list[str]:
+    """The transcripts of a manifest (NeMo-style ``"text"`` or lhotse cuts' first supervision),
+    normalized with speechlab's normalizer unless ``normalize=False``; errors name the file and
+    line."""
+    texts = []
+    for line, entry in read_manifest(path):
+        if "supervisions" in entry:
+            sups = entry.get("supervisions") or [{}]
+            text = sups[0].get("text")
+        else:
+            text = entry.get("text")
+        if not isinstance(text, str):
+            raise ManifestError(f"{path}:{line}: no transcript text")
+        texts.append(normalize_text(text) if normalize else text)
+    return texts
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> int:

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import torch
 
-from speechlab.data.grams import GramSet
+from speechlab.data.grams import GramSet, min_frames
+from speechlab.data.manifests import manifest_texts
 from speechlab.data.text import DEFAULT_CHARS
 from speechlab.decode.prefix_beam import PrefixBeamSearch, load_lexicon
 from speechlab.errors import InputError
@@ -150,8 +151,6 @@ class GramCTCTask(CTCTask):
 
     def default_grams(self) -> GramSet:
         """The handpicked default set from the training manifest of the trainer's data module."""
-        from speechlab.tasks.gram_select import manifest_texts, select_grams
-
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         path = getattr(getattr(dm, "hparams", None), "train_manifest", None)
         if path is None:
@@ -159,7 +158,7 @@ class GramCTCTask(CTCTask):
                              "no train_manifest to pick the default grams from; give a GramSet "
                              "file (speechlab grams select)")
         hp = self.hparams
-        gs = select_grams(manifest_texts(path), self.vocab, hp.default_max_n, hp.default_top_k)
+        gs = GramSet.from_corpus(manifest_texts(path), self.vocab, hp.default_max_n, hp.default_top_k)
         log.info("default GramSet from %s: %d grams (max_n=%d, top_k=%d)", path, len(gs) - 1,
                  hp.default_max_n, hp.default_top_k)
         return gs
@@ -214,8 +213,6 @@ class GramCTCTask(CTCTask):
     def min_frames(self, text: str) -> int:
         """Fewest frames a Gram-CTC path over :attr:`grams` needs for ``text`` (fewer than CTC's
         when longer grams cover it; cached per text)."""
-        from speechlab.tasks.gram_select import min_frames
-
         assert self.grams is not None
         need = self._min_frames_cache.get(text)
         if need is None:
