@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from speechlab.data.corpus import DocumentDataModule
+    from speechlab.data.corpus import DocumentDataModule, doc_word_sparse, lda_top_words
     from speechlab.functional.topic import topic_npmi
     from speechlab.io import atomic_write_text
-    from speechlab.tcnlm.tools import doc_word_sparse, lda_top_words
 
     data = dict(yaml.safe_load(args.recipe.read_text())["data"]["init_args"])
     data.update({k: v for k, v in (("train", args.train), ("test", args.test)) if v})

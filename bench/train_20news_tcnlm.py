@@ -42,8 +42,12 @@ def train_one(name: str, dm: Any, args: argparse.Namespace, deadline: float) -> 
     import torch
 
     from speechlab.io import atomic_write_text
-    from speechlab.tasks.topic_lm import TopicLMTask, count_parameters
-    from speechlab.tcnlm.tools import parse_topic_mixture, sample_sentences
+    from speechlab.tasks.topic_lm import (
+        TopicLMTask,
+        count_parameters,
+        parse_topic_mixture,
+        sample_sentences,
+    )
 
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)

@@ -9,8 +9,13 @@ import torch
 
 from speechlab.cli import main
 from speechlab.data.corpus import DocumentDataModule
-from speechlab.tasks.topic_lm import TopicLMTask, count_parameters, lstm_hidden_for_params
-from speechlab.tcnlm.tools import parse_topic_mixture, sample_sentences
+from speechlab.tasks.topic_lm import (
+    TopicLMTask,
+    count_parameters,
+    lstm_hidden_for_params,
+    parse_topic_mixture,
+    sample_sentences,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -46,9 +45,9 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "decode": ("speechlab.cli.decode:decode", "CTC/Gram-CTC greedy or beam (+KenLM) decoding"),
     "tcnlm": {
-        "generate": ("speechlab.tcnlm.generate", "sample sentences conditioned on a topic (mixture)"),
-        "topics": ("speechlab.tcnlm.topics", "top words of each topic of a TCNLM"),
-        "coherence": ("speechlab.tcnlm.coherence", "NPMI topic coherence of a TCNLM (and of LDA)"),
+        "generate": ("speechlab.cli.tcnlm:generate", "sample sentences conditioned on a topic (mixture)"),
+        "topics": ("speechlab.cli.tcnlm:topics", "top words of each topic of a TCNLM"),
+        "coherence": ("speechlab.cli.tcnlm:coherence", "NPMI topic coherence of a TCNLM (and of LDA)"),
     },
 }
 
@@ -96,7 +95,17 @@ def load_tool(target: str) -> Tool:
     if not name:
         return Tool(module.add_arguments, module.main, module.__doc__)
     main = getattr(module, name)
-    return Tool(getattr(module, f"add_{name}_arguments"), main, inspect.getdoc(main))
+    return Tool(getattr(module, f"add_{name}_arguments"), main, _function_doc(main))
+
+
+def _function_doc(fn: Callable) -> str | None:
+    """The docstring of a module-level function as written: its lines lose the 4 spaces of the
+    function body's indentation, and no more (:func:`inspect.getdoc` would also take away the
+    indentation of examples when every later line is indented)."""
+    if fn.__doc__ is None:
+        return None
+    first, *rest = fn.__doc__.strip().splitlines()
+    return "\n".join([first, *(line.removeprefix("    ") for line in rest)])
 
 
 def _add_tool(sub: argparse._SubParsersAction, name: str, tool: tuple[str, str], load: bool) -> None:

@@ -759,3 +759,32 @@ class DocumentDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+# --------------------------------------------------------------------------- LDA baseline
+# (scikit-learn; kept in the library until the LDA comparison moves into recipes/20news)
+
+def doc_word_sparse(docs: ProcessedDocuments, vocab_size: int) -> Any:
+    """``scipy.sparse.csr_matrix (D, V)`` of topic-word counts (for scikit-learn)."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+
+    rows, cols = [], []
+    for d, sents in enumerate(docs.topic_sentences):
+        for s in sents:
+            rows += [d] * len(s)
+            cols += s
+    data = np.ones(len(rows), dtype=np.float32)
+    return csr_matrix((data, (rows, cols)), shape=(len(docs), vocab_size))
+
+
+def lda_top_words(doc_word: Any, num_topics: int, top_k: int = 10, max_iter: int = 20, seed: int = 0
+                  ) -> torch.Tensor:
+    """Fit scikit-learn's ``LatentDirichletAllocation`` (batch variational Bayes) on a ``(D, V)``
+    count matrix; ``(K, top_k)`` ids of each topic's top words."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    lda = LatentDirichletAllocation(n_components=num_topics, max_iter=max_iter, learning_method="batch",
+                                    random_state=seed)
+    lda.fit(doc_word)
+    return torch.from_numpy(lda.components_.argsort(axis=1)[:, ::-1][:, :top_k].copy())

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechlab.data.corpus import WordVocab
+from speechlab.data.corpus import BOS, EOS, PAD, UNK, WordVocab
 from speechlab.functional.topic import topic_npmi
 from speechlab.io import atomic_write_text
 from speechlab.nn import count_parameters
@@ -364,3 +364,60 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         if "speechlab_topic_vocab" in checkpoint:
             self.topic_vocab = WordVocab.from_dict(checkpoint["speechlab_topic_vocab"])
 
+
+def parse_topic_mixture(spec: str, num_topics: int) -> torch.Tensor:
+    """``"3"`` → one-hot topic 3; ``"3:0.7,5:0.3"`` → that mixture (normalized to sum 1).
+    Returns ``(num_topics,)``."""
+    t = torch.zeros(num_topics)
+    for part in spec.split(","):
+        k, _, w = part.partition(":")
+        try:
+            k_id, weight = int(k), float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"--topic {spec!r}: expected K or K:W,K:W,... (K an integer, W a number)") from None
+        if not 0 <= k_id < num_topics:
+            raise ValueError(f"--topic {spec!r}: topic {k_id} out of range (the model has {num_topics} topics)")
+        if weight < 0:
+            raise ValueError(f"--topic {spec!r}: negative weight {weight}")
+        t[k_id] += weight
+    if t.sum() <= 0:
+        raise ValueError(f"--topic {spec!r}: the weights sum to zero")
+    return t / t.sum()
+
+
+@torch.no_grad()
+def sample_sentences(task: TopicLMTask, topics: torch.Tensor | None, num: int = 5, max_len: int = 30,
+                     temperature: float = 1.0, seed: int = 0, allow_unk: bool = False) -> list[str]:
+    """Sample ``num`` sentences from the task's LM, conditioned on ``topics (T,)`` (TCNLM) or
+    unconditioned (``None``; plain LSTM)."""
+    vocab, lm = task.lm_vocab, task.lm
+    if vocab is None or lm is None:
+        raise ValueError("the checkpoint has no LM vocabulary")
+    if task.is_tcnlm and topics is None:
+        raise ValueError("a TCNLM needs topic proportions to generate")
+    if not task.is_tcnlm and topics is not None:
+        raise ValueError("this checkpoint is a plain LSTM LM: it cannot be conditioned on a topic")
+    lm.eval()
+    device = next(lm.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    token = torch.full((num,), vocab.id(BOS), dtype=torch.long, device=device)
+    t = None if topics is None else topics.to(device).float().expand(num, -1)
+    banned = [vocab.id(PAD), vocab.id(BOS)] + ([] if allow_unk else [vocab.id(UNK)])
+    eos = vocab.id(EOS)
+    state = None
+    out = torch.full((num, max_len), eos, dtype=torch.long)
+    done = torch.zeros(num, dtype=torch.bool)
+    for i in range(max_len):
+        logits, _, state = lm.step(token, t, state) if t is not None else lm.step(token, state)
+        logits = logits.float()
+        logits[:, banned] = float("-inf")
+        token = torch.multinomial((logits / max(temperature, 1e-6)).softmax(-1), 1, generator=gen)[:, 0]
+        out[:, i] = torch.where(done.to(device), eos, token).cpu()
+        done |= (token == eos).cpu()
+        if done.all():
+            break
+    sentences = []
+    for row in out.tolist():
+        words = row[: row.index(eos)] if eos in row else row
+        sentences.append(" ".join(vocab.decode(words)))
+    return sentences
