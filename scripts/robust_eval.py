@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from speechlab.cli.robust_eval import distance_table, evaluate_sets, results_table
 from speechlab.io import atomic_write_text, check_overwrite
-from speechlab.tasks.robust_eval import distance_table, evaluate_sets, results_table
 
 #: evaluation order: clean references first (their embeddings are the distance targets)
 ORDER = ["clean", "sim_snr20", "sim_snr10", "sim_snr5", "sim_snr0", "sim_small_snr10",

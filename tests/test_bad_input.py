@@ -190,10 +190,10 @@ def _user_file_readers(audio: Path) -> dict[str, tuple[str, str, object]]:
     """name -> (file name, UTF-8 text, reader): the readers of files the user gives (those of
     ARPA words and synth sentences were BOM-safe already: the first never reads line 1's text,
     the second normalizes U+FEFF away)."""
+    from speechlab.cli.robust_eval import clean_ids
     from speechlab.data import corpus, farfield, subword, textlm
     from speechlab.decode.prefix_beam import load_lexicon
     from speechlab.lm.ngram import read_lines
-    from speechlab.tasks.robust_eval import clean_ids
 
     rows = [{"id": "u1", "audio_filepath": str(audio), "duration": 1.0, "text": "hello world",
              "clean_id": "c1", "label": "greeting"},

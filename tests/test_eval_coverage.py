@@ -201,7 +201,8 @@ def test_robust_evaluator_scores_every_utterance(checkpoints, eval_set, caplog):
     """The many-set evaluator (``robust_eval.evaluate_manifest``) follows the same rule: every
     readable utterance scored (its WER is the scorer's over all of them), unreadable audio the
     only skip, and the log line says N scored of M and why."""
-    from speechlab.tasks.robust_eval import evaluate_manifest, load_ctc_task
+    from speechlab.cli.robust_eval import evaluate_manifest
+    from speechlab.tasks.robust import load_ctc_task
 
     caplog.set_level(logging.INFO)
     task = load_ctc_task(checkpoints["ctc"])

@@ -1,4 +1,4 @@
-"""speechlab.tasks.robust_eval: embedding distances and tables against hand-computed values,
+"""speechlab.cli.robust_eval: embedding distances and tables against hand-computed values,
 and a checkpoint evaluated on a clean and a far-field set (WER re-scored independently)."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from speechlab.data.speech import SpeechDataModule
-from speechlab.nn.encoders import SpeechEncoderConfig
-from speechlab.score import edit_counts
-from speechlab.tasks.robust import RobustASRTask
-from speechlab.tasks.robust_eval import (
+from speechlab.cli.robust_eval import (
     embedding_distance,
     evaluate_sets,
     reference_set,
     results_table,
 )
+from speechlab.data.speech import SpeechDataModule
+from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.score import edit_counts
+from speechlab.tasks.robust import RobustASRTask
 
 
 def test_embedding_distance_by_hand():

@@ -5,7 +5,10 @@ clean source (``clean_id``) the distance between clean and far-field encoder emb
 One process loads each checkpoint once and runs every set. ``speechlab test`` does that too
 (``data.init_args.test_manifest`` a list of manifests: WER/CER and hypotheses per set), but not
 the embedding distances, which are why this module stays. Used by ``scripts/robust_eval.py``
-and the robust-encoder notebook.
+and the robust-encoder notebook; not a ``speechlab`` command, but above ``tasks/`` (it runs
+their checkpoints) and with tables and set names of one experiment, so it sits in the CLI layer
+until that experiment's driver takes it. The checkpoint loader is
+:func:`speechlab.tasks.robust.load_ctc_task`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from speechlab.functional.ctc import ctc_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
+from speechlab.tasks.robust import load_ctc_task
 
 log = logging.getLogger("speechlab.tasks")
 
@@ -52,19 +56,6 @@ class SetResult:
         return {"utterances": self.utterances, "wer": self.wer, "cer": self.cer,
                 "word_errors": self.word_errors, "words": self.words,
                 "char_errors": self.char_errors, "chars": self.chars}
-
-
-def load_ctc_task(checkpoint: str | Path) -> CTCTask:
-    """A CTC-family task (CTCTask, RobustASRTask, ...) from a Lightning checkpoint, on the CPU,
-    in eval mode; the class is the one the checkpoint was saved from."""
-    from speechlab.tasks.robust import RobustASRTask
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters", {})
-    cls = RobustASRTask if "views" in hp else CTCTask
-    # our own checkpoints: hyper-parameters hold config dataclasses, so not weights-only
-    task = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    return task.eval()
 
 
 def batches(manifest: str | Path, vocab: str, resample: bool = False,
