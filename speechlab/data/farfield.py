@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
+from speechlab.parallel import init_worker, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -401,12 +402,10 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(state: dict[str, Any], pool: bool = True) -> None:
-    from speechlab.data.synth import _init_worker as one_thread
-
     _STATE.clear()
     _STATE.update(state)
     if pool:
-        one_thread()
+        init_worker()
 
 
 def _render(index: int) -> tuple[int, dict[str, Any]]:
@@ -551,8 +550,6 @@ def farfield_corpus(
     """Corrupt every utterance of ``manifest`` into ``out_dir``; returns the output manifest
     ``out_dir/<manifest stem>.jsonl``. Finished utterances are kept (resume); outputs made with
     other settings are an error (``FileExistsError``) unless ``force``, which overwrites them."""
-    from speechlab.data.synth import run_parallel
-
     manifest, out_dir = Path(manifest), Path(out_dir)
     out_manifest = out_dir / (manifest.name[: -len(".jsonl")] if manifest.name.endswith(".jsonl")
                               else manifest.stem)

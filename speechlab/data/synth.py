@@ -26,17 +26,13 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
-import os
 import random
 import re
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,6 +40,7 @@ from speechlab.data.sentences import Sentence, available_domains, generate_sente
 from speechlab.data.text import normalize_text
 from speechlab.errors import CLIError
 from speechlab.io import atomic_write_jsonl, read_text
+from speechlab.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +159,6 @@ def synthesize(spec: UtteranceSpec, espeak: str, sample_rate: int = 16000) -> np
     return resample(np.ascontiguousarray(samples[:, 0]), sr, sample_rate).astype(np.float32)
 
 
-def _init_worker() -> None:
-    """Pool workers compute with one thread each (torch reads ``OMP_NUM_THREADS`` when it is
-    first imported, which is only when resampling is needed)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
 def _render(task: tuple[UtteranceSpec, str, int, str]) -> tuple[int, int]:
     """Synthesize one utterance and write it; returns ``(index, num_samples)``."""
     from speechlab.data.audio import write_audio
@@ -280,44 +269,6 @@ def _check_existing_manifests(out_dir: Path, splits: dict[str, list[UtteranceSpe
                 f"{manifest}: exists and lists another corpus than this run's (other --seed, "
                 f"--utterances, --text, voice or split settings); pass --force to replace the "
                 f"manifests (WAVs of other settings are kept) or choose another --out")
-
-
-def run_parallel(
-    tasks: Sequence[Any],
-    fn: Callable[[Any], Any],
-    jobs: int,
-    desc: str,
-    total: int,
-    initial: int = 0,
-    progress: bool = True,
-    initializer: Callable[..., None] | None = _init_worker,
-    initargs: tuple = (),
-) -> Iterator[Any]:
-    """Run ``fn`` over ``tasks`` in a pool of ``jobs`` processes, yielding results as they
-    finish (in-process, without ``initializer``, when ``jobs <= 1`` or there is at most one
-    task), with a progress bar (:func:`speechlab.progress.progress`: tqdm on a terminal, a line
-    every 30 s in a log) over ``total`` items of which ``initial`` are already done.
-
-    The pool uses the ``spawn`` start method: forking a process that holds torch's or tqdm's
-    threads is unsafe. A script that calls this must guard its entry point with
-    ``if __name__ == "__main__":``."""
-    from speechlab.progress import progress as progress_bar
-
-    bar = progress_bar(total=total, initial=initial, desc=desc, unit="utt", disable=not progress)
-    try:
-        if jobs <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield fn(task)
-                bar.update()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(jobs, len(tasks)), initializer, initargs) as pool:
-                chunk = max(1, min(16, len(tasks) // (4 * jobs)))
-                for result in pool.imap_unordered(fn, tasks, chunksize=chunk):
-                    yield result
-                    bar.update()
-    finally:
-        bar.close()
 
 
 def synthesize_corpus(
