@@ -571,10 +571,10 @@ def test_cli_validate(tmp_path: Path, good: Path, capsys) -> None:
 
 def test_cli_registration_and_help(capsys) -> None:
     from speechlab import cli
-    from speechlab.data import manifests
+    from speechlab.cli import data
 
-    assert cli.TOOLS["data"]["validate"][0] == "speechlab.data.manifests"
-    assert manifests.__doc__.splitlines()[0].startswith("Validate a speech manifest")
+    assert cli.TOOLS["data"]["validate"][0] == "speechlab.cli.data:validate"
+    assert data.validate.__doc__.splitlines()[0].startswith("Validate a speech manifest")
     with pytest.raises(SystemExit):
         cli.main(["data", "validate", "--help"])
     out = capsys.readouterr().out

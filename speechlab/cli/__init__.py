@@ -31,9 +31,9 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: command -> ("module:command", one-line help), or group -> {command -> ("module:command", help)}
 TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "data": {
-        "synth": ("speechlab.data.synth", "synthesize the embedded espeak-ng corpus"),
-        "farfield": ("speechlab.data.farfield", "far-field copies of a manifest (RIR + noise)"),
-        "validate": ("speechlab.data.manifests", "validate a manifest and report its problems"),
+        "synth": ("speechlab.cli.data:synth", "synthesize the embedded espeak-ng corpus"),
+        "farfield": ("speechlab.cli.data:farfield", "far-field copies of a manifest (RIR + noise)"),
+        "validate": ("speechlab.cli.data:validate", "validate a manifest and report its problems"),
     },
     "score": ("speechlab.score", "WER/CER of hypotheses against references"),
     "grams": {

@@ -1,31 +1,20 @@
 """Far-field corruption: reverberate speech with a room impulse response and add noise.
 
-Reads a NeMo-style manifest and writes, for every utterance, a far-field copy: the clean audio
-convolved with a room impulse response (RIR) -- real files from --rir-dir, or rooms simulated
-with pyroomacoustics (random shoebox size, RT60 and source-microphone distance) -- plus noise at
-an SNR drawn uniformly from --snr-range (or fixed by --snr), measured against the reverberant
-speech. Noise is a random segment of a file from --noise-dir (looped if short), or generated
-(--noise-type white, pink, or babble = a sum of other utterances of the same manifest).
+:func:`corrupt` makes the far-field copy of one utterance: the clean audio convolved with a room
+impulse response (a real one, or a shoebox room simulated with pyroomacoustics:
+:func:`simulate_shoebox_rir`) plus noise (recordings, or generated white, pink or babble noise)
+at an SNR measured against the reverberant speech. The copy keeps the clean length and frames
+(the RIR is aligned on its direct path) and is attenuated only if it would clip.
+:func:`farfield_corpus` corrupts every utterance of a manifest into a folder (each random choice
+seeded by (seed, clean id), so independent of ``jobs`` and of the manifest's order; resumable)
+and writes the noisy manifest, whose lines name their clean source (``clean_id``).
 
-The output has the clean length (the RIR is aligned on its direct path, so clean and noisy
-frames line up) and is attenuated only if it would clip (the factor is recorded as "gain").
-OUT/<input stem>.jsonl lists the noisy utterances: "id" = "<clean id>__farfield", "clean_id",
-"clean_audio_filepath", the clean text/speaker/duration, and "snr_db", "rir", "noise", "gain".
-
-Every random choice is seeded by (seed, clean id), so the output does not depend on --jobs or on
-the order of the manifest. Re-running into the same folder resumes: finished utterances (a WAV
-with its .json sidecar, both written atomically) are kept; outputs made with other settings are
-an error unless --force.
-
-examples:
-  speechlab data farfield --in data/tiny/test.jsonl --out data/tiny_far --snr-range 0 20 --seed 0
-  speechlab data farfield --in train.jsonl --out far --noise-dir ../shared/data/noise_rir/noise \\
-      --rir-dir ../shared/data/noise_rir/rir --snr 5
+The command is ``speechlab data farfield`` (:func:`speechlab.cli.data.farfield`; its help lists
+the fields of the output manifest).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -605,70 +594,3 @@ def farfield_corpus(
     hours = sum(r["duration"] for r in rows.values()) / 3600
     log.info("%d far-field utterances (%.2f h) in %s", len(rows), hours, out_manifest)
     return out_manifest
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--in", dest="input", required=True, type=Path,
-                        help="input manifest (NeMo-style JSONL)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--noise-dir", type=Path, default=None,
-                        help="folder of noise recordings (searched recursively)")
-    parser.add_argument("--noise-type", nargs="+", choices=NOISE_TYPES, default=None,
-                        help="generated noise, one drawn per utterance (default: white pink "
-                        "babble when there is no --noise-dir; with --noise-dir, the recordings "
-                        "count as one more type, all equally likely)")
-    parser.add_argument("--rir-dir", type=Path, default=None,
-                        help="folder of real room impulse responses (default: simulate rooms)")
-    snr = parser.add_mutually_exclusive_group()
-    snr.add_argument("--snr-range", nargs=2, type=float, default=[0.0, 20.0], metavar=("LO", "HI"),
-                     help="SNR in dB drawn uniformly per utterance (default 0 20)")
-    snr.add_argument("--snr", type=float, default=None, help="fixed SNR in dB")
-    parser.add_argument("--seed", type=int, default=0, help="random seed >= 0 (default 0)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    parser.add_argument("--sample-rate", type=int, default=None,
-                        help="output rate in Hz (default: the input's)")
-    room = RoomSpec()
-    parser.add_argument("--room-min", nargs=3, type=float, default=list(room.room_min),
-                        metavar=("X", "Y", "Z"), help="smallest simulated room, metres")
-    parser.add_argument("--room-max", nargs=3, type=float, default=list(room.room_max),
-                        metavar=("X", "Y", "Z"), help="largest simulated room, metres")
-    parser.add_argument("--rt60-range", nargs=2, type=float, default=list(room.rt60_range),
-                        metavar=("LO", "HI"), help="simulated RT60 in seconds (default 0.2 0.8)")
-    parser.add_argument("--distance-range", nargs=2, type=float,
-                        default=list(room.distance_range), metavar=("LO", "HI"),
-                        help="source-microphone distance in metres (default 0.5 4.0)")
-    parser.add_argument("--max-order", type=int, default=room.max_order,
-                        help="image-source reflection order cap (default 80; bounds the time "
-                        "per simulated room)")
-    parser.add_argument("--rooms", type=int, default=0,
-                        help="simulate a bank of this many rooms and draw one per utterance "
-                        "(default 0: a fresh room per utterance, about 0.1-0.5 s each)")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite outputs in --out made with other settings")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    snr_range = (args.snr, args.snr) if args.snr is not None else tuple(args.snr_range)
-    noise_files: tuple[str, ...] = ()
-    if args.noise_dir is not None:
-        noise_files = list_audio(args.noise_dir, "noise")
-    noise_types = tuple(args.noise_type or (() if noise_files else NOISE_TYPES))
-    rir_files = list_audio(args.rir_dir, "RIR") if args.rir_dir is not None else ()
-    config = FarfieldConfig(
-        seed=args.seed,
-        snr_range=snr_range,
-        noise_types=noise_types,
-        noise_files=tuple(noise_files),
-        noise_dir=os.path.abspath(args.noise_dir) if args.noise_dir else None,
-        rir_files=tuple(rir_files),
-        rir_dir=os.path.abspath(args.rir_dir) if args.rir_dir else None,
-        room=RoomSpec(tuple(args.room_min), tuple(args.room_max), tuple(args.rt60_range),
-                      tuple(args.distance_range), args.max_order, args.rooms),
-        sample_rate=args.sample_rate,
-    )
-    farfield_corpus(args.input, args.out, config, jobs=args.jobs, force=args.force)
-    return 0

@@ -26,7 +26,6 @@ The manifest is UTF-8, with or without a byte-order mark (:func:`speechlab.io.op
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures as cf
 import gzip
@@ -752,81 +751,3 @@ def load_cuts(
         )
     (logger.warning if issues else logger.info)("%s", report.summary())
     return CutSet.from_cuts(cuts), report
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def _vocab_arg(value: str | None) -> CharVocab | None:
-    if value is None:
-        return None
-    if value == "default":
-        return CharVocab()
-    if value.endswith(".json") and Path(value).is_file():
-        return CharVocab.load(value)
-    return CharVocab(list(dict.fromkeys(value)))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``speechlab data validate``."""
-    parser.add_argument(
-        "--manifest", required=True, help="NeMo-style JSONL or lhotse cuts (.jsonl[.gz])"
-    )
-    parser.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate (Hz)")
-    parser.add_argument(
-        "--resample",
-        action="store_true",
-        help="accept other sample rates (cuts resample on load) instead of failing",
-    )
-    parser.add_argument(
-        "--frame-rate",
-        type=float,
-        default=None,
-        help="model output frames per second; flags utterances too short for CTC",
-    )
-    parser.add_argument(
-        "--vocab",
-        default=None,
-        help="characters of the vocabulary ('default' = a-z, space, apostrophe), "
-        "or a CharVocab .json file",
-    )
-    parser.add_argument(
-        "--max-duration-mismatch",
-        type=float,
-        default=0.1,
-        help="seconds the manifest duration may differ from the audio",
-    )
-    parser.add_argument(
-        "--headers-only",
-        action="store_true",
-        help="read audio headers only (faster; misses NaN/inf and corrupt data)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Validate the manifest; print the summary and each issue. Exit 1 when issues were found;
-    a manifest that cannot be checked (not found, malformed JSON, empty) raises
-    :class:`ManifestError`, which the command prints as one line (exit 2)."""
-    data_logger = logging.getLogger("speechlab.data")
-    level = data_logger.level
-    data_logger.setLevel(logging.ERROR)  # the issues are printed below, not logged twice
-    try:
-        _, report = load_cuts(
-            args.manifest,
-            vocab=_vocab_arg(args.vocab),
-            sample_rate=args.sample_rate,
-            resample=args.resample,
-            output_frame_rate=args.frame_rate,
-            check_samples=not args.headers_only,
-            max_duration_mismatch=args.max_duration_mismatch,
-        )
-    except ManifestError as e:
-        if e.report is None:
-            raise
-        report = e.report
-    finally:
-        data_logger.setLevel(level)
-    print(report.summary())
-    for issue in report.issues:
-        print(f"  {issue}")
-    return 1 if report.issues or report.kept == 0 else 0

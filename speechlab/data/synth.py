@@ -1,27 +1,19 @@
 """Synthesize a speech corpus with espeak-ng (the embedded default data set).
 
-Sentences come from speechlab's own generator (``speechlab.data.sentences``: home-automation
-commands and spoken numbers/dates) or from a text file (one sentence per line). Each utterance
-gets a voice, a voice variant, a speed (words per minute) and a pitch (0-99) drawn from a random
-generator seeded by (seed, utterance index), so any utterance is reproducible on its own and the
-output does not depend on --jobs. espeak-ng speaks at 22.05 kHz; the audio is resampled to
---sample-rate and written as 16-bit PCM WAV under OUT/wavs/, with NeMo-style manifests
-OUT/train.jsonl, OUT/dev.jsonl and OUT/test.jsonl (paths relative to OUT).
+:func:`synthesize_corpus` speaks sentences from speechlab's own generator
+(:mod:`speechlab.data.sentences`) or from a text file (:func:`read_sentences`), one utterance
+per sentence, with a voice, variant, speed and pitch drawn per utterance from a random generator
+seeded by (seed, utterance index): any utterance is reproducible on its own, the output does not
+depend on ``jobs``, and the same seed gives byte-identical files. It writes 16-bit PCM WAVs and
+NeMo-style ``train``/``dev``/``test`` manifests (no sentence text in two splits), resumes in a
+folder it wrote before, and refuses one that holds another corpus unless ``force``.
 
-Re-running into the same folder resumes: a WAV that exists is finished (writes are atomic) and
-is kept. Manifests in the folder that list another corpus (other seed, sentences or voice
-settings) are an error, not replaced, unless --force. The same seed gives byte-identical files.
-A sentence text never occurs in two splits, so the dev and test sets measure generalization
-to unseen sentences.
-
-examples:
-  speechlab data synth --out data/tiny --utterances 1800 --seed 0
-  speechlab data synth --out data/books --text sentences.txt --utterances 500 --jobs 4
+The command is ``speechlab data synth`` (:func:`speechlab.cli.data.synth`; its help gives the
+layout on disk).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -36,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechlab.data.sentences import Sentence, available_domains, generate_sentences
+from speechlab.data.sentences import Sentence
 from speechlab.data.text import normalize_text
 from speechlab.errors import CLIError
 from speechlab.io import atomic_write_jsonl, read_text
@@ -366,67 +358,3 @@ def synthesize_corpus(
         ", ".join(f"{s} {len(m)}" for s, m in splits.items()),
     )
     return manifests
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument(
-        "--utterances", type=int, default=None,
-        help="number of utterances (default 1800; with --text, one per line; more than the "
-        "file's lines cycles through them with new voices)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--text", type=Path, default=None,
-                        help="text file, one sentence per line, instead of the generator")
-    parser.add_argument("--domains", nargs="+", default=list(available_domains()),
-                        choices=available_domains(),
-                        help="generator domains, interleaved (default: all)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    parser.add_argument("--dev-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--sample-rate", type=int, default=16000, help="output rate in Hz")
-    parser.add_argument("--voices", nargs="+", default=None,
-                        help=f"espeak-ng voices (default: {' '.join(DEFAULT_VOICES)})")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"voice variants (default: {' '.join(DEFAULT_VARIANTS)})")
-    parser.add_argument("--speed-range", nargs=2, type=int,
-                        default=[130, 190], metavar=("LO", "HI"),
-                        help="espeak-ng speed in words per minute, inclusive (default 130 190)")
-    parser.add_argument("--pitch-range", nargs=2, type=int,
-                        default=[30, 70], metavar=("LO", "HI"),
-                        help="espeak-ng pitch 0-99, inclusive (default 30 70)")
-    parser.add_argument("--id-prefix", default="tts", help="utterance id prefix (default tts)")
-    parser.add_argument("--splits", nargs="+", default=None, choices=SPLITS,
-                        help="render and write only these splits of the corpus (default: all); "
-                        "the same files as a full run, e.g. a test set to evaluate elsewhere")
-    parser.add_argument("--force", action="store_true",
-                        help="replace manifests in --out that list another corpus")
-
-
-def main(args: argparse.Namespace) -> int:
-    find_espeak()  # fail before reading anything
-    if args.utterances is not None and args.utterances <= 0:
-        raise CLIError(f"--utterances must be positive, got {args.utterances}")
-    if args.text is not None:
-        lines, skipped = read_sentences(args.text)
-        if skipped:
-            shown = ", ".join(map(str, skipped[:20])) + (" ..." if len(skipped) > 20 else "")
-            log.warning("%s: skipped %d line(s) that normalize to empty text: line %s",
-                        args.text, len(skipped), shown)
-        if not lines:
-            raise CLIError(f"{args.text}: no sentences (every line is empty after normalization)")
-        n = len(lines) if args.utterances is None else args.utterances
-        sentences = [lines[i % len(lines)] for i in range(n)]
-    else:
-        n = 1800 if args.utterances is None else args.utterances
-        sentences = generate_sentences(n, args.seed, args.domains)
-    synthesize_corpus(
-        args.out, sentences, seed=args.seed, jobs=args.jobs, sample_rate=args.sample_rate,
-        dev_fraction=args.dev_fraction, test_fraction=args.test_fraction, voices=args.voices,
-        variants=args.variants, speed_range=tuple(args.speed_range),
-        pitch_range=tuple(args.pitch_range), id_prefix=args.id_prefix, force=args.force,
-        splits_wanted=args.splits,
-    )
-    return 0
