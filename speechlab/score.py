@@ -1,20 +1,18 @@
 """Score hypotheses against references: corpus WER and CER with S/D/I counts and the worst utterances.
 
-REF and HYP are JSONL manifests (``{"id", "text", ...}``; without ``"id"`` the stem of
-``"audio_filepath"``), ``speechlab test`` outputs (``{"id", "ref", "hyp"}``: REF reads ``"ref"``,
-HYP reads ``"hyp"``), lhotse cuts (``.jsonl.gz``), or ``id<TAB>text`` files (Kaldi-style
-``id text`` when a line has no tab). Utterances are matched by id; an id present in one file
-and not the other is an error. Both sides are normalized with speechlab's one normalizer
-(``speechlab.data.text.normalize_text``) unless ``--normalize none``; the report says which.
-Rates are computed from counts summed over the corpus (never averaged over utterances).
+:func:`edit_counts` is speechlab's one WER/CER function (jiwer alignments; rates from counts
+summed over the corpus, never averaged over utterances): the tasks' metrics, decoding and
+evaluation use it. :func:`score` makes a :class:`ScoreReport` of transcripts matched by id, which
+:func:`read_transcripts` reads from JSONL manifests, ``speechlab test`` outputs, lhotse cuts or
+``id<TAB>text`` files (:func:`check_ids`: an id on one side only is an error). Both sides are
+normalized with speechlab's one normalizer (``speechlab.data.text.normalize_text``) unless
+``normalize=False``.
 
-  speechlab score --ref data/test.jsonl --hyp exp/test_hyps.jsonl --show-alignments 3
-  speechlab score --ref ref.tsv --hyp hyp.tsv --json > score.json
+The command is ``speechlab score`` (:func:`speechlab.cli.score.score`); neither imports torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -28,7 +26,6 @@ from typing import Any, Literal
 import jiwer
 
 from speechlab.data.text import normalize_text
-from speechlab.errors import CLIError
 from speechlab.io import read_text
 
 __all__ = [
@@ -37,10 +34,8 @@ __all__ = [
     "ScoreReport",
     "TranscriptError",
     "UtteranceScore",
-    "add_arguments",
     "check_ids",
     "edit_counts",
-    "main",
     "read_transcripts",
     "score",
 ]
@@ -546,55 +541,3 @@ def _json_rate(rate: float) -> float | None:
 
 def _pct(rate: float) -> str:
     return "inf" if math.isinf(rate) else f"{100 * rate:.2f}%"
-
-
-# --------------------------------------------------------------------------------------
-# Command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ref", required=True, type=Path, help="reference manifest / TSV")
-    parser.add_argument("--hyp", required=True, type=Path, help="hypothesis JSONL / TSV")
-    parser.add_argument(
-        "--normalize", choices=sorted(NORMALIZERS), default="speechlab",
-        help="text normalization applied to both sides (default: speechlab)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a JSON report")
-    parser.add_argument(
-        "--worst", type=int, default=10, metavar="N",
-        help="list the N utterances with the most word errors (default 10; 0: none)",
-    )
-    parser.add_argument(
-        "--show-alignments", type=int, default=0, metavar="K",
-        help="print the word alignment of the K worst utterances",
-    )
-    parser.add_argument(
-        "--ref-field", default=None, metavar="KEY",
-        help=f"JSONL key of the reference text (default: first of {', '.join(REF_FIELDS)})",
-    )
-    parser.add_argument(
-        "--hyp-field", default=None, metavar="KEY",
-        help=f"JSONL key of the hypothesis text (default: first of {', '.join(HYP_FIELDS)})",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.worst < 0 or args.show_alignments < 0:
-        raise CLIError("--worst and --show-alignments must be >= 0")
-    refs = read_transcripts(args.ref, args.ref_field or REF_FIELDS)
-    hyps = read_transcripts(args.hyp, args.hyp_field or HYP_FIELDS)
-    if not refs:
-        raise CLIError(f"{args.ref}: no utterances")
-    try:
-        check_ids(refs, hyps, ref_name=f"REF {args.ref}", hyp_name=f"HYP {args.hyp}")
-    except MissingIdsError as e:
-        raise CLIError(str(e)) from None
-    report = score(refs, hyps, normalize=args.normalize == "speechlab")
-    if args.json:
-        d = {"ref": str(args.ref), "hyp": str(args.hyp)}
-        d.update(report.to_dict(worst=args.worst, alignments=args.show_alignments))
-        print(json.dumps(d, indent=1, ensure_ascii=False))
-    else:
-        header = [f"ref: {args.ref}", f"hyp: {args.hyp}"]
-        print(report.format(args.worst, args.show_alignments, header=header), end="")
-    return 0

@@ -1,13 +1,15 @@
-"""The ``speechlab`` command.
+"""The ``speechlab`` command: the top layer of speechlab, which nothing in the library imports.
 
 Training subcommands go to Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``) with a
-YAML recipe (``--config recipes/tiny/ctc.yaml``); tool subcommands (``data synth``,
-``data farfield``, ``data validate``, ``score``, ...) are plain argparse commands.
+YAML recipe (``--config recipes/tiny/ctc.yaml``), through :class:`speechlab.cli.lightning.SpeechLabCLI`;
+tool subcommands (``data synth``, ``data farfield``, ``data validate``, ``score``, ...) are plain
+argparse commands.
 
 A tool registers itself in :data:`TOOLS` as ``"module:command"``: the module (one per command
 group in ``speechlab/cli/``) defines ``add_<command>_arguments(parser)`` and
 ``<command>(args) -> int``, whose docstring is the command's ``--help`` description
-(:func:`load_tool`). Modules are imported only when their command runs, so ``speechlab score``
+(:func:`load_tool`). A new command is a function pair in one of these modules (or a new module)
+and one line here. Modules are imported only when their command runs, so ``speechlab score``
 does not pay for importing torch or Lightning.
 """
 
@@ -35,13 +37,13 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "farfield": ("speechlab.cli.data:farfield", "far-field copies of a manifest (RIR + noise)"),
         "validate": ("speechlab.cli.data:validate", "validate a manifest and report its problems"),
     },
-    "score": ("speechlab.score", "WER/CER of hypotheses against references"),
+    "score": ("speechlab.cli.score:score", "WER/CER of hypotheses against references"),
     "grams": {
         "select": ("speechlab.cli.grams:select", "handpicked GramSet: unigrams + frequent n-grams"),
         "refine": ("speechlab.cli.grams:refine", "GramSet of the grams a trained model emits"),
     },
     "lm": {
-        "ngram": ("speechlab.lm.ngram", "train a KenLM n-gram LM (builds lmplz on first use)"),
+        "ngram": ("speechlab.cli.lm:ngram", "train a KenLM n-gram LM (builds lmplz on first use)"),
     },
     "decode": ("speechlab.cli.decode:decode", "CTC/Gram-CTC greedy or beam (+KenLM) decoding"),
     "tcnlm": {
@@ -84,16 +86,11 @@ class Tool:
 
 
 def load_tool(target: str) -> Tool:
-    """Import the module of ``target`` and return its command.
-
-    ``"pkg.module:name"`` is ``add_<name>_arguments(parser)`` and ``<name>(args)`` of
-    ``pkg.module``, described by the docstring of ``<name>``; a bare ``"pkg.module"`` is the
-    module's ``add_arguments(parser)`` and ``main(args)``, described by the module's docstring.
-    """
+    """Import the module of ``target`` (``"pkg.module:name"``) and return its command:
+    ``add_<name>_arguments(parser)`` and ``<name>(args)``, described by the docstring of
+    ``<name>``."""
     module_name, _, name = target.partition(":")
     module = importlib.import_module(module_name)
-    if not name:
-        return Tool(module.add_arguments, module.main, module.__doc__)
     main = getattr(module, name)
     return Tool(getattr(module, f"add_{name}_arguments"), main, _function_doc(main))
 
