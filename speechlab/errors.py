@@ -19,7 +19,7 @@ class CLIError(InputError):
     espeak-ng) that the ``speechlab`` command reports in one line and exits 2 on.
 
     It lives here, not in :mod:`speechlab.cli`, so that library modules can raise it without
-    importing the console script: ``python -m speechlab.cli`` runs that module as ``__main__``,
-    a second copy whose own classes would not match the ones a library module raised.
-    ``speechlab.cli.CLIError`` is this class, kept for compatibility.
+    importing the console script (nothing in the library imports :mod:`speechlab.cli`; a module
+    run as ``__main__`` would also be a second copy, whose classes would not match the ones a
+    library module raised). ``speechlab.cli.CLIError`` is this class, kept for compatibility.
     """
