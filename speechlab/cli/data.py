@@ -1,6 +1,6 @@
 """``speechlab data synth|farfield|validate``: the data tools' arguments and entry points over
-:mod:`speechlab.data.synth`, :mod:`speechlab.data.farfield` and :mod:`speechlab.data.manifests`
-(imported when ``validate`` runs: lhotse and torch load only for it)."""
+:mod:`speechlab.data.synth`, :mod:`speechlab.data.farfield` and :mod:`speechlab.data.manifests`;
+the last is imported only when ``validate`` runs (it loads lhotse, and with it torch)."""
 
 from __future__ import annotations
 
