@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from speechlab.data.speech import SpeechDataModule
 from speechlab.nn.critic import CriticConfig
 from speechlab.nn.encoders import SpeechEncoderConfig
-from speechlab.tasks.asr import warmup_cosine
+from speechlab.tasks.base import warmup_cosine
 from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.robust import RobustASRTask
 

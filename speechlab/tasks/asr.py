@@ -1,10 +1,10 @@
 """Training/evaluation glue shared by the speech recognition tasks.
 
-:class:`ASRTask` owns what every ASR task does the same way: the optimizer and learning-rate
-schedule, WER/CER from summed edit counts on validation and test, the hypotheses file that
-``speechlab test`` writes, and what goes to TensorBoard besides the scalars: the total gradient
-norm before clipping (``train/grad_norm``, :func:`log_grad_norm`) and, at every validation, the
-reference and hypothesis of the first dev utterances (``val/samples``, text) and their audio
+:class:`ASRTask` owns what every ASR task does the same way on top of
+:class:`~speechlab.tasks.base.SpeechLabTask` (optimizer, learning-rate schedule, gradient norm,
+RNG state, test outputs): WER/CER from summed edit counts on validation and test, the hypotheses
+file that ``speechlab test`` writes, and what goes to TensorBoard besides the scalars: at every
+validation, the reference and hypothesis of the first dev utterances (``val/samples``, text) and their audio
 (``val/audio/<i>``, at the first validation of a fit). A subclass defines
 ``compute_loss(batch)`` and ``transcribe(batch) -> list[str]``.
 
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from speechlab.data.manifests import ValidationReport, ctc_min_frames
@@ -37,7 +35,7 @@ from speechlab.data.text import CharVocab
 from speechlab.errors import InputError
 from speechlab.io import atomic_write_jsonl, atomic_write_text
 from speechlab.metrics import ErrorRate
-from speechlab.tasks.outputs import TestOutputs
+from speechlab.tasks.base import SpeechLabTask
 
 log = logging.getLogger("speechlab.tasks")
 
@@ -45,45 +43,6 @@ log = logging.getLogger("speechlab.tasks")
 #: task is rebuilt from the checkpoint (``--ckpt_path FILE``, :mod:`speechlab.cli.lightning`) these
 #: init args are set to FILE, so the files a model was trained from need not exist any more
 EMBEDDED_FILES_KEY = "speechlab_embedded_files"
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
-    """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to
-    ``min_ratio`` at ``total_steps`` (constant after)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def log_grad_norm(module: pl.LightningModule, parameters: Any = None,
-                  name: str = "train/grad_norm") -> torch.Tensor:
-    """Log (and return) the total L2 norm of the gradients of ``parameters`` (default all of
-    ``module``'s). Called from ``on_before_optimizer_step``, which Lightning runs before it clips
-    gradients, it is the norm before clipping; manual-optimization tasks call it before their
-    own ``clip_gradients``."""
-    params = module.parameters() if parameters is None else parameters
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    module.log(name, norm.detach().float(), on_step=True, on_epoch=False)
-    return norm
-
-
-def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str, Any]:
-    """The optimizer set-up every speechlab task uses: AdamW (``hparams.lr``,
-    ``hparams.weight_decay``) with :func:`warmup_cosine` stepped per batch over
-    ``hparams.total_steps`` (default ``trainer.max_steps``; constant after warm-up if neither)."""
-    hp = module.hparams
-    opt = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
-    max_steps = module.trainer.max_steps
-    total = hp.get("total_steps") or (max_steps if max_steps > 0 else None)
-    if total is None:
-        log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
-                    "after warm-up")
-        total = 10**12
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def coverage_line(split: str, scored: int, report: ValidationReport | None,
@@ -100,7 +59,7 @@ def coverage_line(split: str, scored: int, report: ValidationReport | None,
     return line
 
 
-class ASRTask(TestOutputs, pl.LightningModule):
+class ASRTask(SpeechLabTask):
     """Base of the ASR tasks (not used directly in recipes).
 
     Args:
@@ -205,7 +164,7 @@ class ASRTask(TestOutputs, pl.LightningModule):
 
     # -- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        self.setup_test_outputs(stage)
+        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             return
@@ -290,10 +249,6 @@ class ASRTask(TestOutputs, pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._audio_logged = False
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.automatic_optimization:  # manual optimization logs its own (before clipping)
-            log_grad_norm(self)
 
     def log_samples(self, batch: dict[str, Any], hyps: list[str]) -> None:
         """Reference vs hypothesis of the batch's first :attr:`logged_samples` utterances as a
@@ -453,21 +408,6 @@ class ASRTask(TestOutputs, pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]
 
-    def asr_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters of the AdamW + warm-up/cosine optimizer (all of them by default; a task
-        with a second optimizer, e.g. the robust encoder's critic, leaves its own out)."""
-        return list(self.parameters())
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, self.asr_parameters())
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers
-        (dropout, SpecAugment) as uninterrupted ones."""
-        from speechlab.callbacks import RNGState
-
-        return [RNGState()]
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
-        self.strip_run_options(checkpoint)

@@ -105,6 +105,10 @@ class GramCTCTask(CTCTask):
     with ``T' = ceil(T / stride)`` and ``|V| = len(grams)``.
     """
 
+    #: the set travels in the checkpoint: a model rebuilt from its hyper-parameters (speechlab
+    #: test --ckpt_path) needs no GramSet file and takes the saved set
+    saved_as_none = ("grams",)
+
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS), grams: str | None = None,
                  default_max_n: int = 2, default_top_k: int = 50, ctc_weight: float = 0.0,
                  ctc_weight_schedule: Literal["constant", "linear", "step"] = "constant",
@@ -174,11 +178,6 @@ class GramCTCTask(CTCTask):
         super().on_save_checkpoint(checkpoint)
         if self.grams is not None:
             checkpoint[CKPT_KEY] = self.grams.to_dict()
-            # the set travels in the checkpoint: a model rebuilt from its hyper-parameters
-            # (speechlab test --ckpt_path) needs no GramSet file and takes the saved set
-            hp = checkpoint.get("hyper_parameters")
-            if isinstance(hp, dict) and "grams" in hp:
-                hp["grams"] = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if CKPT_KEY not in checkpoint:

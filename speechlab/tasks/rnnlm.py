@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -29,8 +28,7 @@ from speechlab.data.textlm import IGNORE_INDEX
 from speechlab.errors import InputError
 from speechlab.io import atomic_write_text
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
-from speechlab.tasks.outputs import TestOutputs
+from speechlab.tasks.base import SpeechLabTask
 
 Vocab = CharVocab | SentencePieceVocab
 
@@ -70,7 +68,7 @@ def lm_nll(model: RNNLanguageModel, inputs: torch.Tensor, targets: torch.Tensor
     return nll, (targets != IGNORE_INDEX).sum()
 
 
-class RNNLMTask(TestOutputs, pl.LightningModule):
+class RNNLMTask(SpeechLabTask):
     """Character (or SentencePiece) LSTM/GRU language model.
 
     Args:
@@ -108,7 +106,7 @@ class RNNLMTask(TestOutputs, pl.LightningModule):
         self.ppl = torch.nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
 
     def setup(self, stage: str) -> None:
-        self.setup_test_outputs(stage)
+        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "vocab", self.vocab) != self.vocab:
             raise ValueError(f"recipe mismatch: model vocabulary {self.vocab!r} != data vocabulary "
@@ -143,22 +141,10 @@ class RNNLMTask(TestOutputs, pl.LightningModule):
         atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         print(f"\ntest perplexity {ppl:.3f} over {results['tokens']} tokens\nresults: {out}")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, self.parameters())
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        log_grad_norm(self)  # before Lightning clips
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers."""
-        from speechlab.callbacks import RNGState
-
-        return [RNGState()]
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["speechlab_vocab"] = self.vocab.to_dict()
         checkpoint["speechlab_lm_config"] = dict(self.lm_config)
-        self.strip_run_options(checkpoint)
 
 
 def lm_bundle(lm: RNNLanguageModel, config: dict[str, Any], vocab: Vocab) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from speechlab.functional.distillation import frame_posterior_kl
 from speechlab.nn.critic import CriticConfig, SequenceCritic
 from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.nn.fusion import freeze
-from speechlab.tasks.asr import log_grad_norm
+from speechlab.tasks.base import log_grad_norm
 from speechlab.tasks.ctc import CTCTask
 
 log = logging.getLogger("speechlab.tasks")
@@ -123,6 +123,9 @@ class RobustASRTask(CTCTask):
         lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`; the
             schedule applies to the encoder/head optimizer.
     """
+
+    #: a training-start option: the weights are in the checkpoint
+    saved_as_none = ("init_checkpoint",)
 
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
                  encoder: SpeechEncoderConfig | None = None, spec_augment: bool = True,
@@ -179,12 +182,6 @@ class RobustASRTask(CTCTask):
                                  f"(another encoder configuration?): {first}") from None
         log.info("initialized the encoder and CTC head from %s", path)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        hp = checkpoint.get("hyper_parameters")
-        if isinstance(hp, dict) and "init_checkpoint" in hp:
-            hp["init_checkpoint"] = None  # a training-start option: the weights are in this file
-
     # -- the frozen teacher -------------------------------------------------------------------
     @property
     def teacher(self) -> CTCTask | None:
@@ -239,7 +236,7 @@ class RobustASRTask(CTCTask):
                                       self.hparams.ts_temperature)
 
     # -- optimisation -----------------------------------------------------------------------
-    def asr_parameters(self) -> list[torch.nn.Parameter]:
+    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
         """Encoder + head parameters (the critic has its own optimizer)."""
         return [p for name, p in self.named_parameters() if not name.startswith("critic.")]
 
@@ -362,7 +359,7 @@ class RobustASRTask(CTCTask):
                 out["loss"] = out["loss"] + self.penalty_scale() * hp.lambda_adv * out["adv"]
             enc_opt.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])
-            log_grad_norm(self, self.asr_parameters())
+            log_grad_norm(self, self.optimizer_parameters())
             if hp.grad_clip:
                 self.clip_gradients(enc_opt, gradient_clip_val=hp.grad_clip,
                                     gradient_clip_algorithm="norm")

@@ -70,13 +70,6 @@ def scheduled_sampling_prob(step: int, max_prob: float, start: int, ramp: int) -
     return max_prob * min(1.0, (step - start + 1) / max(1, ramp))
 
 
-#: training-start options: a trained model's checkpoint saves them as None (the run started
-#: from them; rebuilding the model from the checkpoint must not load them again). Search-time
-#: options (beam size, LM weight, output_dir, ...) are saved; ``speechlab test --ckpt_path``
-#: takes them from the command line when it gives them (:class:`~speechlab.cli.lightning.SpeechLabCLI`).
-TRAINING_START_OPTIONS: tuple[str, ...] = ("init_checkpoint",)
-
-
 class Seq2SeqTask(ASRTask):
     """Attention seq2seq ASR (see the module docstring).
 
@@ -115,6 +108,12 @@ class Seq2SeqTask(ASRTask):
         spec_augment: SpecAugment on training batches.
         lr, weight_decay, warmup_steps, total_steps, output_dir, overwrite: see :class:`ASRTask`.
     """
+
+    #: training-start options: a trained model's checkpoint saves them as None (the run started
+    #: from them; rebuilding the model from the checkpoint must not load them again). Search-time
+    #: options (beam size, LM weight, output_dir, ...) are saved; ``speechlab test --ckpt_path``
+    #: takes them from the command line when it gives them (:class:`~speechlab.cli.lightning.SpeechLabCLI`).
+    saved_as_none = ("init_checkpoint",)
 
     def __init__(self, vocab: str = "".join(DEFAULT_CHARS),
                  encoder: SpeechEncoderConfig | None = None,
@@ -213,9 +212,6 @@ class Seq2SeqTask(ASRTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        hp = checkpoint.get("hyper_parameters")
-        if isinstance(hp, dict):
-            hp.update((key, None) for key in TRAINING_START_OPTIONS if key in hp)
         if self.lm is not None:
             bundle = lm_bundle(self.lm, self._lm_config, self.vocab)
             bundle["source"] = self._lm_source

@@ -27,7 +27,6 @@ import json
 import logging
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,8 +38,7 @@ from speechlab.nn import count_parameters
 from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
-from speechlab.tasks.asr import adamw_warmup_cosine, log_grad_norm
-from speechlab.tasks.outputs import TestOutputs
+from speechlab.tasks.base import SpeechLabTask
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
@@ -62,7 +60,7 @@ def lstm_hidden_for_params(target: int, vocab_size: int, embed_dim: int, num_lay
     return min((lo, hi), key=lambda h: abs(params(h) - target))
 
 
-class TopicLMTask(TestOutputs, pl.LightningModule):
+class TopicLMTask(SpeechLabTask):
     """TCNLM (``lm_type: tcnlm``) or a plain LSTM LM baseline (``lm_type: lstm``) on a
     :class:`~speechlab.data.corpus.DocumentDataModule`.
 
@@ -170,8 +168,7 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
                                    "lstm", hp.dropout)
 
     def setup(self, stage: str) -> None:
-        if self._trainer is not None:
-            self.setup_test_outputs(stage)
+        super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "lm_vocab"):
             if self.lm is None:
@@ -300,9 +297,6 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        log_grad_norm(self)  # before Lightning clips
-
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
@@ -341,18 +335,9 @@ class TopicLMTask(TestOutputs, pl.LightningModule):
         top = self.topic_model.top_words(k or self.hparams.top_k).cpu()
         return topic_npmi(top, doc_word.cpu())
 
-    # -- optimization and checkpoints --------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, self.parameters())
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers."""
-        from speechlab.callbacks import RNGState
-
-        return [RNGState()]
-
+    # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.strip_run_options(checkpoint)
+        super().on_save_checkpoint(checkpoint)
         if self.lm_vocab is not None:
             checkpoint["speechlab_lm_vocab"] = self.lm_vocab.to_dict()
         if self.topic_vocab is not None:

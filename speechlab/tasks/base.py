@@ -1,0 +1,113 @@
+"""The base of every speechlab task: what they all do the same way.
+
+:class:`SpeechLabTask` is a ``LightningModule`` with
+
+- the files ``test`` writes and its refusal to replace earlier ones (:class:`TestOutputs`:
+  ``output_dir`` / ``overwrite`` hyper-parameters; checked in :meth:`setup`);
+- the optimizer: AdamW with linear warm-up and cosine decay stepped per batch
+  (:func:`adamw_warmup_cosine`) over :meth:`~SpeechLabTask.optimizer_parameters`;
+- ``train/grad_norm``: the total gradient norm before clipping (:func:`log_grad_norm`; tasks with
+  manual optimization log their own);
+- :class:`~speechlab.callbacks.RNGState`, so that resumed runs draw the same random numbers;
+- checkpoints: run options (``overwrite``) are not saved, the init args of
+  :attr:`~SpeechLabTask.saved_as_none` are saved as None.
+
+A task subclasses it and adds its model, its loss and its evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+
+from speechlab.callbacks import RNGState
+from speechlab.tasks.outputs import TestOutputs
+
+log = logging.getLogger("speechlab.tasks")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
+    """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to
+    ``min_ratio`` at ``total_steps`` (constant after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def log_grad_norm(module: pl.LightningModule, parameters: Any = None,
+                  name: str = "train/grad_norm") -> torch.Tensor:
+    """Log (and return) the total L2 norm of the gradients of ``parameters`` (default all of
+    ``module``'s). Called from ``on_before_optimizer_step``, which Lightning runs before it clips
+    gradients, it is the norm before clipping; manual-optimization tasks call it before their
+    own ``clip_gradients``."""
+    params = module.parameters() if parameters is None else parameters
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    module.log(name, norm.detach().float(), on_step=True, on_epoch=False)
+    return norm
+
+
+def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str, Any]:
+    """The optimizer set-up every speechlab task uses: AdamW (``hparams.lr``,
+    ``hparams.weight_decay``) with :func:`warmup_cosine` stepped per batch over
+    ``hparams.total_steps`` (default ``trainer.max_steps``; constant after warm-up if neither)."""
+    hp = module.hparams
+    opt = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    max_steps = module.trainer.max_steps
+    total = hp.get("total_steps") or (max_steps if max_steps > 0 else None)
+    if total is None:
+        log.warning("no total_steps and trainer.max_steps unset: learning rate stays constant "
+                    "after warm-up")
+        total = 10**12
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, hp.warmup_steps, total))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SpeechLabTask(TestOutputs, pl.LightningModule):
+    """Base of every speechlab task (not used directly in recipes); see the module docstring.
+
+    A subclass calls ``save_hyperparameters()`` with at least ``lr``, ``weight_decay``,
+    ``warmup_steps``, ``total_steps``, ``output_dir`` and ``overwrite`` among its init args, and
+    calls ``super().setup(stage)`` when it overrides :meth:`setup`.
+    """
+
+    #: init args that checkpoints save as None: training-start options (the run started from
+    #: them; a model rebuilt from its checkpoint must not read them again) and files whose
+    #: content the checkpoint holds itself
+    saved_as_none: ClassVar[tuple[str, ...]] = ()
+
+    # -- optimization -----------------------------------------------------------------------
+    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the AdamW + warm-up/cosine optimizer (all of them by default; a task
+        with a second optimizer, e.g. the robust encoder's critic, leaves its own out)."""
+        return list(self.parameters())
+
+    def configure_optimizers(self) -> Any:
+        return adamw_warmup_cosine(self, self.optimizer_parameters())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.automatic_optimization:  # manual optimization logs its own (before clipping)
+            log_grad_norm(self)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`~speechlab.callbacks.RNGState`: resumed runs draw the same random numbers
+        (dropout, SpecAugment) as uninterrupted ones."""
+        return [RNGState()]
+
+    # -- set-up and checkpoints -------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """``test``: refuse to replace an earlier run's results (:class:`TestOutputs`)."""
+        if self._trainer is not None:
+            self.setup_test_outputs(stage)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.strip_run_options(checkpoint)
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):
+            hp.update((key, None) for key in self.saved_as_none if key in hp)
