@@ -10,9 +10,21 @@
   manual optimization log their own);
 - :class:`~speechlab.callbacks.RNGState`, so that resumed runs draw the same random numbers;
 - checkpoints: run options (``overwrite``) are not saved, the init args of
-  :attr:`~SpeechLabTask.saved_as_none` are saved as None.
+  :attr:`~SpeechLabTask.saved_as_none` are saved as None, and what a task needs besides its
+  weights and hyper-parameters travels under one key, ``checkpoint["speechlab"]`` (below).
 
 A task subclasses it and adds its model, its loss and its evaluation.
+
+The checkpoint convention: ``checkpoint["speechlab"]`` is a dict ``{"format": 1, "class_path":
+"speechlab.tasks.ctc.CTCTask", "embedded_files": [...], ...}`` plus the task's own entries
+(:meth:`~SpeechLabTask.extra_checkpoint_state`): ``vocab`` (ASR tasks, ``RNNLMTask``), ``grams``
+(Gram-CTC), ``lm`` (a fused seq2seq model's LM record), ``lm_config`` (``RNNLMTask``),
+``lm_vocab`` and ``topic_vocab`` (``TopicLMTask``). ``embedded_files`` names the init args whose
+file the checkpoint holds itself (a fused seq2seq model's ``lm_checkpoint``): rebuilt from the
+checkpoint, those init args name the checkpoint. Checkpoints of earlier speechlab versions kept
+these entries as top-level keys (``speechlab_vocab``, ``speechlab_grams``, ...):
+:func:`checkpoint_state` reads both layouts, and a checkpoint with neither is a
+:class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -25,9 +37,68 @@ import pytorch_lightning as pl
 import torch
 
 from speechlab.callbacks import RNGState
+from speechlab.errors import InputError
 from speechlab.tasks.outputs import TestOutputs
 
 log = logging.getLogger("speechlab.tasks")
+
+#: the checkpoint key of a task's own state, and the version of its layout
+CHECKPOINT_KEY = "speechlab"
+CHECKPOINT_FORMAT = 1
+
+#: the top-level keys of checkpoints written before :data:`CHECKPOINT_KEY` -> their entry there
+LEGACY_KEYS: dict[str, str] = {
+    "speechlab_vocab": "vocab",
+    "speechlab_grams": "grams",
+    "speechlab_lm": "lm",
+    "speechlab_lm_config": "lm_config",
+    "speechlab_lm_vocab": "lm_vocab",
+    "speechlab_topic_vocab": "topic_vocab",
+    "speechlab_embedded_files": "embedded_files",
+}
+
+
+class CheckpointError(InputError):
+    """A checkpoint that speechlab cannot read; the message names the file and the reason (the
+    ``speechlab`` command reports it in one line)."""
+
+
+def checkpoint_state(checkpoint: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """The task state of a checkpoint (the ``checkpoint["speechlab"]`` dict), also from the
+    layout of earlier versions (top-level :data:`LEGACY_KEYS`, translated; ``checkpoint`` is
+    left as it is).
+
+    Raises:
+        CheckpointError: naming ``where``, when ``checkpoint`` has neither layout or a format
+            this version does not read.
+    """
+    state = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if isinstance(state, dict):
+        fmt = state.get("format")
+        if fmt != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{where}: checkpoint format {fmt!r} (checkpoint['{CHECKPOINT_KEY}']['format']); "
+                f"this speechlab version reads format {CHECKPOINT_FORMAT}: written by a newer or "
+                "unknown speechlab version")
+        return state
+    legacy = {new: checkpoint[old] for old, new in LEGACY_KEYS.items()
+              if isinstance(checkpoint, dict) and old in checkpoint}
+    if not legacy:
+        raise CheckpointError(
+            f"{where}: no speechlab task state (checkpoint['{CHECKPOINT_KEY}'], or the "
+            "speechlab_vocab/... keys of earlier versions): written by an older or unknown "
+            "speechlab version, or not by a speechlab task")
+    return {"format": CHECKPOINT_FORMAT, "embedded_files": [], **legacy}
+
+
+def embedded_files(checkpoint: dict[str, Any]) -> list[str]:
+    """The init args whose file ``checkpoint`` holds itself (either layout); ``[]`` for a
+    checkpoint without speechlab state (any other LightningModule's)."""
+    try:
+        names = checkpoint_state(checkpoint).get("embedded_files")
+    except CheckpointError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
