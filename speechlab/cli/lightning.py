@@ -16,7 +16,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from speechlab.errors import InputError
 from speechlab.progress import default_interval, is_terminal, rate
-from speechlab.tasks.asr import EMBEDDED_FILES_KEY
+from speechlab.tasks.base import embedded_files
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -132,10 +132,10 @@ class SpeechLabCLI(LightningCLI):
     options, another test manifest): what the command line says wins. (Lightning's own
     ``LightningCLI`` lets the checkpoint override the command line, and ignores the data module's
     hyper-parameters.) Init args naming a file whose content the checkpoint holds itself (its
-    ``speechlab_embedded_files``, e.g. a fused seq2seq model's ``lm_checkpoint``) are set to the
-    checkpoint, so a model stays testable when the files it was trained from are gone. A
-    ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/
-    ``registry``) is an :class:`~speechlab.errors.InputError` naming it.
+    ``checkpoint["speechlab"]["embedded_files"]``, e.g. a fused seq2seq model's ``lm_checkpoint``)
+    are set to the checkpoint, so a model stays testable when the files it was trained from are
+    gone. A ``--ckpt_path`` that is not a file (and not ``last``/``best``/``hpc``/``registry``) is
+    an :class:`~speechlab.errors.InputError` naming it.
 
     ``test`` refuses to start, before the trainer runs, when the task would replace files an
     earlier ``test`` wrote (``--model.init_args.overwrite true`` allows it; see
@@ -226,8 +226,7 @@ def with_checkpoint_config(argv: list[str]) -> list[str]:
     for key, hp_key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
         value = _subclass_value(checkpoint.get(hp_key))
         if value is not None and key == "model":  # files the checkpoint holds: from the checkpoint
-            embedded = checkpoint.get(EMBEDDED_FILES_KEY)
-            for name in embedded if isinstance(embedded, list) else ():
+            for name in embedded_files(checkpoint):
                 if value["init_args"].get(name) is not None:
                     value["init_args"][name] = str(path.resolve())
         try:
