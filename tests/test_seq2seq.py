@@ -187,7 +187,9 @@ def test_checkpoint_embeds_lm_and_lm_swaps_at_test_time(tiny_batch, tmp_path):
     trainer.strategy.connect(task)
     trainer.save_checkpoint(tmp_path / "cold.ckpt")
     ckpt = torch.load(tmp_path / "cold.ckpt", weights_only=False)
-    assert "speechlab_lm" in ckpt and not any("lm" in k.split(".")[0] for k in ckpt["state_dict"])
+    assert "lm" in ckpt["speechlab"] and not any("lm" in k.split(".")[0] for k in ckpt["state_dict"])
+    assert ckpt["speechlab"]["embedded_files"] == ["lm_checkpoint"]
+    assert not any(k.startswith("speechlab_") for k in ckpt)
 
     (tmp_path / "a.pt").unlink()  # the embedded copy is enough to test
     again = Seq2SeqTask.load_from_checkpoint(tmp_path / "cold.ckpt", lm_checkpoint=lm_b,
@@ -293,7 +295,7 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
 
 def test_speechlab_test_rebuilds_a_cold_model_whose_training_lm_file_is_gone(tiny_corpus, tmp_path,
                                                                             capsys):
-    """A fused model's checkpoint holds its LM (``speechlab_lm``) and lists ``lm_checkpoint``
+    """A fused model's checkpoint holds its LM (``checkpoint["speechlab"]["lm"]``) and lists ``lm_checkpoint``
     among its embedded files: ``speechlab test --ckpt_path`` takes the LM from the checkpoint,
     so it works after the training-time LM file is gone (it failed in jsonargparse before);
     ``load_language_model`` reads that LM from the checkpoint; a missing swapped-in LM is one

@@ -39,11 +39,6 @@ from speechlab.tasks.base import SpeechLabTask
 
 log = logging.getLogger("speechlab.tasks")
 
-#: checkpoint key: the init args (file paths) whose content the checkpoint holds itself; when a
-#: task is rebuilt from the checkpoint (``--ckpt_path FILE``, :mod:`speechlab.cli.lightning`) these
-#: init args are set to FILE, so the files a model was trained from need not exist any more
-EMBEDDED_FILES_KEY = "speechlab_embedded_files"
-
 
 def coverage_line(split: str, scored: int, report: ValidationReport | None,
                   infeasible: list[str]) -> str:
@@ -408,6 +403,6 @@ class ASRTask(SpeechLabTask):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         return [{"id": i, "hyp": h} for i, h in zip(batch["ids"], self.transcribe(batch), strict=True)]
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["speechlab_vocab"] = self.vocab.to_dict()
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """``vocab``: the output characters (``CharVocab.to_dict``)."""
+        return {**super().extra_checkpoint_state(), "vocab": self.vocab.to_dict()}

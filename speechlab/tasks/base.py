@@ -91,6 +91,11 @@ def checkpoint_state(checkpoint: dict[str, Any], where: str = "checkpoint") -> d
     return {"format": CHECKPOINT_FORMAT, "embedded_files": [], **legacy}
 
 
+def class_path(cls: type) -> str:
+    """``"module.Class"``: what :func:`importlib.import_module` + ``getattr`` find ``cls`` by."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def embedded_files(checkpoint: dict[str, Any]) -> list[str]:
     """The init args whose file ``checkpoint`` holds itself (either layout); ``[]`` for a
     checkpoint without speechlab state (any other LightningModule's)."""
@@ -177,8 +182,37 @@ class SpeechLabTask(TestOutputs, pl.LightningModule):
         if self._trainer is not None:
             self.setup_test_outputs(stage)
 
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """This task's entries of ``checkpoint["speechlab"]`` (besides ``format``, ``class_path``
+        and ``embedded_files``): plain values, lists, dicts and tensors, so that a weights-only
+        ``torch.load`` reads them. A subclass adds to its parent's."""
+        return {}
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`extra_checkpoint_state` saved (``state``: the checkpoint's
+        ``checkpoint["speechlab"]``, translated from an earlier layout if need be). Runs before
+        the weights are loaded, so a task can build the modules its weights need here."""
+
+    def embedded_init_args(self) -> list[str]:
+        """Init args naming a file whose content the checkpoint holds itself (saved as the
+        checkpoint's ``embedded_files``); rebuilt from the checkpoint they name the checkpoint."""
+        return []
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.strip_run_options(checkpoint)
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):
             hp.update((key, None) for key in self.saved_as_none if key in hp)
+        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "class_path": class_path(type(self)),
+                                      "embedded_files": self.embedded_init_args(),
+                                      **self.extra_checkpoint_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Translate an earlier layout's top-level keys into ``checkpoint["speechlab"]`` (in
+        place: the one place where that happens), then :meth:`load_extra_checkpoint_state`."""
+        where = (self._trainer.ckpt_path if self._trainer is not None else None) or "checkpoint"
+        state = checkpoint_state(checkpoint, str(where))
+        for key in LEGACY_KEYS:
+            checkpoint.pop(key, None)
+        checkpoint[CHECKPOINT_KEY] = state
+        self.load_extra_checkpoint_state(state)

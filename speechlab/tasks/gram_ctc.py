@@ -29,12 +29,10 @@ from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.nn.encoders import SpeechEncoderConfig
+from speechlab.tasks.base import checkpoint_state
 from speechlab.tasks.ctc import CTCTask
 
 log = logging.getLogger("speechlab.tasks")
-
-CKPT_KEY = "speechlab_grams"
-
 
 @dataclass
 class GramDecoding:
@@ -174,15 +172,20 @@ class GramCTCTask(CTCTask):
             self.gram_head.to(self.device)  # type: ignore[union-attr]
         super().setup(stage)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """``vocab``, and ``grams``: the GramSet (``GramSet.to_dict``) once there is one."""
+        state = super().extra_checkpoint_state()
         if self.grams is not None:
-            checkpoint[CKPT_KEY] = self.grams.to_dict()
+            state["grams"] = self.grams.to_dict()
+        return state
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if CKPT_KEY not in checkpoint:
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint's GramSet (and a gram head of its size); a GramSet file given as well
+        must be the same set."""
+        super().load_extra_checkpoint_state(state)
+        if "grams" not in state:
             return
-        saved = GramSet.from_dict(checkpoint[CKPT_KEY], source="checkpoint GramSet")
+        saved = GramSet.from_dict(state["grams"], source="checkpoint GramSet")
         if self.grams is not None and saved != self.grams:
             if self.hparams.grams is not None:
                 raise InputError(
@@ -287,7 +290,7 @@ def load_gram_ctc(path: str | Path, map_location: str = "cpu") -> GramCTCTask:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise InputError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     hp = dict(ckpt.get("hyper_parameters", {}))
-    if CKPT_KEY not in ckpt:
+    if "grams" not in checkpoint_state(ckpt, str(path)):
         if "gram_head.weight" in ckpt.get("state_dict", {}):
             raise InputError(f"{path}: Gram-CTC checkpoint without its GramSet")
         # a CTCTask checkpoint: unigram Gram-CTC is CTC with the same ids

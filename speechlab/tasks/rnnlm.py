@@ -4,10 +4,12 @@ seq2seq task loads as the (frozen) LM of shallow, deep and cold fusion. ``speech
 ``results.json`` (perplexity) to ``output_dir``.
 
 Checkpoint contract (read by :func:`load_language_model`): a Lightning checkpoint whose
-``state_dict`` holds the LM under ``lm.``, with ``speechlab_lm_config`` (the constructor
-arguments of :class:`RNNLanguageModel`) and ``speechlab_vocab`` (the vocabulary's ``to_dict``).
-A plain dict ``{"config", "vocab", "state_dict"}`` (what the seq2seq task embeds in its own
-checkpoints) is accepted as well.
+``state_dict`` holds the LM under ``lm.``, with ``checkpoint["speechlab"]["lm_config"]`` (the
+constructor arguments of :class:`RNNLanguageModel`) and ``["vocab"]`` (the vocabulary's
+``to_dict``); checkpoints of earlier versions (``speechlab_lm_config``, ``speechlab_vocab``)
+are read too (:func:`~speechlab.tasks.base.checkpoint_state`). A plain dict ``{"config",
+"vocab", "state_dict"}`` (what the seq2seq task embeds in its own checkpoints) is accepted as
+well.
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ from torchmetrics import Metric
 from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
-from speechlab.errors import InputError
 from speechlab.io import atomic_write_text
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.base import SpeechLabTask
+from speechlab.tasks.base import CheckpointError, SpeechLabTask, checkpoint_state
 
 Vocab = CharVocab | SentencePieceVocab
 
 
-class LMCheckpointError(InputError):
+class LMCheckpointError(CheckpointError):
     """An LM checkpoint that cannot be used; the message names the file and the reason (the
     ``speechlab`` command reports it in one line)."""
 
@@ -141,10 +142,11 @@ class RNNLMTask(SpeechLabTask):
         atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         print(f"\ntest perplexity {ppl:.3f} over {results['tokens']} tokens\nresults: {out}")
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["speechlab_vocab"] = self.vocab.to_dict()
-        checkpoint["speechlab_lm_config"] = dict(self.lm_config)
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """``vocab`` (the vocabulary's ``to_dict``, a SentencePiece model embedded) and
+        ``lm_config`` (the constructor arguments of :class:`RNNLanguageModel`)."""
+        return {**super().extra_checkpoint_state(), "vocab": self.vocab.to_dict(),
+                "lm_config": dict(self.lm_config)}
 
 
 def lm_bundle(lm: RNNLanguageModel, config: dict[str, Any], vocab: Vocab) -> dict[str, Any]:
@@ -172,8 +174,8 @@ def language_model_from_bundle(bundle: dict[str, Any], where: str = "LM record"
 def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
                         ) -> tuple[RNNLanguageModel, dict[str, Any], Vocab]:
     """Load an :class:`RNNLMTask` checkpoint, a saved :func:`lm_bundle`, or the LM embedded in a
-    fused model's checkpoint (a :class:`~speechlab.tasks.seq2seq.Seq2SeqTask` one: key
-    ``speechlab_lm``) as ``(lm, config, vocab)``; the LM is returned in eval mode.
+    fused model's checkpoint (a :class:`~speechlab.tasks.seq2seq.Seq2SeqTask` one:
+    ``checkpoint["speechlab"]["lm"]``) as ``(lm, config, vocab)``; the LM is returned in eval mode.
 
     Raises :class:`LMCheckpointError` naming ``path`` when the file is missing, is not an RNN LM
     checkpoint, or its vocabulary differs from ``expected_vocab`` (the seq2seq model's: the LM
@@ -188,15 +190,8 @@ def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
         raise LMCheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(ckpt, dict) and {"config", "vocab", "state_dict"} <= ckpt.keys():
         bundle = ckpt
-    elif isinstance(ckpt, dict) and "speechlab_lm_config" in ckpt:
-        state = {k[3:]: v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
-        bundle = {"config": ckpt["speechlab_lm_config"], "vocab": ckpt["speechlab_vocab"],
-                  "state_dict": state}
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("speechlab_lm"), dict):
-        bundle = ckpt["speechlab_lm"]
     else:
-        raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint (no speechlab_lm_config; "
-                                "train one with speechlab fit --config recipes/tiny/rnnlm.yaml)")
+        bundle = _lm_record(ckpt, path)
     lm, config, vocab = language_model_from_bundle(bundle, str(path))
     if expected_vocab is not None and vocab != expected_vocab:
         raise LMCheckpointError(
@@ -204,6 +199,23 @@ def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
             f"{expected_vocab!r}; the LM and the decoder must share one output space "
             "(train the LM with the same data.init_args.vocab)")
     return lm.eval(), config, vocab
+
+
+def _lm_record(ckpt: Any, path: Path) -> dict[str, Any]:
+    """The :func:`lm_bundle` record of an :class:`RNNLMTask` checkpoint, or of the LM a fused
+    seq2seq checkpoint embeds (``checkpoint["speechlab"]["lm"]``)."""
+    how = "train one with speechlab fit --config recipes/tiny/rnnlm.yaml"
+    try:
+        state = checkpoint_state(ckpt, str(path))
+    except CheckpointError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint ({reason}); {how}") from None
+    if isinstance(state.get("lm"), dict):
+        return state["lm"]
+    if "lm_config" not in state or "vocab" not in state:
+        raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint (no lm_config); {how}")
+    weights = {k[3:]: v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
+    return {"config": state["lm_config"], "vocab": state["vocab"], "state_dict": weights}
 
 
 def perplexity(model: RNNLanguageModel, batches: list[dict[str, Any]]) -> float:

@@ -19,9 +19,9 @@ The LM (an :class:`~speechlab.tasks.rnnlm.RNNLMTask` checkpoint, ``lm_checkpoint
 is deliberately *not* a registered submodule, so it is not in ``parameters()`` (the optimizer
 never sees it), not in ``state_dict()``, and ``trainer.fit`` switching modules to train mode does
 not reach it — it stays in eval mode with ``requires_grad=False``. It follows the task's device
-and dtype (``_apply``). Checkpoints embed a copy (``speechlab_lm``), so testing needs no LM file;
-``test_lm_checkpoint`` swaps in another LM (e.g. another domain's) at test time without
-retraining — it must share the vocabulary (and, for deep fusion, the hidden size).
+and dtype (``_apply``). Checkpoints embed a copy (``checkpoint["speechlab"]["lm"]``), so testing
+needs no LM file; ``test_lm_checkpoint`` swaps in another LM (e.g. another domain's) at test time
+without retraining — it must share the vocabulary (and, for deep fusion, the hidden size).
 
 Two more search-time terms, for any fusion mode: a KenLM character n-gram (``ngram_lm``, a
 ``speechlab lm ngram --unit char`` model, weight ``ngram_weight``) added like the RNN LM's
@@ -51,7 +51,8 @@ from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memor
 from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
 from speechlab.nn.fusion import freeze
 from speechlab.nn.lm import RNNLanguageModel
-from speechlab.tasks.asr import EMBEDDED_FILES_KEY, ASRTask
+from speechlab.tasks.asr import ASRTask
+from speechlab.tasks.base import checkpoint_state
 from speechlab.tasks.rnnlm import (
     LMCheckpointError,
     language_model_from_bundle,
@@ -210,22 +211,28 @@ class Seq2SeqTask(ASRTask):
         if stage in ("validate", "test", "predict") and swap and self._lm_source != swap:
             self.swap_language_model(swap)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """``vocab``, and ``lm``: the frozen LM's record (:func:`lm_bundle` plus its ``source``),
+        so that testing needs no LM file."""
+        state = super().extra_checkpoint_state()
         if self.lm is not None:
-            bundle = lm_bundle(self.lm, self._lm_config, self.vocab)
-            bundle["source"] = self._lm_source
-            checkpoint["speechlab_lm"] = bundle
-            # rebuilt from this file (speechlab test --ckpt_path), the LM comes from here, not
-            # from the training-time lm_checkpoint path (which may be gone or retrained)
-            checkpoint[EMBEDDED_FILES_KEY] = ["lm_checkpoint"]
+            state["lm"] = {**lm_bundle(self.lm, self._lm_config, self.vocab), "source": self._lm_source}
+        return state
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def embedded_init_args(self) -> list[str]:
+        """``lm_checkpoint`` once there is an LM: rebuilt from this file (speechlab test
+        --ckpt_path), the LM comes from here, not from the training-time path (which may be
+        gone or retrained)."""
+        return ["lm_checkpoint"] if self.lm is not None else []
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """``test_lm_checkpoint`` when given, else the checkpoint's embedded LM."""
+        super().load_extra_checkpoint_state(state)
         swap = self.hparams.test_lm_checkpoint
         if swap:
             self.swap_language_model(swap)
-        elif "speechlab_lm" in checkpoint:
-            bundle = checkpoint["speechlab_lm"]
+        elif isinstance(state.get("lm"), dict):
+            bundle = state["lm"]
             lm, config, _ = language_model_from_bundle(bundle, "checkpoint's embedded LM")
             self._set_lm(lm, config, bundle.get("source", "checkpoint"))
 
@@ -235,9 +242,9 @@ class Seq2SeqTask(ASRTask):
         layer, widened by fusion, gets the baseline's weights for the decoder state and zeros
         for the LM part (so the fused model starts as the baseline)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt.get("speechlab_vocab", {}).get("chars") != list(self.vocab.chars):
-            raise ValueError(f"{path}: vocabulary {ckpt.get('speechlab_vocab')} differs from the "
-                             f"model's {self.vocab!r}")
+        vocab = checkpoint_state(ckpt, str(path)).get("vocab") or {}
+        if vocab.get("chars") != list(self.vocab.chars):
+            raise ValueError(f"{path}: vocabulary {vocab} differs from the model's {self.vocab!r}")
         own = self.state_dict()
         loaded, widened = 0, []
         with torch.no_grad():

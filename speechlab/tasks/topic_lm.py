@@ -336,18 +336,21 @@ class TopicLMTask(SpeechLabTask):
         return topic_npmi(top, doc_word.cpu())
 
     # -- checkpoints -------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """``lm_vocab`` and ``topic_vocab`` (``WordVocab.to_dict``), once the data set them."""
+        state = super().extra_checkpoint_state()
         if self.lm_vocab is not None:
-            checkpoint["speechlab_lm_vocab"] = self.lm_vocab.to_dict()
+            state["lm_vocab"] = self.lm_vocab.to_dict()
         if self.topic_vocab is not None:
-            checkpoint["speechlab_topic_vocab"] = self.topic_vocab.to_dict()
+            state["topic_vocab"] = self.topic_vocab.to_dict()
+        return state
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "speechlab_lm_vocab" in checkpoint:
-            self.lm_vocab = WordVocab.from_dict(checkpoint["speechlab_lm_vocab"])
-        if "speechlab_topic_vocab" in checkpoint:
-            self.topic_vocab = WordVocab.from_dict(checkpoint["speechlab_topic_vocab"])
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_checkpoint_state(state)
+        if "lm_vocab" in state:
+            self.lm_vocab = WordVocab.from_dict(state["lm_vocab"])
+        if "topic_vocab" in state:
+            self.topic_vocab = WordVocab.from_dict(state["topic_vocab"])
 
 
 def parse_topic_mixture(spec: str, num_topics: int) -> torch.Tensor:
