@@ -34,7 +34,8 @@ import torch
 from speechlab.cli.decode import network_outputs
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.score import edit_counts
-from speechlab.tasks.gram_ctc import load_gram_ctc
+from speechlab.tasks.ctc import CTCTask
+from speechlab.tasks.gram_ctc import as_gram_ctc
 
 
 def flashlight(tokens: list[str], beam: int, lm: Path | None, lexicon: Path | None,
@@ -108,7 +109,7 @@ def main() -> None:
     else:
         if not args.checkpoint:
             raise SystemExit("give --checkpoint or --simulate")
-        model = load_gram_ctc(args.checkpoint)
+        model = as_gram_ctc(CTCTask.load(args.checkpoint))
         assert model.grams is not None
         if model.grams.max_n != 1:
             raise SystemExit("bench/decode.py compares on unigram CTC: give a CTC checkpoint")

@@ -2,7 +2,7 @@
 folder, rebuilds the task (vocabulary, GramSet, LM) and the data module from the checkpoint
 alone; ``--model.init_args.*`` on the command line wins over the checkpoint's values; a missing
 checkpoint is one line naming it. Oracles: the checkpoint evaluated in-process through
-Lightning's own ``load_from_checkpoint`` (and, for Gram-CTC, :func:`load_gram_ctc` decoding the
+Lightning's own ``load_from_checkpoint`` (and, for Gram-CTC, ``GramCTCTask.load`` decoding the
 test utterances itself, scored by :mod:`speechlab.score`)."""
 
 from __future__ import annotations
@@ -129,11 +129,11 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     """The checkpoint says greedy decoding and output_dir exp/train_out; the command line says
     beam search (beam 3) and another folder: the CLI's model decodes with the beam search, its
     transcripts are the beam search's (decoded here from the checkpoint with
-    ``load_gram_ctc``), and they are written where the command line says."""
+    ``GramCTCTask.load``), and they are written where the command line says."""
     from speechlab.cli.lightning import SpeechLabCLI
     from speechlab.data.speech import SpeechDataModule
     from speechlab.score import edit_counts
-    from speechlab.tasks.gram_ctc import GramDecoding, load_gram_ctc
+    from speechlab.tasks.gram_ctc import GramCTCTask, GramDecoding
 
     ckpt = _fit(tmp_path / "train", tiny_corpus, "gram_ctc")
     monkeypatch.chdir(tmp_path)
@@ -151,7 +151,7 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "beam" / "hyps.jsonl").read_text().splitlines())}
     assert len(rows) == 12  # the command line's test manifest, not the checkpoint's
 
-    model = load_gram_ctc(ckpt)
+    model = GramCTCTask.load(ckpt)
     model.decoding = GramDecoding(method="beam", beam_size=3)
     dm = SpeechDataModule(test_manifest=str(tiny_corpus["all"]), max_duration=30.0, num_workers=0)
     dm.setup("test")

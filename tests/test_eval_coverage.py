@@ -202,10 +202,10 @@ def test_robust_evaluator_scores_every_utterance(checkpoints, eval_set, caplog):
     readable utterance scored (its WER is the scorer's over all of them), unreadable audio the
     only skip, and the log line says N scored of M and why."""
     from speechlab.cli.robust_eval import evaluate_manifest
-    from speechlab.tasks.robust import load_ctc_task
+    from speechlab.tasks.ctc import CTCTask
 
     caplog.set_level(logging.INFO)
-    task = load_ctc_task(checkpoints["ctc"])
+    task = CTCTask.load(checkpoints["ctc"])
     manifest = eval_set["with_bad"]
     ids = manifest_ids(manifest)
     res = evaluate_manifest(task, "eval", manifest, num_workers=0)

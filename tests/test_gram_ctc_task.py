@@ -22,7 +22,7 @@ from speechlab.data.text import CharVocab
 from speechlab.functional.gram_decode import gram_greedy_ids
 from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.score import edit_counts
-from speechlab.tasks.gram_ctc import GramCTCTask, ctc_weight_at, load_gram_ctc
+from speechlab.tasks.gram_ctc import GramCTCTask, ctc_weight_at
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = "abcdefghijklmnopqrstuvwxyz '"
@@ -104,7 +104,7 @@ def test_tiny_recipe_overfits_a_handful_of_utterances(tiny_corpus, tmp_path):
 
 def test_checkpoint_keeps_its_gramset(overfit, tmp_path):
     task, batch = overfit["task"], overfit["batch"]
-    loaded = load_gram_ctc(overfit["ckpt"])
+    loaded = GramCTCTask.load(overfit["ckpt"])
     assert loaded.grams == task.grams
     with torch.no_grad():
         a, _ = task.eval()(batch["features"], batch["feature_lens"])
@@ -253,7 +253,7 @@ def test_speechlab_test_decodes_with_the_beam_search(overfit, tmp_path):
     from speechlab.decode.prefix_beam import PrefixBeamSearch
     from speechlab.tasks.gram_ctc import GramDecoding
 
-    task = load_gram_ctc(overfit["ckpt"])
+    task = GramCTCTask.load(overfit["ckpt"])
     task.decoding = GramDecoding(method="beam", beam_size=4)
     task.hparams.output_dir = str(tmp_path)
     dm = SpeechDataModule(test_manifest=str(overfit["manifest"]), num_workers=0, dither=0.0,

@@ -20,7 +20,8 @@ from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
 from speechlab.progress import progress
 from speechlab.score import edit_counts
-from speechlab.tasks.gram_ctc import GramCTCTask, load_gram_ctc
+from speechlab.tasks.ctc import CTCTask
+from speechlab.tasks.gram_ctc import GramCTCTask, as_gram_ctc
 
 
 @dataclass
@@ -142,7 +143,7 @@ def decode(args: argparse.Namespace) -> int:
             check_overwrite(path, args.force)
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
-    model = load_gram_ctc(args.checkpoint)
+    model = as_gram_ctc(CTCTask.load(args.checkpoint))
     out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
     fps = out.frames / max(out.audio_seconds, 1e-9)
     print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "

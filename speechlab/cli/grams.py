@@ -84,14 +84,15 @@ def refine(args: argparse.Namespace) -> int:
 
     from speechlab.cli.decode import network_outputs, resolve_device
     from speechlab.functional.gram_decode import gram_emission_counts
-    from speechlab.tasks.gram_ctc import load_gram_ctc
+    from speechlab.tasks.ctc import CTCTask
+    from speechlab.tasks.gram_ctc import as_gram_ctc
 
     device = resolve_device(args.device)  # inputs and outputs checked before the network runs
     if args.out:
         check_overwrite(args.out, args.force)
     if args.keep < 0:
         raise ValueError(f"--keep must be >= 0, got {args.keep}")
-    model = load_gram_ctc(args.checkpoint)
+    model = as_gram_ctc(CTCTask.load(args.checkpoint))
     assert model.grams is not None
     out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
     total = torch.zeros(len(model.grams), dtype=torch.long)

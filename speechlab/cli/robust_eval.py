@@ -7,8 +7,8 @@ One process loads each checkpoint once and runs every set. ``speechlab test`` do
 the embedding distances, which are why this module stays. Used by ``scripts/robust_eval.py``
 and the robust-encoder notebook; not a ``speechlab`` command, but above ``tasks/`` (it runs
 their checkpoints) and with tables and set names of one experiment, so it sits in the CLI layer
-until that experiment's driver takes it. The checkpoint loader is
-:func:`speechlab.tasks.robust.load_ctc_task`.
+until that experiment's driver takes it. Checkpoints are loaded with
+:meth:`CTCTask.load <speechlab.tasks.base.SpeechLabTask.load>` (any model of the CTC family).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from speechlab.functional.ctc import ctc_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
-from speechlab.tasks.robust import load_ctc_task
 
 log = logging.getLogger("speechlab.tasks")
 
@@ -153,7 +152,7 @@ def evaluate_sets(checkpoint: str | Path, sets: Mapping[str, str | Path], resamp
     Returns:
         ``{"checkpoint", "sets": {name: summary (+ "embedding": distances)}}``.
     """
-    task = load_ctc_task(checkpoint)
+    task = CTCTask.load(checkpoint)
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "sets": {}}
     clean_emb: dict[str, torch.Tensor] = {}
     for name, manifest in sets.items():

@@ -22,13 +22,6 @@ from speechlab.io import atomic_write_text, check_overwrite
 from speechlab.tasks.topic_lm import TopicLMTask, parse_topic_mixture, sample_sentences
 
 
-def load_task(checkpoint: str, device: str = "cpu") -> TopicLMTask:
-    """The :class:`TopicLMTask` of ``checkpoint`` on ``device``, in eval mode."""
-    task = TopicLMTask.load_from_checkpoint(checkpoint, map_location=device)
-    task.eval()
-    return task
-
-
 def datamodule_from_checkpoint(checkpoint: str, overrides: dict[str, Any] | None = None) -> DocumentDataModule:
     """The :class:`DocumentDataModule` of a checkpoint's saved data settings (set up), with the
     non-``None`` values of ``overrides`` replacing saved ones."""
@@ -93,7 +86,7 @@ def generate(args: argparse.Namespace) -> int:
     if args.out:
         check_overwrite(args.out, args.force)
 
-    task = load_task(args.checkpoint, args.device)
+    task = TopicLMTask.load(args.checkpoint, map_location=args.device)
     result: dict[str, list[str]] = {}
     if not task.is_tcnlm:
         if args.topic is not None:
@@ -136,7 +129,7 @@ def topics(args: argparse.Namespace) -> int:
     if args.out:
         check_overwrite(args.out, args.force)
 
-    task = load_task(args.checkpoint)
+    task = TopicLMTask.load(args.checkpoint)
     words_of_topics = task.topic_words(args.top_k)
     for i, words in enumerate(words_of_topics):
         print(f"topic {i:3d}: {' '.join(words)}")
@@ -173,7 +166,7 @@ def coherence(args: argparse.Namespace) -> int:
     if args.out:
         check_overwrite(args.out, args.force)
 
-    task = load_task(args.checkpoint)
+    task = TopicLMTask.load(args.checkpoint)
     dm = datamodule_from_checkpoint(args.checkpoint, {"train": args.train, "test": args.test})
     report = coherence_report(task, dm, args.reference, args.top_k, args.lda, args.lda_iter, args.seed)
     print(f"NPMI (top {args.top_k} words, {report['reference_documents']} {args.reference} documents): "

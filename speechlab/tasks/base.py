@@ -13,7 +13,8 @@
   :attr:`~SpeechLabTask.saved_as_none` are saved as None, and what a task needs besides its
   weights and hyper-parameters travels under one key, ``checkpoint["speechlab"]`` (below).
 
-A task subclasses it and adds its model, its loss and its evaluation.
+A task subclasses it and adds its model, its loss and its evaluation. :meth:`SpeechLabTask.load`
+(or :func:`load`) rebuilds any task from its checkpoint.
 
 The checkpoint convention: ``checkpoint["speechlab"]`` is a dict ``{"format": 1, "class_path":
 "speechlab.tasks.ctc.CTCTask", "embedded_files": [...], ...}`` plus the task's own entries
@@ -29,9 +30,13 @@ these entries as top-level keys (``speechlab_vocab``, ``speechlab_grams``, ...):
 
 from __future__ import annotations
 
+import importlib
+import io
 import logging
 import math
-from typing import Any, ClassVar
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -56,6 +61,9 @@ LEGACY_KEYS: dict[str, str] = {
     "speechlab_topic_vocab": "topic_vocab",
     "speechlab_embedded_files": "embedded_files",
 }
+
+
+T = TypeVar("T", bound="SpeechLabTask")
 
 
 class CheckpointError(InputError):
@@ -216,3 +224,89 @@ class SpeechLabTask(TestOutputs, pl.LightningModule):
             checkpoint.pop(key, None)
         checkpoint[CHECKPOINT_KEY] = state
         self.load_extra_checkpoint_state(state)
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls: type[T], path: str | os.PathLike, map_location: Any = "cpu", **overrides: Any) -> T:
+        """The task saved in the checkpoint ``path``, with its weights and state (vocabulary,
+        GramSet, embedded LM, ...), in eval mode, on ``map_location``.
+
+        The class is the one LightningCLI recorded (the hyper-parameters' ``_class_path``), else
+        the one the task recorded (``checkpoint["speechlab"]["class_path"]``), else ``cls``; it
+        must be ``cls`` or a subclass (``CTCTask.load`` returns a ``RobustASRTask`` for a robust
+        checkpoint, ``SpeechLabTask.load`` any task). ``overrides`` replace saved init args
+        (``output_dir=...``, ``test_lm_checkpoint=...``); init args naming a file the checkpoint
+        embeds (``embedded_files``) name ``path``, so that file need not exist any more.
+
+        Raises:
+            CheckpointError: one line naming ``path``: no such file, not a checkpoint, no
+                speechlab state (:func:`checkpoint_state`), a task of another class, or weights
+                that do not fit the task its hyper-parameters build.
+        """
+        path = Path(path)
+        data, checkpoint = _read_checkpoint(path)
+        task_cls = _task_class(checkpoint, checkpoint_state(checkpoint, str(path)), cls, path)
+        hp = checkpoint.get("hyper_parameters") or {}
+        for name in embedded_files(checkpoint):
+            if hp.get(name) is not None:
+                overrides.setdefault(name, str(path.resolve()))
+        try:
+            task = task_cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location,
+                                                 weights_only=False, **overrides)
+        except RuntimeError as e:  # load_state_dict: missing/unexpected keys, other shapes
+            if not str(e).startswith("Error(s) in loading state_dict"):
+                raise
+            raise CheckpointError(f"{path}: its weights do not fit the {task_cls.__name__} its "
+                                  f"hyper-parameters build ({_first_line(e)})") from None
+        return task.eval()
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu", **overrides: Any) -> SpeechLabTask:
+    """Any speechlab task from its checkpoint: :meth:`SpeechLabTask.load`."""
+    return SpeechLabTask.load(path, map_location, **overrides)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_checkpoint(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of the Lightning checkpoint ``path`` and the dict they hold (on the CPU).
+
+    Raises:
+        CheckpointError: no such file, not a torch file, or not a Lightning checkpoint.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint" + (" (a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    try:  # our own checkpoints: hyper-parameters may hold config dataclasses (not weights-only)
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return data, checkpoint
+
+
+def _task_class(checkpoint: dict[str, Any], state: dict[str, Any], fallback: type[T],
+                path: Path) -> type[T]:
+    """The task class of ``checkpoint`` (see :meth:`SpeechLabTask.load`)."""
+    hp = checkpoint.get("hyper_parameters")
+    name = (hp.get("_class_path") if isinstance(hp, dict) else None) or state.get("class_path")
+    if not name:
+        if fallback is SpeechLabTask:
+            raise CheckpointError(f"{path}: no task class recorded (a model built in Python by an "
+                                  "earlier speechlab version): load it with its class, e.g. "
+                                  "CTCTask.load(path)")
+        return fallback
+    module, _, attr = str(name).rpartition(".")
+    try:
+        task_cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its task class {name} cannot be imported "
+                              f"({type(e).__name__}: {_first_line(e)})") from None
+    if not (isinstance(task_cls, type) and issubclass(task_cls, fallback)):
+        raise CheckpointError(f"{path}: a {name} checkpoint, not a {fallback.__name__} "
+                              "(or a subclass of it)")
+    return task_cls

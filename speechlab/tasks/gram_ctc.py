@@ -12,7 +12,6 @@ validation always decodes greedily.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.nn.encoders import SpeechEncoderConfig
-from speechlab.tasks.base import checkpoint_state
 from speechlab.tasks.ctc import CTCTask
 
 log = logging.getLogger("speechlab.tasks")
@@ -268,45 +266,22 @@ class GramCTCTask(CTCTask):
         return gram_greedy_decode(log_probs, lengths, self.grams.symbols())
 
 
-def _configs(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyper-parameters saved as plain dicts back into their dataclasses."""
-    if isinstance(hp.get("encoder"), dict):
-        hp["encoder"] = SpeechEncoderConfig(**hp["encoder"])
-    if isinstance(hp.get("decoding"), dict):
-        hp["decoding"] = GramDecoding(**hp["decoding"])
-    return hp
+def as_gram_ctc(task: CTCTask) -> GramCTCTask:
+    """``task`` itself when it is a :class:`GramCTCTask`; a :class:`CTCTask` (or another model of
+    the CTC family) turned into the equivalent unigram Gram-CTC model: the same encoder, its
+    head as the gram head (unigram Gram-CTC ids are CTC ids), in eval mode. With
+    :meth:`~speechlab.tasks.base.SpeechLabTask.load`: ``as_gram_ctc(CTCTask.load(path))``."""
+    if isinstance(task, GramCTCTask):
+        return task
+    if not isinstance(task, CTCTask):
+        raise InputError(f"a {type(task).__name__} is not a CTC model: it has no unigram Gram-CTC "
+                         "equivalent")
+    model = GramCTCTask(vocab="".join(task.vocab.chars), encoder=task.encoder.config,
+                        spec_augment=task.hparams.get("spec_augment", True), ctc_weight=0.0)
+    model.set_grams(GramSet.unigrams(model.vocab))
+    model.encoder.load_state_dict(task.encoder.state_dict())
+    model.gram_head.load_state_dict(task.head.state_dict())  # type: ignore[union-attr]
+    return model.to(next(task.parameters()).device).eval()
 
 
-def load_gram_ctc(path: str | Path, map_location: str = "cpu") -> GramCTCTask:
-    """A trained :class:`GramCTCTask` (or, for comparison, a :class:`CTCTask` turned into the
-    equivalent unigram Gram-CTC model) from a checkpoint, in eval mode, with its GramSet."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # pickle/zip errors of a file that is not a torch checkpoint
-        raise InputError(f"{path}: not a checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise InputError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    if "grams" not in checkpoint_state(ckpt, str(path)):
-        if "gram_head.weight" in ckpt.get("state_dict", {}):
-            raise InputError(f"{path}: Gram-CTC checkpoint without its GramSet")
-        # a CTCTask checkpoint: unigram Gram-CTC is CTC with the same ids
-        keep = {k: hp[k] for k in ("vocab", "encoder", "spec_augment") if k in hp}
-        model = GramCTCTask(**_configs(keep), ctc_weight=0.0)
-        model.set_grams(GramSet.unigrams(model.vocab))
-        sd = ckpt["state_dict"]
-        sd = {("gram_head." + k[5:] if k.startswith("head.") else k): v for k, v in sd.items()}
-        model.load_state_dict(sd)
-        return model.eval()
-    params = set(inspect.signature(GramCTCTask.__init__).parameters) - {"self", "grams", "decoding"}
-    keep = {k: v for k, v in hp.items() if k in params}  # not LightningCLI's _class_path etc.
-    model = GramCTCTask(**_configs(keep))
-    model.on_load_checkpoint(ckpt)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
-__all__ = ["GramCTCTask", "GramDecoding", "ctc_weight_at", "load_gram_ctc"]
+__all__ = ["GramCTCTask", "GramDecoding", "as_gram_ctc", "ctc_weight_at"]

@@ -173,8 +173,9 @@ def language_model_from_bundle(bundle: dict[str, Any], where: str = "LM record"
 
 def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
                         ) -> tuple[RNNLanguageModel, dict[str, Any], Vocab]:
-    """Load an :class:`RNNLMTask` checkpoint, a saved :func:`lm_bundle`, or the LM embedded in a
-    fused model's checkpoint (a :class:`~speechlab.tasks.seq2seq.Seq2SeqTask` one:
+    """Load an :class:`RNNLMTask` checkpoint (:meth:`RNNLMTask.load
+    <speechlab.tasks.base.SpeechLabTask.load>`), a saved :func:`lm_bundle`, or the LM embedded in
+    a fused model's checkpoint (a :class:`~speechlab.tasks.seq2seq.Seq2SeqTask` one:
     ``checkpoint["speechlab"]["lm"]``) as ``(lm, config, vocab)``; the LM is returned in eval mode.
 
     Raises :class:`LMCheckpointError` naming ``path`` when the file is missing, is not an RNN LM
@@ -189,10 +190,9 @@ def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise LMCheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(ckpt, dict) and {"config", "vocab", "state_dict"} <= ckpt.keys():
-        bundle = ckpt
+        lm, config, vocab = language_model_from_bundle(ckpt, str(path))
     else:
-        bundle = _lm_record(ckpt, path)
-    lm, config, vocab = language_model_from_bundle(bundle, str(path))
+        lm, config, vocab = _checkpoint_lm(ckpt, path)
     if expected_vocab is not None and vocab != expected_vocab:
         raise LMCheckpointError(
             f"{path}: LM vocabulary {vocab!r} does not match the seq2seq vocabulary "
@@ -201,9 +201,9 @@ def load_language_model(path: str | Path, expected_vocab: Vocab | None = None
     return lm.eval(), config, vocab
 
 
-def _lm_record(ckpt: Any, path: Path) -> dict[str, Any]:
-    """The :func:`lm_bundle` record of an :class:`RNNLMTask` checkpoint, or of the LM a fused
-    seq2seq checkpoint embeds (``checkpoint["speechlab"]["lm"]``)."""
+def _checkpoint_lm(ckpt: Any, path: Path) -> tuple[RNNLanguageModel, dict[str, Any], Vocab]:
+    """``(lm, config, vocab)`` of the task checkpoint ``ckpt`` (read from ``path``): the LM a
+    fused seq2seq checkpoint embeds, or the :class:`RNNLMTask` it holds."""
     how = "train one with speechlab fit --config recipes/tiny/rnnlm.yaml"
     try:
         state = checkpoint_state(ckpt, str(path))
@@ -211,11 +211,14 @@ def _lm_record(ckpt: Any, path: Path) -> dict[str, Any]:
         reason = str(e).removeprefix(f"{path}: ")
         raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint ({reason}); {how}") from None
     if isinstance(state.get("lm"), dict):
-        return state["lm"]
-    if "lm_config" not in state or "vocab" not in state:
+        return language_model_from_bundle(state["lm"], str(path))
+    if "lm_config" not in state:
         raise LMCheckpointError(f"{path}: not an RNNLMTask checkpoint (no lm_config); {how}")
-    weights = {k[3:]: v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
-    return {"config": state["lm_config"], "vocab": state["vocab"], "state_dict": weights}
+    try:
+        task = RNNLMTask.load(path)
+    except CheckpointError as e:
+        raise LMCheckpointError(str(e)) from None
+    return task.lm, dict(task.lm_config), task.vocab
 
 
 def perplexity(model: RNNLanguageModel, batches: list[dict[str, Any]]) -> float:

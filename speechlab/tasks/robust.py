@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -170,7 +169,7 @@ class RobustASRTask(CTCTask):
             InputError: another vocabulary, or an encoder or head of other shapes (another
                 encoder configuration).
         """
-        source = load_ctc_task(path)
+        source = CTCTask.load(path)
         if source.vocab != self.vocab:
             raise InputError(f"{path}: vocabulary {source.vocab} differs from the model's {self.vocab}")
         for name in ("encoder", "head"):
@@ -197,7 +196,7 @@ class RobustASRTask(CTCTask):
         if self.teacher is not None:
             return self.teacher
         path = self.hparams.teacher_checkpoint
-        teacher = load_ctc_task(path)
+        teacher = CTCTask.load(path)
         if teacher.vocab != self.vocab:
             raise InputError(f"{path}: teacher vocabulary {teacher.vocab} differs from the "
                              f"model's {self.vocab}")
@@ -373,13 +372,3 @@ class RobustASRTask(CTCTask):
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, batch_size=n)
         return loss
 
-
-def load_ctc_task(checkpoint: str | Path) -> CTCTask:
-    """A CTC-family task (CTCTask, RobustASRTask, ...) from a Lightning checkpoint, on the CPU,
-    in eval mode; the class is the one the checkpoint was saved from."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters", {})
-    cls = RobustASRTask if "views" in hp else CTCTask
-    # our own checkpoints: hyper-parameters hold config dataclasses, so not weights-only
-    task = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    return task.eval()
