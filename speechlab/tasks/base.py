@@ -211,9 +211,9 @@ class SpeechLabTask(TestOutputs, pl.LightningModule):
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):
             hp.update((key, None) for key in self.saved_as_none if key in hp)
-        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "class_path": class_path(type(self)),
-                                      "embedded_files": self.embedded_init_args(),
-                                      **self.extra_checkpoint_state()}
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT, "class_path": class_path(type(self)),
+            "embedded_files": self.embedded_init_args(), **self.extra_checkpoint_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Translate an earlier layout's top-level keys into ``checkpoint["speechlab"]`` (in
@@ -227,7 +227,8 @@ class SpeechLabTask(TestOutputs, pl.LightningModule):
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls: type[T], path: str | os.PathLike, map_location: Any = "cpu", **overrides: Any) -> T:
+    def load(cls: type[T], path: str | os.PathLike, map_location: Any = "cpu",
+             **overrides: Any) -> T:
         """The task saved in the checkpoint ``path``, with its weights and state (vocabulary,
         GramSet, embedded LM, ...), in eval mode, on ``map_location``.
 
