@@ -220,10 +220,10 @@ def test_unreadable_audio_names_manifest_line(clean: Path, tmp_path: Path) -> No
     root = tmp_path / "bad"
     shutil.copytree(clean.parent, root)
     (root / "wavs" / "u2.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    with pytest.raises(ValueError, match=r"test\.jsonl: line 3: .*u2\.wav"):
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: .*u2\.wav"):
         run(root / "test.jsonl", tmp_path / "o", seed=0)
     (root / "wavs" / "u2.wav").unlink()
-    with pytest.raises(ValueError, match=r"test\.jsonl: line 3: .*not found"):
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: .*not found"):
         run(root / "test.jsonl", tmp_path / "o", seed=0)
 
 

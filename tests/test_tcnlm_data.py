@@ -40,7 +40,7 @@ def test_jsonl_reader_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"docs\.jsonl:2: malformed JSON"):
         read_jsonl_documents(p)
     p.write_text('["not", "an", "object"]\n')
-    with pytest.raises(ValueError, match=r"docs\.jsonl:1: expected a JSON object"):
+    with pytest.raises(ValueError, match=r"docs\.jsonl:1: malformed entry \(expected a JSON object"):
         read_jsonl_documents(p)
     p.write_text('{"text": "fine", "label": 7}\n')
     (doc,) = read_jsonl_documents(p)

@@ -24,7 +24,7 @@ import torch
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.functional.ctc import ctc_greedy_decode
-from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.robust import load_ctc_task
@@ -102,13 +102,8 @@ def evaluate_manifest(task: CTCTask, name: str, manifest: str | Path, resample: 
 
 def clean_ids(manifest: str | Path) -> dict[str, str]:
     """``{far-field id: clean_id}`` of a manifest's lines that have both (empty otherwise)."""
-    out = {}
-    for line in read_text(manifest).splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if "clean_id" in row and "id" in row:
-                out[row["id"]] = row["clean_id"]
-    return out
+    return {row["id"]: row["clean_id"] for _, row in read_jsonl(manifest, what="manifest")
+            if "clean_id" in row and "id" in row}
 
 
 def embedding_distance(noisy: Mapping[str, torch.Tensor], clean: Mapping[str, torch.Tensor],

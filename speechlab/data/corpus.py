@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import logging
 import math
 import os
@@ -50,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from speechlab.dist import rank_and_world
-from speechlab.io import open_text, read_text
+from speechlab.io import read_jsonl, read_text
 
 log = logging.getLogger("speechlab.data.corpus")
 
@@ -76,22 +75,13 @@ def read_jsonl_documents(path: str | os.PathLike) -> list[Document]:
     ``ValueError`` naming the file and line."""
     path = Path(path)
     docs = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            text = row.get("text")
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: missing or non-string 'text' field")
-            label = row.get("label")
-            docs.append(Document(text, None if label is None else str(label),
-                                 str(row.get("id", f"{path.stem}/{lineno}"))))
+    for lineno, row in read_jsonl(path, ValueError, "document file"):
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: missing or non-string 'text' field")
+        label = row.get("label")
+        docs.append(Document(text, None if label is None else str(label),
+                             str(row.get("id", f"{path.stem}/{lineno}"))))
     return docs
 
 

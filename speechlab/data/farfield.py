@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from speechlab.parallel import init_worker, run_parallel
 
 log = logging.getLogger(__name__)
@@ -295,12 +295,12 @@ def _read_entry(entry: Entry, manifest: str) -> tuple[np.ndarray, int]:
     try:
         x, sr = read_audio(entry.path, entry.offset, entry.duration)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {e}") from None
+        raise ValueError(f"{manifest}:{entry.lineno}: {e}") from None
     if x.shape[0] != 1:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {entry.path}: "
+        raise ValueError(f"{manifest}:{entry.lineno}: {entry.path}: "
                          f"{x.shape[0]} channels; far-field corruption needs mono audio")
     if x.shape[1] == 0:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {entry.path}: no samples")
+        raise ValueError(f"{manifest}:{entry.lineno}: {entry.path}: no samples")
     return x[0], sr
 
 
@@ -444,40 +444,28 @@ def read_manifest(path: str | Path) -> list[Entry]:
     from speechlab.data.audio import audio_info
 
     path = Path(path)
-    try:
-        lines = read_text(path).splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: unreadable manifest ({e})") from None
     entries: list[Entry] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "audio_filepath" not in row:
-            raise ValueError(f"{path}: line {lineno}: no \"audio_filepath\"")
+    for lineno, row in read_jsonl(path, ValueError, "manifest"):
+        if "audio_filepath" not in row:
+            raise ValueError(f"{path}:{lineno}: no \"audio_filepath\"")
         audio = Path(row["audio_filepath"])
         audio = Path(os.path.abspath(audio if audio.is_absolute() else path.parent / audio))
         if audio.is_dir():
-            raise ValueError(f"{path}: line {lineno}: {audio}: a directory, not an audio file")
+            raise ValueError(f"{path}:{lineno}: {audio}: a directory, not an audio file")
         if not audio.is_file():
-            raise ValueError(f"{path}: line {lineno}: {audio}: audio file not found")
+            raise ValueError(f"{path}:{lineno}: {audio}: audio file not found")
         # the id load_cuts gives such an entry (file stem), so clean_id links to the clean cut
         clean_id = str(row.get("id") or Path(row["audio_filepath"]).stem)
         if clean_id in seen:
-            raise ValueError(f"{path}: line {lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
+            raise ValueError(f"{path}:{lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
         seen[clean_id] = lineno
         try:
             info = audio_info(audio)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: line {lineno}: {e}") from None
+            raise ValueError(f"{path}:{lineno}: {e}") from None
         if info.channels != 1:
-            raise ValueError(f"{path}: line {lineno}: {audio}: {info.channels} channels; "
+            raise ValueError(f"{path}:{lineno}: {audio}: {info.channels} channels; "
                              "far-field corruption needs mono audio")
         offset = float(row.get("offset") or 0.0)
         duration = float(row["duration"]) if offset and "duration" in row else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import sentencepiece as spm
 
 from speechlab.data.text import CharVocab, normalize_text
-from speechlab.io import atomic_path, open_text
+from speechlab.io import atomic_path, read_jsonl
 
 __all__ = ["SentencePieceVocab", "texts_from_manifest", "vocab_from_dict"]
 
@@ -265,18 +264,10 @@ def texts_from_manifest(path: str | os.PathLike, field: str = "text") -> list[st
 
     Errors name the file and the line: malformed JSON, a missing or non-string text.
     """
-    path = Path(path)
     texts = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            text = row.get(field) if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: no string {field!r} field")
-            texts.append(text)
+    for lineno, row in read_jsonl(path, ValueError, "manifest"):
+        text = row.get(field)
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: no string {field!r} field")
+        texts.append(text)
     return texts

@@ -29,7 +29,6 @@ Batches are dicts::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -47,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab, normalize_text
 from speechlab.dist import rank_and_world
-from speechlab.io import open_text
+from speechlab.io import open_text, read_jsonl
 
 log = logging.getLogger("speechlab.data")
 
@@ -103,21 +102,16 @@ def read_text_lines(path: str | Path, segmentation: Literal["line", "sentence"] 
     path = Path(path)
     if not path.is_file():
         raise TextDataError(f"{path}: text source not found")
+    if _is_manifest(path):
+        for lineno, row in read_jsonl(path, TextDataError, "text source"):
+            text = row.get(field)
+            if not isinstance(text, str):
+                raise TextDataError(f"{path}:{lineno}: no string {field!r} field")
+            yield TextLine(text, str(path), lineno)
+        return
     with open_text(path) as f:
         try:
-            if _is_manifest(path):
-                for lineno, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        row = json.loads(raw)
-                    except json.JSONDecodeError as e:
-                        raise TextDataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    text = row.get(field) if isinstance(row, dict) else None
-                    if not isinstance(text, str):
-                        raise TextDataError(f"{path}:{lineno}: no string {field!r} field")
-                    yield TextLine(text, str(path), lineno)
-            elif segmentation == "line":
+            if segmentation == "line":
                 for lineno, raw in enumerate(f, 1):
                     if raw.strip():
                         yield TextLine(raw.strip(), str(path), lineno)
