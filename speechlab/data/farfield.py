@@ -51,18 +51,24 @@ def signal_power(x: np.ndarray) -> float:
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """``speech + g * noise`` with ``g`` chosen so that
     ``10 log10(power(speech) / power(g * noise)) == snr_db`` (dB; power = mean square over the
-    whole signal). ``noise`` must have the length of ``speech``; silent noise raises
-    ``ValueError``; silent speech gets no noise (the SNR is then undefined)."""
+    whole signal): :func:`torchaudio.functional.add_noise` in float64. ``noise`` must have the
+    length of ``speech``; silent noise raises ``ValueError``; silent speech gets no noise (the
+    SNR is then undefined)."""
+    import torch  # here, not at the top: `speechlab data farfield` starts without torch
+    from torchaudio.functional import add_noise
+
     speech = np.asarray(speech, dtype=np.float32)
     noise = np.asarray(noise, dtype=np.float32)
     if speech.shape != noise.shape:
         raise ValueError(f"mix_at_snr: speech {speech.shape} and noise {noise.shape} differ in shape")
-    p_noise = signal_power(noise)
-    if p_noise == 0.0:
+    if signal_power(noise) == 0.0:
         raise ValueError("mix_at_snr: the noise is silent")
-    p_speech = signal_power(speech)
-    gain = math.sqrt(p_speech / (p_noise * 10.0 ** (snr_db / 10.0)))
-    return (speech.astype(np.float64) + gain * noise.astype(np.float64)).astype(np.float32)
+    if signal_power(speech) == 0.0:
+        return speech.copy()
+    noisy = add_noise(torch.from_numpy(speech.astype(np.float64)),
+                      torch.from_numpy(noise.astype(np.float64)),
+                      torch.tensor(float(snr_db), dtype=torch.float64))
+    return noisy.numpy().astype(np.float32)
 
 
 def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
@@ -91,12 +97,15 @@ def align_rir(rir: np.ndarray, onset: int | None = None) -> np.ndarray:
 
 
 def reverberate(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve ``speech`` with ``rir`` (both at the same rate), truncated to the length of
+    """Convolve ``speech`` with ``rir`` (both at the same rate;
+    :func:`torchaudio.functional.fftconvolve` in float64), truncated to the length of
     ``speech`` (the reverberant tail past the end is dropped)."""
-    from scipy.signal import fftconvolve
+    import torch
+    from torchaudio.functional import fftconvolve
 
-    out = fftconvolve(np.asarray(speech, np.float64), np.asarray(rir, np.float64), mode="full")
-    return out[: len(speech)].astype(np.float32)
+    out = fftconvolve(torch.from_numpy(np.asarray(speech, np.float64)),
+                      torch.from_numpy(np.asarray(rir, np.float64)))
+    return out[: len(speech)].numpy().astype(np.float32)
 
 
 def white_noise(rng: np.random.Generator, n: int) -> np.ndarray:
