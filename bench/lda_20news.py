@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         top = lda_top_words(train, k, args.top_k, args.max_iter, args.seed)
         npmi = topic_npmi(top, ref)
-        topics = [dm.topic_vocab.decode(r) for r in top.tolist()]
+        topics = [dm.topic_vocab.tokens(r) for r in top.tolist()]
         rows.append({"topics": k, "npmi_mean": float(npmi.mean()), "npmi": npmi.tolist(), "words": topics,
                      "seconds": round(time.time() - t0, 1), "max_iter": args.max_iter})
         print(f"LDA {k} topics: NPMI {float(npmi.mean()):.4f} ({time.time() - t0:.0f}s)")

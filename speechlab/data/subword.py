@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 
-from speechlab.data.text import CharVocab, normalize_text
+from speechlab.data.text import normalize_text
 from speechlab.io import atomic_path, read_jsonl
 
-__all__ = ["SentencePieceVocab", "texts_from_manifest", "vocab_from_dict"]
+__all__ = ["SentencePieceVocab", "texts_from_manifest"]
 
 ModelType = Literal["unigram", "bpe"]
 
@@ -116,10 +116,14 @@ class SentencePieceVocab:
             raise KeyError(piece)
         return p + 1
 
-    def piece_of(self, idx: int) -> str:
+    def token_of(self, idx: int) -> str:
         """Piece string of our id ``idx``."""
         self._check_ids([idx])
         return self.blank_symbol if idx == self.blank else self._sp.id_to_piece(idx - 1)
+
+    def tokens(self, ids: Iterable[int]) -> list[str]:
+        """Piece strings of ``ids`` (the blank as ``<blank>``)."""
+        return [self.token_of(int(i)) for i in ids]
 
     # ------------------------------------------------------------------ encode / decode
 
@@ -246,17 +250,6 @@ class SentencePieceVocab:
             msg = str(e).split("] ", 1)[-1]
             raise ValueError(f"SentencePiece training failed: {msg}") from None
         return cls(buf.getvalue())
-
-
-def vocab_from_dict(d: dict[str, Any]) -> CharVocab | SentencePieceVocab:
-    """Rebuild either vocabulary from its ``to_dict()`` (``"type"``: ``char`` or
-    ``sentencepiece``)."""
-    kind = d.get("type")
-    if kind == "char":
-        return CharVocab.from_dict(d)
-    if kind == "sentencepiece":
-        return SentencePieceVocab.from_dict(d)
-    raise ValueError(f"unknown vocabulary type {kind!r}")
 
 
 def texts_from_manifest(path: str | os.PathLike, field: str = "text") -> list[str]:

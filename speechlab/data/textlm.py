@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab, normalize_text
+from speechlab.data.vocab import Vocab, vocab_from_dict
 from speechlab.dist import rank_and_world
 from speechlab.io import open_text, read_jsonl
 
@@ -55,7 +56,6 @@ EOS = 0
 #: target padding id (ignored by ``cross_entropy``).
 IGNORE_INDEX = -100
 
-Vocab = CharVocab | SentencePieceVocab
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
@@ -416,7 +416,6 @@ class TextDataModule(pl.LightningDataModule):
         return {"vocab": self.vocab.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from speechlab.data.subword import vocab_from_dict
 
         if "vocab" in state and vocab_from_dict(state["vocab"]) != self.vocab:
             raise ValueError(f"checkpoint vocabulary {vocab_from_dict(state['vocab'])!r} differs "
