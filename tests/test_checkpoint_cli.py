@@ -132,8 +132,9 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     ``load_gram_ctc``), and they are written where the command line says."""
     from speechlab.cli.lightning import SpeechLabCLI
     from speechlab.data.speech import SpeechDataModule
+    from speechlab.decode.prefix_beam import GramDecoding
     from speechlab.score import edit_counts
-    from speechlab.tasks.gram_ctc import GramDecoding, load_gram_ctc
+    from speechlab.tasks.gram_ctc import load_gram_ctc
 
     ckpt = _fit(tmp_path / "train", tiny_corpus, "gram_ctc")
     monkeypatch.chdir(tmp_path)

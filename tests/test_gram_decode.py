@@ -51,6 +51,9 @@ def test_greedy_checks_symbols():
 
 
 # ------------------------------------------------------------------------------- brute force
+#: no token or beam pruning (the defaults, GramDecoding's, prune): what brute force is compared with
+EXHAUSTIVE = {"token_threshold": math.inf, "beam_threshold": math.inf}
+
 def brute_force(lp: torch.Tensor, grams: list[str]) -> dict[str, float]:
     """ln P(string) summed over every frame path (exact)."""
     probs = lp.double().exp().tolist()
@@ -81,7 +84,7 @@ def test_prefix_beam_search_equals_brute_force(backend, chars, grams, t):
     for _ in range(3):
         lp = (2 * torch.randn(t, len(grams) + 1, generator=gen)).log_softmax(-1)
         exact = sorted(brute_force(lp, grams).items(), key=lambda kv: -kv[1])
-        dec = PrefixBeamSearch(chars, grams, beam_size=10_000, backend=backend)
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=10_000, backend=backend)
         got = dec.decode(lp, nbest=8)
         assert [h.text for h in got] == [s for s, _ in exact[:8]]
         for h, (_, ref) in zip(got, exact, strict=False):
@@ -151,7 +154,7 @@ def test_more_than_255_symbols_keeps_prefixes_apart(backend):
     lp[0, [0, 14, 270]] = torch.tensor([0.0, 1.6, 1.2])
     lp[1, [0, 15, 271]] = torch.tensor([0.2, 1.5, 1.4])
     lp = lp.log_softmax(-1)
-    got = PrefixBeamSearch(chars, beam_size=100, backend=backend).decode(lp, nbest=3)
+    got = PrefixBeamSearch(chars, **EXHAUSTIVE, beam_size=100, backend=backend).decode(lp, nbest=3)
     exact = sorted(brute_force(lp, chars).items(), key=lambda kv: -kv[1])[:3]
     assert [h.text for h in got] == [s for s, _ in exact]
     assert [h.am_score for h in got] == pytest.approx([p for _, p in exact], abs=1e-5)
@@ -252,7 +255,7 @@ def test_beam_search_with_lm_equals_brute_force(arpa, backend, lm_weight, word_s
             words = len(s.split())
             total[s] = am + lm_weight * lm.sentence_score(" ".join(s.split())) + word_score * words
         ref = max(total, key=total.get)
-        dec = PrefixBeamSearch(chars, grams, beam_size=100_000, lm=lm, lm_weight=lm_weight,
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=100_000, lm=lm, lm_weight=lm_weight,
                                word_score=word_score, backend=backend)
         best = dec.decode(lp)[0]
         assert best.text == ref
@@ -276,7 +279,7 @@ def test_lexicon_equals_brute_force(arpa, backend, unk_score):
             penalty = unk_score * unknown if unknown else 0.0
             total[s] = am + 0.5 * lm.sentence_score(" ".join(s.split())) + penalty
         ref = max(total, key=total.get)
-        dec = PrefixBeamSearch(chars, grams, beam_size=100_000, lm=lm, lm_weight=0.5,
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=100_000, lm=lm, lm_weight=0.5,
                                lexicon=lexicon, unk_score=unk_score, backend=backend)
         best = dec.decode(lp)[0]
         assert best.text == ref
@@ -298,7 +301,7 @@ def test_character_lm_mode(tmp_path, backend):
                     "\\2-grams:\n-0.1\t<s> b\n-0.4\ta |\n\n\\end\\\n")
     lm = KenLMScorer(path, unit="char")
     lp = torch.tensor([[0.5, 0.2, 0.2, 0.1]] * 3).log()
-    dec = PrefixBeamSearch("ab ", None, beam_size=10_000, lm=lm, lm_weight=1.0, word_score=0.5,
+    dec = PrefixBeamSearch("ab ", None, **EXHAUSTIVE, beam_size=10_000, lm=lm, lm_weight=1.0, word_score=0.5,
                            backend=backend)
     got = dec.decode(lp, nbest=20)
     for h in got:

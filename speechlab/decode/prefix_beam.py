@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -202,6 +202,40 @@ def native_available() -> bool:
     return _LIB is not None
 
 
+@dataclass
+class GramDecoding:
+    """The options of CTC / Gram-CTC decoding, and their one set of defaults: the task's
+    ``decoding`` (``test``/``predict``; validation is always greedy), ``speechlab decode``'s flags
+    (generated from these fields) and :meth:`PrefixBeamSearch.from_config` all read them.
+
+    Attributes:
+        method: greedy (best path) or beam (prefix beam search over grams).
+        beam_size: hypotheses kept per frame.
+        token_beam: non-blank tokens tried per frame (0: all).
+        token_threshold: skip tokens more than this below the frame's best log-prob (nats).
+        beam_threshold: drop hypotheses more than this below the best (nats).
+        lm: KenLM model (speechlab lm ngram), or none.
+        lm_unit: the LM's tokens: word or char.
+        lm_weight: α, the weight of the natural-log LM score.
+        word_score: β, added per word.
+        lexicon: the words a hypothesis may spell: lm (the ARPA LM's words), a file of words
+            (one per line), or none; a word outside it costs unk_score.
+        unk_score: the cost of a word outside the lexicon (-inf: lexicon words only).
+    """
+
+    method: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = 16
+    token_beam: int = 0
+    token_threshold: float = 12.0
+    beam_threshold: float = 30.0
+    lm: str | None = None
+    lm_unit: Literal["word", "char"] = "word"
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+    lexicon: str | None = None
+    unk_score: float = -math.inf
+
+
 class PrefixBeamSearch:
     """Prefix beam search over gram (or character) outputs.
 
@@ -219,14 +253,19 @@ class PrefixBeamSearch:
         lexicon: words (word mode): a word outside them costs ``unk_score`` (once).
         unk_score: the lexicon's penalty (``-inf``: lexicon words only).
         backend: ``"auto"`` (C++ when built), ``"native"`` or ``"python"``.
+
+    The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
+    Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search.
     """
 
     def __init__(self, chars: Sequence[str], grams: Sequence[str] | None = None,
-                 beam_size: int = 16, token_beam: int = 0, token_threshold: float = math.inf,
-                 beam_threshold: float = math.inf, lm: KenLMScorer | str | os.PathLike | None = None,
-                 lm_weight: float = 0.5, word_score: float = 0.0, lm_unit: str = "word",
-                 lexicon: Iterable[str] | None = None, unk_score: float = -math.inf,
-                 backend: str = "auto") -> None:
+                 beam_size: int = GramDecoding.beam_size, token_beam: int = GramDecoding.token_beam,
+                 token_threshold: float = GramDecoding.token_threshold,
+                 beam_threshold: float = GramDecoding.beam_threshold,
+                 lm: KenLMScorer | str | os.PathLike | None = None,
+                 lm_weight: float = GramDecoding.lm_weight, word_score: float = GramDecoding.word_score,
+                 lm_unit: str = GramDecoding.lm_unit, lexicon: Iterable[str] | None = None,
+                 unk_score: float = GramDecoding.unk_score, backend: str = "auto") -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
         index = {c: i + 1 for i, c in enumerate(self.chars)}
@@ -280,6 +319,25 @@ class PrefixBeamSearch:
         """From a :class:`speechlab.data.grams.GramSet` (or a ``CharVocab``: plain CTC)."""
         vocab = getattr(grams, "vocab", grams)
         return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
+
+    @classmethod
+    def from_config(cls, grams: Any, config: GramDecoding, *, lm: KenLMScorer | None = None,
+                    lexicon: Iterable[str] | None = None, backend: str = "auto") -> PrefixBeamSearch:
+        """The search ``config`` describes over ``grams`` (a GramSet, or a ``CharVocab``: CTC).
+
+        ``lm`` / ``lexicon``: the already loaded ``config.lm`` and ``config.lexicon``, to share
+        one KenLM model and word list across several searches (e.g. a grid of ``lm_weight``);
+        by default they are loaded from the config's paths.
+        """
+        if lm is None and config.lm is not None:
+            lm = KenLMScorer(config.lm, config.lm_unit)
+        if lexicon is None:
+            lexicon = load_lexicon(config.lexicon, config.lm)
+        return cls.from_gramset(
+            grams, beam_size=config.beam_size, token_beam=config.token_beam,
+            token_threshold=config.token_threshold, beam_threshold=config.beam_threshold, lm=lm,
+            lm_weight=config.lm_weight, word_score=config.word_score, lm_unit=config.lm_unit,
+            lexicon=lexicon, unk_score=config.unk_score, backend=backend)
 
     @property
     def num_outputs(self) -> int:
@@ -506,6 +564,6 @@ class PrefixBeamSearch:
 
 
 __all__ = [
-    "BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
+    "BeamHypothesis", "GramDecoding", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
     "native_available",
 ]
