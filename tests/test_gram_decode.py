@@ -19,7 +19,7 @@ from speechlab.functional.gram_decode import (
     gram_greedy_ids,
 )
 
-BACKENDS = ["python"] + (["native"] if native_available() else [])
+BACKENDS = ["reference"] + (["native"] if native_available() else [])
 
 
 def one_hot_path(path: list[int], v: int) -> torch.Tensor:
@@ -116,7 +116,7 @@ def test_native_equals_python_with_pruning():
             lp = (3 * torch.randn(30, len(grams) + 1, generator=gen)).log_softmax(-1)
             kw = dict(beam_size=beam, token_beam=token_beam, token_threshold=thr, beam_threshold=bthr)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=4)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=4)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=4)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
@@ -133,7 +133,7 @@ def test_native_equals_python_with_lm_lexicon_and_pruning(arpa):
             kw = dict(beam_size=4, token_beam=3, beam_threshold=10.0, lm=lm, lm_weight=0.8,
                       word_score=0.5, lexicon=["ab", "ba", "a"], unk_score=unk)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=3)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=3)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=3)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
@@ -190,7 +190,7 @@ def test_native_equals_python_on_5000_characters():
             lp[1::2, space] += boost
             lp = lp.log_softmax(-1)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=5)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=5)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=5)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
             assert max(len(h.text) for h in a) >= 10  # long prefixes: many trie nodes

@@ -18,7 +18,8 @@ flashlight's lexicon decoder).
 
 The hot loop is C++ (``csrc/prefix_beam_search.cpp``, the module ``speechlab._decode``, called
 through ctypes; the LM is reached through a callback that only runs on cache misses). A pure
-Python implementation of the same algorithm (``backend="python"``) is the fallback when the
+Python implementation of the same algorithm (``backend="reference"``, the word the Gram-CTC
+loss uses for its pure-PyTorch implementation too) is the fallback when the
 extension is not built, and a cross-check in the tests.
 
     >>> dec = PrefixBeamSearch(chars="ab", grams=["a", "b", "ab"], beam_size=8)
@@ -172,8 +173,6 @@ def load_lexicon(spec: str | None, lm: str | os.PathLike | None) -> list[str] | 
 
 
 def _load_library() -> ctypes.CDLL | None:
-    if os.environ.get("SPEECHLAB_DECODE_BACKEND", "") == "python":
-        return None
     spec = importlib.util.find_spec("speechlab._decode")
     if spec is None or spec.origin is None:
         return None
@@ -252,7 +251,7 @@ class PrefixBeamSearch:
         lm_unit: ``"word"`` or ``"char"`` when ``lm`` is a path.
         lexicon: words (word mode): a word outside them costs ``unk_score`` (once).
         unk_score: the lexicon's penalty (``-inf``: lexicon words only).
-        backend: ``"auto"`` (C++ when built), ``"native"`` or ``"python"``.
+        backend: ``"auto"`` (C++ when built), ``"native"`` (C++) or ``"reference"`` (Python).
 
     The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
     Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search.
@@ -304,12 +303,12 @@ class PrefixBeamSearch:
             self._lex_lm = np.asarray([self.lm.model.score(w, bos=False, eos=False) * LN10
                                        for w in self.lexicon], dtype=np.float64)
         self.max_n = max(len(g) for g in self.grams)
-        if backend not in ("auto", "native", "python"):
-            raise ValueError(f"backend must be auto, native or python, got {backend!r}")
+        if backend not in ("auto", "native", "reference"):
+            raise ValueError(f"backend must be auto, native or reference, got {backend!r}")
         if backend == "native" and not native_available():
             raise RuntimeError("the C++ prefix beam search (speechlab._decode) is not built; "
                                "reinstall with pip install --no-build-isolation -e .")
-        self.backend = "native" if backend != "python" and native_available() else "python"
+        self.backend = "native" if backend != "reference" and native_available() else "reference"
         self._error: BaseException | None = None
         self._callback = _LM_FN(self._lm_callback)
         self._context: int | None = None
