@@ -3,6 +3,7 @@ on the tiny espeak-ng corpus."""
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,11 @@ import yaml
 
 from speechlab.cli import main
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
 
 def _data_overrides(recipe: Path, corpus: dict[str, Path],
@@ -105,6 +110,40 @@ def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path, request):
           "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]",
           "--trainer.enable_progress_bar=false"])
+
+
+def test_run_paths_derive_from_default_root_dir(tiny_corpus, tmp_path):
+    """A recipe that leaves the logger's ``save_dir``, the checkpoints' ``dirpath`` and the task's
+    ``output_dir`` unset writes everything under ``trainer.default_root_dir``: ``tb/``,
+    ``checkpoints/``, the run's ``config.yaml`` (with the derived paths) and ``speechlab test``'s
+    results; a value given on the command line is kept."""
+    cfg = effective_configs([REPO / "recipes/tiny/ctc.yaml"], in_process=True)[0]
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = None
+    for cb in cfg["trainer"]["callbacks"]:
+        if "dirpath" in cb.get("init_args", {}):
+            cb["init_args"]["dirpath"] = None
+    cfg["model"]["init_args"]["output_dir"] = None
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "run"
+    common = [*_data_overrides(REPO / "recipes/tiny/ctc.yaml", tiny_corpus),
+              "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]
+    assert main(["fit", "--config", str(recipe), *common, "--trainer.max_steps=2",
+                 "--trainer.check_val_every_n_epoch=1", "--trainer.limit_val_batches=1",
+                 "--trainer.num_sanity_val_steps=0"]) == 0
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    saved = yaml.safe_load((root / "tb" / "version_0" / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(root)
+    assert {cb["init_args"].get("dirpath") for cb in saved["trainer"]["callbacks"]} >= {
+        str(root / "checkpoints")}
+    assert saved["model"]["init_args"]["output_dir"] == str(root)
+    test = ["test", "--config", str(recipe), *common, "--trainer.logger=false"]
+    assert main([*test, "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]) == 0
+    assert (root / "hyps.jsonl").is_file() and (root / "wer.json").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    assert main([*test, f"--model.init_args.output_dir={elsewhere}"]) == 0
+    assert (elsewhere / "wer.json").is_file()
 
 
 def _checkpoint_callbacks(recipe: Path, dirpath: Path) -> list:
