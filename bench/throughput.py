@@ -16,7 +16,7 @@ of the timing (data-loader start-up, cuDNN autotuning, first allocations). Then:
 A markdown table goes to stdout and ``OUT/throughput.md``; everything to ``OUT/throughput.json``.
 
 Data: ``--data-root`` has the layout of ``data/`` (``speechlab data synth`` and
-``scripts/robust_data.sh``). A small copy to carry to a GPU machine (about 40 MB for 200
+``recipes/robust/prepare_cpu.sh``). A small copy to carry to a GPU machine (about 40 MB for 200
 utterances, relative paths) is made here with ``--make-data``::
 
     python bench/throughput.py --make-data .bench/data --data-root data --utterances 200
