@@ -5,10 +5,10 @@ checkpoint decodes dev and test: greedy, beam without LM, and beam + word KenLM 
 on dev (grid). The candidates recipe is followed by ``speechlab grams refine``. Results go to
 ``exp/results_<suite>.json`` and a markdown table is printed.
 
-  python recipes/run_gram_ctc.py --suite fsdd            # FSDD spoken digits (real speech)
-  python recipes/run_gram_ctc.py --suite tiny            # embedded espeak-ng corpus
-  python recipes/run_gram_ctc.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
-  python recipes/run_gram_ctc.py --suite fsdd --jobs 9 --max-steps 3000 --results exp/gpu.json  # GPU
+  python recipes/fsdd/run.py --suite fsdd            # FSDD spoken digits (real speech)
+  python recipes/fsdd/run.py --suite tiny            # embedded espeak-ng corpus
+  python recipes/fsdd/run.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
+  python recipes/fsdd/run.py --suite fsdd --jobs 9 --max-steps 3000 --results exp/gpu.json  # GPU
 
 ``--jobs K`` trains and decodes K recipes at once (a candidates recipe and the refined recipe that
 needs its grams run one after the other); their wall times then overlap and are not comparable
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITES = {
     "fsdd": {
         "recipes": ["ctc", "gram_ctc", "ctc_stride8", "gram_ctc_stride8", "gram_ctc_joint",
