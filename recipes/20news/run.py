@@ -8,7 +8,7 @@ deadline, tests it (perplexity; TCNLM: topic words and NPMI on the test document
 sentences for a few topics. Each writes ``<out>/<recipe>.json``; the table goes to stdout and
 ``<out>/table.md``.
 
-  python bench/train_20news_tcnlm.py --train .cache/20news/train.jsonl.gz \\
+  python recipes/20news/run.py --train .cache/20news/train.jsonl.gz \\
       --test .cache/20news/test.jsonl.gz --out /tmp/out --steps 6000 --seconds 180
 """
 
@@ -27,7 +27,7 @@ import yaml
 
 # the parent must not initialize CUDA before forking the trainers (NVML-based device checks)
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ("lstm_equal_size", "lstm_equal_params", "tcnlm_10", "tcnlm_30", "tcnlm_50")
 
 

@@ -3,7 +3,7 @@
 Newsgroups recipes, scored by the same NPMI (top 10 words, document co-occurrence on the test
 documents) as ``speechlab test`` reports for TCNLM. CPU only.
 
-  python bench/lda_20news.py --topics 10 30 50 --max-iter 20 --json lda.json
+  python recipes/20news/lda.py --topics 10 30 50 --max-iter 20 --json lda.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
