@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from speechlab.functional.topic import topic_npmi
     from speechlab.io import atomic_write_text
 
-    data = dict(yaml.safe_load(args.recipe.read_text())["data"]["init_args"])
+    data = dict(effective_configs([args.recipe])[0]["data"]["init_args"])  # includes resolved
     data.update({k: v for k, v in (("train", args.train), ("test", args.test)) if v})
     dm = DocumentDataModule(**data)
     dm.setup("test")

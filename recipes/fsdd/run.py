@@ -28,9 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
 SUITES = {
     "fsdd": {
         "recipes": ["ctc", "gram_ctc", "ctc_stride8", "gram_ctc_stride8", "gram_ctc_joint",
@@ -85,7 +86,7 @@ def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json:
 def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: dict,
                reuse: bool = False) -> None:
     cfg = REPO / suite["folder"] / f"{name}.yaml"
-    conf = yaml.safe_load(cfg.read_text())
+    conf = effective_configs([cfg])[0]  # the recipe with its includes resolved
     exp = Path(conf["trainer"]["default_root_dir"])
     (REPO / exp).mkdir(parents=True, exist_ok=True)
     key = cfg.stem
