@@ -4,7 +4,7 @@ clean source (``clean_id``) the distance between clean and far-field encoder emb
 
 One process loads each checkpoint once and runs every set. ``speechlab test`` does that too
 (``data.init_args.test_manifest`` a list of manifests: WER/CER and hypotheses per set), but not
-the embedding distances, which are why this module stays. Used by ``scripts/robust_eval.py``
+the embedding distances, which are why this module stays. Used by ``recipes/robust/evaluate.py``
 and the robust-encoder notebook; not a ``speechlab`` command, but above ``tasks/`` (it runs
 their checkpoints) and with tables and set names of one experiment, so it sits in the CLI layer
 until that experiment's driver takes it. The checkpoint loader is
