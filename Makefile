@@ -22,14 +22,14 @@ demo: install
 	@bash scripts/demo.sh $(DATA) $(DEMO_UTTERANCES)
 
 test: install
-	$(PY) -m ruff check speechlab tests bench
+	$(PY) -m ruff check speechlab tests bench recipes scripts
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint:
-	$(PY) -m ruff check speechlab tests bench
+	$(PY) -m ruff check speechlab tests bench recipes scripts
 
 clean-demo:
 	rm -rf exp/tiny_ctc

@@ -45,6 +45,9 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
 RECIPES = {"gram_ctc": REPO / "recipes/tiny/gram_ctc.yaml",
            "seq2seq_cold": REPO / "recipes/tiny/seq2seq_cold.yaml"}
 
@@ -52,7 +55,7 @@ RECIPES = {"gram_ctc": REPO / "recipes/tiny/gram_ctc.yaml",
 def recipe_config(recipe: str, run_dir: Path, args: argparse.Namespace, *, devices: int,
                   max_steps: int, validate_at: int | None) -> dict[str, Any]:
     """The recipe's YAML with the data, step count, devices, callbacks and outputs replaced."""
-    cfg = yaml.safe_load(RECIPES[recipe].read_text())
+    cfg = effective_configs([RECIPES[recipe]])[0]  # the recipe with its includes resolved
     t = cfg["trainer"]
     t.update(accelerator=args.accelerator, devices=devices, precision=args.precision,
              max_steps=max_steps, max_time=None, logger=False, enable_progress_bar=False,
@@ -77,7 +80,7 @@ def recipe_config(recipe: str, run_dir: Path, args: argparse.Namespace, *, devic
     m["output_dir"] = str(run_dir)
     if recipe == "gram_ctc":
         m["loss_backend"] = args.gram_backend
-    if "lm_checkpoint" in m:
+    if m.get("lm_checkpoint"):  # the recipes that fuse an LM
         m["lm_checkpoint"] = str(Path(args.lm).resolve())
     d = cfg["data"]["init_args"]
     data = Path(args.data).resolve()

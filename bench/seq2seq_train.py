@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "recipes"))
+
+from effective_config import effective_configs  # noqa: E402
 
 from speechlab.data.speech import SpeechDataModule  # noqa: E402
 from speechlab.nn.decoder import AttentionDecoder  # noqa: E402
@@ -70,7 +72,10 @@ class StepwiseDecoder(torch.nn.Module):
 
 
 def recipe_model_args(name: str) -> dict[str, Any]:
-    args = yaml.safe_load((REPO / "recipes/tiny" / f"{name}.yaml").read_text())["model"]["init_args"]
+    """``model.init_args`` of ``recipes/tiny/<name>.yaml`` as ``speechlab fit`` reads it (a
+    variant holds only what it changes), without its files."""
+    config = effective_configs([REPO / "recipes/tiny" / f"{name}.yaml"], in_process=True)[0]
+    args = config["model"]["init_args"]
     return {k: v for k, v in args.items() if k not in ("output_dir", "lm_checkpoint", "test_lm_checkpoint")}
 
 

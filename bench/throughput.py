@@ -16,7 +16,7 @@ of the timing (data-loader start-up, cuDNN autotuning, first allocations). Then:
 A markdown table goes to stdout and ``OUT/throughput.md``; everything to ``OUT/throughput.json``.
 
 Data: ``--data-root`` has the layout of ``data/`` (``speechlab data synth`` and
-``scripts/robust_data.sh``). A small copy to carry to a GPU machine (about 40 MB for 200
+``recipes/robust/prepare_cpu.sh``). A small copy to carry to a GPU machine (about 40 MB for 200
 utterances, relative paths) is made here with ``--make-data``::
 
     python bench/throughput.py --make-data .bench/data --data-root data --utterances 200
@@ -43,6 +43,8 @@ CPU check (here)::
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import os
@@ -60,6 +62,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
 #: task -> (recipe name, unit of the throughput)
 TASKS: dict[str, tuple[str, str]] = {
     "ctc": ("ctc", "audio"),
@@ -154,10 +159,18 @@ def make_data(src: Path, out: Path, utterances: int, dev: int = 8) -> dict[str, 
 
 
 # -- one run ------------------------------------------------------------------------------------
+@functools.cache
+def _recipes() -> dict[str, dict[str, Any]]:
+    """The tasks' recipes as ``speechlab fit`` reads them (includes resolved), read once."""
+    names = sorted({recipe for recipe, _ in TASKS.values()})
+    return dict(zip(names, effective_configs([REPO / "recipes/tiny" / f"{n}.yaml" for n in names]),
+                    strict=True))
+
+
 def task_config(task: str, run_dir: Path, args: argparse.Namespace, lm: Path | None) -> dict[str, Any]:
     """The tiny recipe of ``task`` with data, device, steps and callbacks replaced."""
     recipe, unit = TASKS[task]
-    cfg = yaml.safe_load((REPO / "recipes/tiny" / f"{recipe}.yaml").read_text())
+    cfg = copy.deepcopy(_recipes()[recipe])
     t = cfg["trainer"]
     t.update(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
              precision=args.precision, max_steps=args.warmup + args.steps, max_time=None,
@@ -183,7 +196,7 @@ def task_config(task: str, run_dir: Path, args: argparse.Namespace, lm: Path | N
         m["output_dir"] = str(run_dir)
     if task == "gram_ctc":
         m["loss_backend"] = args.gram_backend
-    if "lm_checkpoint" in m:
+    if m.get("lm_checkpoint"):  # the recipes that fuse an LM
         m["lm_checkpoint"] = str(lm) if lm is not None else None
     d = cfg["data"]["init_args"]
     root = Path(args.data_root).resolve()

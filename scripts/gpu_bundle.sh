@@ -6,7 +6,7 @@
 #   .gpu/espeak.tar.gz   espeak-ng + the shared libraries it loads (not glibc) + its English data,
 #                        with the wrapper espeak/bin/espeak-ng (sets LD_LIBRARY_PATH and
 #                        ESPEAK_DATA_PATH); unpack with `tar xzf .gpu/espeak.tar.gz -C /tmp`
-# Used by recipes/{domain,synth,20news,robust}/run_gpu.sh and recipes/run_gpu_gram_ctc.sh.
+# Used by recipes/{fsdd,domain,synth,20news,robust}/run_gpu.sh.
 #   bash scripts/gpu_bundle.sh          # here (needs espeak-ng: scripts/system_deps.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,6 +7,8 @@ run overwrites.
 The user's text files (manifests, transcripts, sentence lists, lexicons, vocabulary and gram
 JSON) are read with :func:`open_text` / :func:`read_text`: UTF-8 with or without the byte-order
 mark that many Windows tools write at the start, gzip-compressed when the name ends in ``.gz``.
+Every JSON-lines file (manifests, transcripts, documents, text sources) is read by
+:func:`read_jsonl`, whose errors have one format: ``path:LINE: reason``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from speechlab.errors import InputError
 
 #: UTF-8 that drops a byte-order mark at the start of the file (plain UTF-8 reads unchanged)
 TEXT_ENCODING = "utf-8-sig"
@@ -36,6 +40,41 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
     """The whole text of a user's file, as :func:`open_text` reads it."""
     with open_text(path, errors) as f:
         return f.read()
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = InputError,
+               what: str = "JSON lines file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number (1-based), object)`` for every non-blank line of a JSON-lines file, read as
+    :func:`open_text` reads it (``.gz``, byte-order mark).
+
+    Raises ``error`` (the caller's error class, e.g. ``ManifestError``) with one message format:
+    ``path: WHAT not found``, ``path: malformed WHAT, not UTF-8 JSON lines (...)`` (a binary
+    file, a bad gzip stream), ``path:LINE: malformed JSON (msg at column C)`` and
+    ``path:LINE: malformed entry (expected a JSON object, got list)``. Checks of the object's
+    fields are the caller's, in the same ``path:LINE: reason`` form.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    with open_text(path) as f:
+        lines = enumerate(f, start=1)
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, OSError, EOFError) as e:
+                raise error(f"{path}: malformed {what}, not UTF-8 JSON lines ({e})") from None
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.rstrip("\r\n"))  # the column of an error is on this line
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}:{lineno}: malformed entry (expected a JSON object, "
+                            f"got {type(row).__name__})")
+            yield lineno, row
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Literal
 import jiwer
 
 from speechlab.data.text import normalize_text
-from speechlab.io import read_text
+from speechlab.io import read_jsonl, read_text
 
 __all__ = [
     "ErrorCounts",
@@ -290,32 +289,8 @@ def read_transcripts(
         raise TranscriptError(f"{path}: cannot read ({e})") from e
 
     is_jsonl = next((ln.lstrip().startswith("{") for ln in lines if ln.strip()), False)
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if is_jsonl:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise fail(lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise fail(lineno, f"expected a JSON object, got {type(obj).__name__}")
-            utt = _jsonl_id(obj)
-            if utt is None:
-                raise fail(lineno, "no 'id' (or 'audio_filepath') field")
-            utt = str(utt)
-            text = _jsonl_text(obj, fields)
-            if text is _ABSENT:
-                wanted = " or ".join(repr(k) for k in fields)
-                raise fail(lineno, f"no {wanted} field (keys: {', '.join(obj)})")
-            if not isinstance(text, str):
-                raise fail(lineno, f"text of {utt!r} is {type(text).__name__}, not a string")
-        else:
-            if "\t" in line:
-                utt, _, text = line.partition("\t")
-            else:  # Kaldi style: id, one space, text (or a bare id: empty text)
-                utt, _, text = line.strip().partition(" ")
-            utt = utt.strip()
+    for lineno, utt, text in (_jsonl_transcripts(path, fields) if is_jsonl
+                              else _text_transcripts(lines)):
         if not utt:
             raise fail(lineno, "empty utterance id")
         if utt in out:
@@ -323,6 +298,35 @@ def read_transcripts(
         out[utt] = text
         first_line[utt] = lineno
     return out
+
+
+def _jsonl_transcripts(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[int, str, str]]:
+    """``(line, id, text)`` of a JSON-lines transcript file (see :func:`read_transcripts`)."""
+    for lineno, obj in read_jsonl(path, TranscriptError, "transcript file"):
+        utt = _jsonl_id(obj)
+        if utt is None:
+            raise TranscriptError(f"{path}:{lineno}: no 'id' (or 'audio_filepath') field")
+        utt = str(utt)
+        text = _jsonl_text(obj, fields)
+        if text is _ABSENT:
+            wanted = " or ".join(repr(k) for k in fields)
+            raise TranscriptError(f"{path}:{lineno}: no {wanted} field (keys: {', '.join(obj)})")
+        if not isinstance(text, str):
+            raise TranscriptError(f"{path}:{lineno}: text of {utt!r} is {type(text).__name__}, "
+                                  "not a string")
+        yield lineno, utt, text
+
+
+def _text_transcripts(lines: list[str]) -> Iterator[tuple[int, str, str]]:
+    """``(line, id, text)`` of a Kaldi-style text file's lines: ``id<TAB>text`` or ``id text``."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            utt, _, text = line.partition("\t")
+        else:  # Kaldi style: id, one space, text (or a bare id: empty text)
+            utt, _, text = line.strip().partition(" ")
+        yield lineno, utt.strip(), text
 
 
 def _list_ids(ids: Sequence[str]) -> str:

@@ -132,8 +132,9 @@ def test_command_line_wins_over_the_checkpoint(tiny_corpus, tmp_path, monkeypatc
     ``GramCTCTask.load``), and they are written where the command line says."""
     from speechlab.cli.lightning import SpeechLabCLI
     from speechlab.data.speech import SpeechDataModule
+    from speechlab.decode.prefix_beam import GramDecoding
     from speechlab.score import edit_counts
-    from speechlab.tasks.gram_ctc import GramCTCTask, GramDecoding
+    from speechlab.tasks.gram_ctc import GramCTCTask
 
     ckpt = _fit(tmp_path / "train", tiny_corpus, "gram_ctc")
     monkeypatch.chdir(tmp_path)
@@ -291,9 +292,9 @@ def test_lm_checkpoint_tests_alone_from_another_folder(task, tmp_path, monkeypat
               "--trainer.enable_progress_bar=false"]
     capsys.readouterr()
     assert main(common) == 0
-    # rnnlm: no output_dir, no logger: the trainer's default_root_dir (the cwd); tcnlm: the
-    # recipe's output_dir (relative: resolved in this cwd)
-    out = elsewhere / ("results.json" if task == "rnnlm" else "exp/tiny_tcnlm/results.json")
+    # the output_dir of the training run (derived from its trainer.default_root_dir; relative:
+    # resolved in this cwd)
+    out = elsewhere / f"exp/tiny_{task}/results.json"
     results = json.loads(out.read_text())
     assert results["perplexity"] == pytest.approx(_lm_oracle(task, ckpt, run), rel=1e-5)
     assert f"test perplexity {results['perplexity']:.2f}" in capsys.readouterr().out

@@ -250,8 +250,7 @@ def test_min_frames_hand_computed():
 def test_speechlab_test_decodes_with_the_beam_search(overfit, tmp_path):
     """With ``decoding.method: beam`` the task's test loop writes the prefix beam search's
     transcripts (and validation stays greedy)."""
-    from speechlab.decode.prefix_beam import PrefixBeamSearch
-    from speechlab.tasks.gram_ctc import GramDecoding
+    from speechlab.decode.prefix_beam import GramDecoding, PrefixBeamSearch
 
     task = GramCTCTask.load(overfit["ckpt"])
     task.decoding = GramDecoding(method="beam", beam_size=4)

@@ -19,7 +19,7 @@ from speechlab.functional.gram_decode import (
     gram_greedy_ids,
 )
 
-BACKENDS = ["python"] + (["native"] if native_available() else [])
+BACKENDS = ["reference"] + (["native"] if native_available() else [])
 
 
 def one_hot_path(path: list[int], v: int) -> torch.Tensor:
@@ -51,6 +51,9 @@ def test_greedy_checks_symbols():
 
 
 # ------------------------------------------------------------------------------- brute force
+#: no token or beam pruning (the defaults, GramDecoding's, prune): what brute force is compared with
+EXHAUSTIVE = {"token_threshold": math.inf, "beam_threshold": math.inf}
+
 def brute_force(lp: torch.Tensor, grams: list[str]) -> dict[str, float]:
     """ln P(string) summed over every frame path (exact)."""
     probs = lp.double().exp().tolist()
@@ -81,7 +84,7 @@ def test_prefix_beam_search_equals_brute_force(backend, chars, grams, t):
     for _ in range(3):
         lp = (2 * torch.randn(t, len(grams) + 1, generator=gen)).log_softmax(-1)
         exact = sorted(brute_force(lp, grams).items(), key=lambda kv: -kv[1])
-        dec = PrefixBeamSearch(chars, grams, beam_size=10_000, backend=backend)
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=10_000, backend=backend)
         got = dec.decode(lp, nbest=8)
         assert [h.text for h in got] == [s for s, _ in exact[:8]]
         for h, (_, ref) in zip(got, exact, strict=False):
@@ -113,7 +116,7 @@ def test_native_equals_python_with_pruning():
             lp = (3 * torch.randn(30, len(grams) + 1, generator=gen)).log_softmax(-1)
             kw = dict(beam_size=beam, token_beam=token_beam, token_threshold=thr, beam_threshold=bthr)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=4)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=4)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=4)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
@@ -130,7 +133,7 @@ def test_native_equals_python_with_lm_lexicon_and_pruning(arpa):
             kw = dict(beam_size=4, token_beam=3, beam_threshold=10.0, lm=lm, lm_weight=0.8,
                       word_score=0.5, lexicon=["ab", "ba", "a"], unk_score=unk)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=3)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=3)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=3)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
@@ -151,7 +154,7 @@ def test_more_than_255_symbols_keeps_prefixes_apart(backend):
     lp[0, [0, 14, 270]] = torch.tensor([0.0, 1.6, 1.2])
     lp[1, [0, 15, 271]] = torch.tensor([0.2, 1.5, 1.4])
     lp = lp.log_softmax(-1)
-    got = PrefixBeamSearch(chars, beam_size=100, backend=backend).decode(lp, nbest=3)
+    got = PrefixBeamSearch(chars, **EXHAUSTIVE, beam_size=100, backend=backend).decode(lp, nbest=3)
     exact = sorted(brute_force(lp, chars).items(), key=lambda kv: -kv[1])[:3]
     assert [h.text for h in got] == [s for s, _ in exact]
     assert [h.am_score for h in got] == pytest.approx([p for _, p in exact], abs=1e-5)
@@ -187,7 +190,7 @@ def test_native_equals_python_on_5000_characters():
             lp[1::2, space] += boost
             lp = lp.log_softmax(-1)
             a = PrefixBeamSearch(chars, grams, backend="native", **kw).decode(lp, nbest=5)
-            b = PrefixBeamSearch(chars, grams, backend="python", **kw).decode(lp, nbest=5)
+            b = PrefixBeamSearch(chars, grams, backend="reference", **kw).decode(lp, nbest=5)
             assert [h.text for h in a] == [h.text for h in b]
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
             assert max(len(h.text) for h in a) >= 10  # long prefixes: many trie nodes
@@ -252,7 +255,7 @@ def test_beam_search_with_lm_equals_brute_force(arpa, backend, lm_weight, word_s
             words = len(s.split())
             total[s] = am + lm_weight * lm.sentence_score(" ".join(s.split())) + word_score * words
         ref = max(total, key=total.get)
-        dec = PrefixBeamSearch(chars, grams, beam_size=100_000, lm=lm, lm_weight=lm_weight,
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=100_000, lm=lm, lm_weight=lm_weight,
                                word_score=word_score, backend=backend)
         best = dec.decode(lp)[0]
         assert best.text == ref
@@ -276,7 +279,7 @@ def test_lexicon_equals_brute_force(arpa, backend, unk_score):
             penalty = unk_score * unknown if unknown else 0.0
             total[s] = am + 0.5 * lm.sentence_score(" ".join(s.split())) + penalty
         ref = max(total, key=total.get)
-        dec = PrefixBeamSearch(chars, grams, beam_size=100_000, lm=lm, lm_weight=0.5,
+        dec = PrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=100_000, lm=lm, lm_weight=0.5,
                                lexicon=lexicon, unk_score=unk_score, backend=backend)
         best = dec.decode(lp)[0]
         assert best.text == ref
@@ -298,7 +301,7 @@ def test_character_lm_mode(tmp_path, backend):
                     "\\2-grams:\n-0.1\t<s> b\n-0.4\ta |\n\n\\end\\\n")
     lm = KenLMScorer(path, unit="char")
     lp = torch.tensor([[0.5, 0.2, 0.2, 0.1]] * 3).log()
-    dec = PrefixBeamSearch("ab ", None, beam_size=10_000, lm=lm, lm_weight=1.0, word_score=0.5,
+    dec = PrefixBeamSearch("ab ", None, **EXHAUSTIVE, beam_size=10_000, lm=lm, lm_weight=1.0, word_score=0.5,
                            backend=backend)
     got = dec.decode(lp, nbest=20)
     for h in got:

@@ -28,8 +28,11 @@ def test_character_tokens_and_lines(tmp_path):
     m.write_text('{"audio_filepath": "x.wav", "duration": 1, "text": "Hello, World!"}\n\n')
     assert ngram.read_lines(None, str(m), True, "word") == ["hello world"]
     assert ngram.read_lines(None, str(m), True, "char") == ["h e l l o | w o r l d"]
-    m.write_text('{"text": 1}\nnot json\n')
-    with pytest.raises(ValueError, match=r"m\.jsonl:2: not a manifest line"):
+    m.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: malformed JSON"):
+        ngram.read_lines(None, str(m), True, "word")
+    m.write_text('{"text": "ok"}\n{"text": 1}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: no string 'text' field"):
         ngram.read_lines(None, str(m), True, "word")
 
 

@@ -1,8 +1,12 @@
 """Every recipe in recipes/ parses (--print_config) and runs one CPU batch (fast_dev_run)
-on the tiny espeak-ng corpus."""
+on the tiny espeak-ng corpus; a recipe that includes another (``config:``) changes only what it
+writes; every recipe has its own run folder. ``_*.yaml`` files are the trainer blocks recipes
+include, not recipes."""
 
 from __future__ import annotations
 
+import functools
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -12,22 +16,37 @@ import yaml
 
 from speechlab.cli import main
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if not p.name.startswith("_"))
+INCLUDED = sorted((REPO / "recipes").rglob("_*.yaml"))
+
+
+@functools.cache
+def _effective(recipe: Path) -> str:
+    return yaml.safe_dump(effective_configs([recipe], in_process=True)[0])
+
+
+def effective(recipe: Path) -> dict:
+    """The recipe as ``speechlab fit`` reads it (includes resolved, defaults filled; a copy)."""
+    return yaml.safe_load(_effective(recipe))
 
 
 def _data_overrides(recipe: Path, corpus: dict[str, Path],
                     farfield: Callable[[], dict[str, Path]] | None = None) -> list[str]:
-    """Point a recipe's manifests at the test corpus (keys it does not have are left out).
+    """Point a recipe's manifests at the test corpus (keys it leaves unset are left out).
     A paired recipe (``paired_clean_manifest``) trains on ``farfield()``'s far-field copies of
     the corpus's train split, whose lines name their clean source."""
-    config = yaml.safe_load(recipe.read_text())
+    config = effective(recipe)
     init = (config.get("data") or {}).get("init_args", {})
-    paired = "paired_clean_manifest" in init
+    paired = init.get("paired_clean_manifest") is not None
     out = []
     for key, split in [("train_manifest", "train"), ("dev_manifest", "dev"),
                        ("test_manifest", "test"), ("paired_clean_manifest", "train"),
                        ("train_text", "train"), ("dev_text", "dev"), ("test_text", "test")]:
-        if key in init:
+        if init.get(key) is not None:
             source = farfield() if paired and key == "train_manifest" and farfield else corpus
             out.append(f"--data.init_args.{key}={source[split]}")
     if str((config.get("data") or {}).get("class_path", "")).endswith("DocumentDataModule"):
@@ -98,6 +117,47 @@ def test_recipe_print_config(recipe, capsys):
     assert printed["model"]["class_path"].startswith("speechlab.")
 
 
+def _leaves(value, path=()):
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            yield from _leaves(sub, (*path, str(key)))
+    elif isinstance(value, list) and value:
+        for i, sub in enumerate(value):
+            yield from _leaves(sub, (*path, i))
+    else:
+        yield path, value
+
+
+@pytest.mark.parametrize("recipe", [p for p in [*RECIPES, *INCLUDED]
+                                    if "config" in yaml.safe_load(p.read_text())],
+                         ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_an_including_recipe_changes_only_what_it_writes(recipe):
+    """``config: BASE`` first, then keys that replace BASE's: the effective configuration
+    differs from BASE's only under the keys the recipe writes (``trainer.max_steps``,
+    ``model.init_args.encoder``, a whole ``model:``). Trainer options are dotted keys: a
+    ``trainer:`` block after ``config:`` would replace BASE's whole trainer (logger, callbacks)."""
+    written = yaml.safe_load(recipe.read_text())
+    assert list(written)[0] == "config", f"{recipe.name}: `config:` must come first"
+    assert "trainer" not in written, (f"{recipe.name}: a `trainer:` block replaces the included "
+                                      "trainer; write trainer.KEY: VALUE lines")
+    base = recipe.parent / written.pop("config")
+    prefixes = [tuple(key.split(".")) for key in written]
+    mine, theirs = dict(_leaves(effective(recipe))), dict(_leaves(effective(base)))
+    changed = [k for k in set(mine) | set(theirs) if mine.get(k, "<unset>") != theirs.get(k, "<unset>")]
+    stray = sorted(".".join(map(str, k)) for k in changed
+                   if not any(k[:len(p)] == p for p in prefixes))
+    assert not stray, f"{recipe.name} changes {stray} of {base.name} without writing them"
+
+
+def test_every_recipe_has_its_own_run_folder():
+    roots = {}
+    for recipe in RECIPES:
+        root = effective(recipe)["trainer"]["default_root_dir"]
+        assert root, f"{recipe}: no trainer.default_root_dir"
+        roots.setdefault(root, []).append(str(recipe.relative_to(REPO)))
+    assert not [r for r in roots.values() if len(r) > 1], roots
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path, request):
     farfield = lambda: request.getfixturevalue("tiny_farfield")  # noqa: E731 (only paired recipes)
@@ -107,15 +167,49 @@ def test_recipe_fast_dev_run(recipe, tiny_corpus, tmp_path, request):
           "--trainer.enable_progress_bar=false"])
 
 
+def test_run_paths_derive_from_default_root_dir(tiny_corpus, tmp_path):
+    """A recipe that leaves the logger's ``save_dir``, the checkpoints' ``dirpath`` and the task's
+    ``output_dir`` unset writes everything under ``trainer.default_root_dir``: ``tb/``,
+    ``checkpoints/``, the run's ``config.yaml`` (with the derived paths) and ``speechlab test``'s
+    results; a value given on the command line is kept."""
+    cfg = effective_configs([REPO / "recipes/tiny/ctc.yaml"], in_process=True)[0]
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = None
+    for cb in cfg["trainer"]["callbacks"]:
+        if "dirpath" in cb.get("init_args", {}):
+            cb["init_args"]["dirpath"] = None
+    cfg["model"]["init_args"]["output_dir"] = None
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "run"
+    common = [*_data_overrides(REPO / "recipes/tiny/ctc.yaml", tiny_corpus),
+              "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]
+    assert main(["fit", "--config", str(recipe), *common, "--trainer.max_steps=2",
+                 "--trainer.check_val_every_n_epoch=1", "--trainer.limit_val_batches=1",
+                 "--trainer.num_sanity_val_steps=0"]) == 0
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    saved = yaml.safe_load((root / "tb" / "version_0" / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(root)
+    assert {cb["init_args"].get("dirpath") for cb in saved["trainer"]["callbacks"]} >= {
+        str(root / "checkpoints")}
+    assert saved["model"]["init_args"]["output_dir"] == str(root)
+    test = ["test", "--config", str(recipe), *common, "--trainer.logger=false"]
+    assert main([*test, "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]) == 0
+    assert (root / "hyps.jsonl").is_file() and (root / "wer.json").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    assert main([*test, f"--model.init_args.output_dir={elsewhere}"]) == 0
+    assert (elsewhere / "wer.json").is_file()
+
+
 def _checkpoint_callbacks(recipe: Path, dirpath: Path) -> list:
     """The recipe's ModelCheckpoint callbacks, instantiated, writing into ``dirpath``."""
     import importlib
 
     out = []
-    for cb in yaml.safe_load(recipe.read_text())["trainer"].get("callbacks", []):
+    for cb in effective(recipe)["trainer"].get("callbacks") or []:
         if cb["class_path"].endswith(("ModelCheckpoint", "LatestCheckpoint")):
             module, name = cb["class_path"].rsplit(".", 1)
-            args = {**cb.get("init_args", {}), "dirpath": str(dirpath)}
+            args = {**(cb.get("init_args") or {}), "dirpath": str(dirpath)}
             out.append(getattr(importlib.import_module(module), name)(**args))
     return out
 

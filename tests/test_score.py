@@ -229,7 +229,7 @@ def test_read_jsonl_manifest_and_test_output(tmp_path: Path) -> None:
          r"m:3: duplicate id 'a' \(first on line 1\)"),
         ("a\tx\nb\ty\na\tz\n", None, r"m:3: duplicate id 'a'"),
         ("a\tx\n\tno id\n", None, r"m:2: empty utterance id"),
-        ('{"id": "a", "text": "x"}\n[1, 2]\n', None, r"m:2: expected a JSON object"),
+        ('{"id": "a", "text": "x"}\n[1, 2]\n', None, r"m:2: malformed entry \(expected a JSON object, got list\)"),
     ],
 )
 def test_read_errors_name_file_and_line(

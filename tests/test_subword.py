@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from speechlab.data.subword import SentencePieceVocab, texts_from_manifest, vocab_from_dict
+from speechlab.data.subword import SentencePieceVocab, texts_from_manifest
 from speechlab.data.text import CharVocab, normalize_text
+from speechlab.data.vocab import vocab_from_dict
 
 SUBJECTS = ["The cat", "A dog", "My neighbour", "The old farmer", "Our teacher", "Jack"]
 VERBS = ["sat on", "jumped over", "looked at", "painted", "didn't see", "walked to"]
@@ -42,9 +43,9 @@ def test_layout(vocab: SentencePieceVocab) -> None:
     assert vocab.unk == 1
     assert vocab.pieces[:2] == ("<blank>", "<unk>")
     assert len(vocab.pieces) == len(vocab)
-    assert vocab.piece_of(0) == "<blank>"
+    assert vocab.token_of(0) == "<blank>"
     for i in range(2, len(vocab)):
-        assert vocab.id_of(vocab.piece_of(i)) == i
+        assert vocab.id_of(vocab.token_of(i)) == i
     with pytest.raises(KeyError):
         vocab.id_of("no-such-piece")
 

@@ -40,7 +40,7 @@ def test_jsonl_reader_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"docs\.jsonl:2: malformed JSON"):
         read_jsonl_documents(p)
     p.write_text('["not", "an", "object"]\n')
-    with pytest.raises(ValueError, match=r"docs\.jsonl:1: expected a JSON object"):
+    with pytest.raises(ValueError, match=r"docs\.jsonl:1: malformed entry \(expected a JSON object"):
         read_jsonl_documents(p)
     p.write_text('{"text": "fine", "label": 7}\n')
     (doc,) = read_jsonl_documents(p)
@@ -108,7 +108,7 @@ def test_lm_vocab_specials_and_min_freq():
     v = build_lm_vocab([["a", "b", "a"], ["c", "a", "b"]], min_freq=2)
     assert v.words[:4] == [PAD, UNK, BOS, EOS]
     assert v.words[4:] == ["a", "b"]
-    assert v.encode(["a", "zzz"]) == [4, v.id(UNK)]
+    assert v.encode(["a", "zzz"]) == [4, v.id_of(UNK)]
     assert build_lm_vocab([["a"] * 3, ["b", "c", "d"]], min_freq=1, max_size=6).words[4:] == ["a", "b"]
 
 
@@ -121,7 +121,7 @@ def test_topic_vocab_removes_stop_words_frequent_and_rare():
     assert "orbit" not in v  # the most frequent remaining type (9 occurrences)
     assert "moon" in v and "rocket" in v and "w5" in v
     assert "rare" not in v  # fewer than min_count
-    assert v.unk is None and v.encode(["moon", "unknown"]) == [v.id("moon")]
+    assert v.unk is None and v.encode(["moon", "unknown"]) == [v.id_of("moon")]
     with pytest.raises(ValueError, match="empty topic vocabulary"):
         build_topic_vocab([["a", "b"]], min_count=5)
 
@@ -138,16 +138,16 @@ def test_sentence_examples_carry_the_document_minus_that_sentence(tmp_path):
     assert len(ds) == 4 * 3  # 4 training documents of 3 sentences
     tv = dm.topic_vocab
     item = ds[0]  # first sentence of the first document
-    expected = Counter({tv.id("moon"): 1, tv.id("orbit"): 1, tv.id("today"): 1, tv.id("cheese"): 1,
-                        tv.id("bread"): 1})
+    expected = Counter({tv.id_of("moon"): 1, tv.id_of("orbit"): 1, tv.id_of("today"): 1, tv.id_of("cheese"): 1,
+                        tv.id_of("bread"): 1})
     assert item["bow"] == expected  # rocket, moon, rocket removed with their sentence
     lv = dm.lm_vocab
-    assert item["tokens"] == [lv.id(BOS), lv.id("rocket"), lv.id("moon")]  # cut to 2 words
-    assert item["targets"] == [lv.id("rocket"), lv.id("moon"), lv.id(EOS)]
+    assert item["tokens"] == [lv.id_of(BOS), lv.id_of("rocket"), lv.id_of("moon")]  # cut to 2 words
+    assert item["targets"] == [lv.id_of("rocket"), lv.id_of("moon"), lv.id_of(EOS)]
     batch = collate_sentences([ds[0], ds[2]], len(tv))
     assert batch["tokens"].shape == (2, 3) and batch["bow"].shape == (2, len(tv))
-    assert batch["bow"][1, tv.id("rocket")] == 2 and batch["bow"][1, tv.id("cheese")] == 0
-    assert batch["targets"][1].tolist() == [lv.id("cheese"), lv.id("bread"), lv.id(EOS)]
+    assert batch["bow"][1, tv.id_of("rocket")] == 2 and batch["bow"][1, tv.id_of("cheese")] == 0
+    assert batch["targets"][1].tolist() == [lv.id_of("cheese"), lv.id_of("bread"), lv.id_of(EOS)]
     padded = collate_sentences([ds[0]], len(tv), pad_to=5)
     assert padded["targets"][0, 3:].tolist() == [-100, -100]
     assert padded["tokens"][0, 3:].tolist() == [0, 0]

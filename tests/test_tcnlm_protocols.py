@@ -39,7 +39,7 @@ def test_preceding_bags_hold_no_future_sentence(tmp_path):
     dm.setup()
     tv, ds = dm.topic_vocab, dm.dataset("train")
     bags = [ds[i]["bow"] for i in range(4)]  # the first document's four sentences
-    ids = {w: tv.id(w) for w in ("rocket", "moon", "orbit", "planet", "cheese", "bread", "garlic", "oven")}
+    ids = {w: tv.id_of(w) for w in ("rocket", "moon", "orbit", "planet", "cheese", "bread", "garlic", "oven")}
     assert bags[0] == Counter()  # the first sentence: an empty bag
     assert bags[1] == Counter({ids["rocket"]: 1, ids["moon"]: 1})
     # sentence 2's words (cheese, bread) appear nowhere before it: not in its bag, in the next one

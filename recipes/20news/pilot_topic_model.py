@@ -101,7 +101,7 @@ def main() -> None:
             npmi = topic_npmi(model.top_words(10), reference).mean().item()
             print(f"epoch {epoch + 1} NPMI {npmi:.3f} ({time.time() - start:.0f} s)", flush=True)
     for row in model.top_words(10):
-        print(" ".join(dm.topic_vocab.decode(row.tolist())))
+        print(dm.topic_vocab.decode(row.tolist()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # models and decodes the other rows), with the `none` model (and its fine-tuned copy ft_none):
 #   ngram: shallow fusion of a character 6-gram (`speechlab lm ngram --unit char` on each
 #          domain's LM text), without and with internal-LM estimation (ILM). Here, because the
-#          kenlm module does not load beside torch on the GPU machine (recipes/run_gpu_gram_ctc.sh).
+#          kenlm module does not load beside torch on the GPU machine (recipes/fsdd/run_gpu.sh).
 #   lstm:  the LSTM-LM shallow and shallow + ILM rows with a wider weight grid on B's dev set
 #          than the GPU call had time for; the test rows are re-decoded when the pick differs
 #          from the GPU one (CPU and GPU decodes agree: the same dev shallow beta 0.2 WER / CER,

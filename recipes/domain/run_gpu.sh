@@ -23,7 +23,7 @@
 #   (copy $OUT/ckpt/*.ckpt into .cache/domain/ckpt/ here; the next stage reads them from there)
 #
 # The KenLM character n-gram rows are decoded on a CPU machine (the kenlm module does not load
-# beside torch on the GPU machine, recipes/run_gpu_gram_ctc.sh): recipes/domain/run_cpu_decode.sh (which also
+# beside torch on the GPU machine, recipes/fsdd/run_gpu.sh): recipes/domain/run_cpu_decode.sh (which also
 # re-decodes the LSTM-LM shallow / ILM rows with a wider weight grid);
 # the tables: recipes/domain/report_text_domains.py. The carried .whl2/ and .gpu/espeak.tar.gz
 # come from scripts/gpu_bundle.sh.

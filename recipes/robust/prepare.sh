@@ -28,7 +28,7 @@ OUT=${1:?usage: prepare.sh OUT SHARED [UTTERANCES] [JOBS]}
 SHARED=${2:?usage: prepare.sh OUT SHARED [UTTERANCES] [JOBS]}
 N=${3:-10700}
 JOBS=${4:-$(nproc)}
-ORDER=${MAX_ORDER:-40}   # image-source order cap (as scripts/robust_data.sh)
+ORDER=${MAX_ORDER:-40}   # image-source order cap (as recipes/robust/prepare_cpu.sh)
 PY=${PY:-python3}
 sl() { $PY -m speechlab.cli "$@"; }
 ff() { sl data farfield --jobs "$JOBS" --max-order "$ORDER" "$@"; }

@@ -5,16 +5,20 @@ that ``speechlab grams refine`` shares."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import time
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
+import docstring_parser
 import torch
 
 from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
-from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, load_lexicon
+from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch, load_lexicon
 from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
@@ -99,22 +103,41 @@ def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
     return [gram_greedy_decode(lp[None], torch.tensor([lp.shape[0]]), sym)[0] for lp in out.log_probs]
 
 
+#: GramDecoding fields that take several values on the command line: a grid, decoded in turn
+GRID_FIELDS = ("lm_weight", "word_score")
+
+
+def add_config_arguments(p: argparse.ArgumentParser, config: type, grid: Sequence[str] = ()) -> None:
+    """One ``--flag-name`` per field of the dataclass ``config``, with its default, its type
+    (``Literal`` fields as choices) and its help from the class docstring's ``Attributes``;
+    fields named in ``grid`` take one or more values (a list)."""
+    docs = {a.arg_name: a.description for a in docstring_parser.parse(config.__doc__ or "").params}
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        hint = hints[f.name]
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kw: dict[str, Any] = {"default": f.default,
+                              "help": (docs.get(f.name) or "").replace("%", "%%") or None}
+        if typing.get_origin(hint) is Literal:
+            kw["choices"] = typing.get_args(hint)
+        else:
+            kw["type"] = kinds[0] if typing.get_origin(kinds[0]) is not Literal else str
+        if f.name in grid:
+            kw.update(nargs="+", default=[f.default])
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from_arguments(args: argparse.Namespace, config: type, **values: Any) -> Any:
+    """The ``config`` dataclass of the parsed flags of :func:`add_config_arguments`, with
+    ``values`` (e.g. one point of a grid field) in place of the flags."""
+    return config(**{f.name: values[f.name] if f.name in values else getattr(args, f.name)
+                     for f in dataclasses.fields(config)})
+
+
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="CTCTask or GramCTCTask checkpoint")
     p.add_argument("--manifest", required=True, help="utterances to decode (with references)")
-    p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
-    p.add_argument("--beam-size", type=int, default=16)
-    p.add_argument("--token-beam", type=int, default=0, help="tokens tried per frame (0: all)")
-    p.add_argument("--token-threshold", type=float, default=12.0)
-    p.add_argument("--beam-threshold", type=float, default=30.0)
-    p.add_argument("--lm", help="KenLM model (speechlab lm ngram)")
-    p.add_argument("--lm-unit", choices=("word", "char"), default="word")
-    p.add_argument("--lm-weight", type=float, nargs="+", default=[0.5], help="α value(s)")
-    p.add_argument("--word-score", type=float, nargs="+", default=[0.0], help="β value(s)")
-    p.add_argument("--lexicon", help="words a hypothesis may use: a file (one word per line) or "
-                   "'lm' (the ARPA LM's words); others cost --unk-score")
-    p.add_argument("--unk-score", type=float, default=-math.inf,
-                   help="penalty of a word outside --lexicon (default -inf: lexicon words only)")
+    add_config_arguments(p, GramDecoding, grid=GRID_FIELDS)
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
     add_device_argument(p)
@@ -161,10 +184,8 @@ def decode(args: argparse.Namespace) -> int:
             hyps = greedy(model, out)
             label = "greedy"
         else:
-            dec = PrefixBeamSearch.from_gramset(
-                model.grams, beam_size=args.beam_size, token_beam=args.token_beam,
-                token_threshold=args.token_threshold, beam_threshold=args.beam_threshold, lm=lm,
-                lm_weight=alpha, word_score=beta, lexicon=lexicon, unk_score=args.unk_score)
+            point = config_from_arguments(args, GramDecoding, lm_weight=alpha, word_score=beta)
+            dec = PrefixBeamSearch.from_config(model.grams, point, lm=lm, lexicon=lexicon)
             hyps = [dec.decode(lp)[0].text
                     for lp in progress(out.log_probs, desc="beam search", unit="utt")]
             label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")

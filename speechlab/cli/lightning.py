@@ -140,6 +140,11 @@ class SpeechLabCLI(LightningCLI):
     ``test`` refuses to start, before the trainer runs, when the task would replace files an
     earlier ``test`` wrote (``--model.init_args.overwrite true`` allows it; see
     :mod:`speechlab.tasks.outputs`).
+
+    One run folder: the paths a recipe leaves unset (null) are derived from
+    ``trainer.default_root_dir`` after parsing (:func:`derive_run_paths`; ``--print_config``
+    shows them unset, the run's saved ``config.yaml`` derived), so a variant renames its run
+    with that one line.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
@@ -150,14 +155,20 @@ class SpeechLabCLI(LightningCLI):
                          subclass_mode_data=True, args=args, **kwargs)
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
+        # validated after derive_run_paths: a logger's save_dir is required, and derived
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
             with_ckpt = with_checkpoint_config(argv)
-            if with_ckpt is not argv:
-                self._ckpt_config_done = True
-                self.config = parser.parse_args(with_ckpt)
-                return
-        super().parse_arguments(parser, args)
+            self._ckpt_config_done = with_ckpt is not argv
+            config = parser.parse_args(with_ckpt, _skip_validation=True)
+        else:
+            config = parser.parse_object(args, _skip_validation=True)
+        derive_run_paths(config[config.subcommand] if config.get("subcommand") else config)
+        try:
+            parser.validate(config)
+        except (TypeError, KeyError) as e:
+            parser.error(str(e), e)
+        self.config = config
 
     def _parse_ckpt_path(self) -> None:
         if not self._ckpt_config_done:  # e.g. ckpt_path set in a recipe: Lightning's way
@@ -176,6 +187,29 @@ class SpeechLabCLI(LightningCLI):
                 and not any(isinstance(c, ProgressBar) for c in configured)):
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def derive_run_paths(config: Any) -> None:
+    """Fill the run paths left unset (null) in a parsed configuration (a jsonargparse
+    ``Namespace``) from ``trainer.default_root_dir`` (nothing when that is unset): the
+    ``save_dir`` of the logger(s), the ``dirpath`` of every callback that has one
+    (``ModelCheckpoint``, :class:`~speechlab.callbacks.LatestCheckpoint`):
+    ``ROOT/checkpoints``, and the task's ``output_dir`` (where ``test`` writes). A value the
+    recipe or the command line gives is kept. (A ``ModelCheckpoint`` without ``dirpath`` thus
+    writes to ``ROOT/checkpoints``, not to Lightning's ``<log_dir>/checkpoints``.)"""
+    root = config.get("trainer.default_root_dir")
+    if not root:
+        return
+
+    def fill(values: Any, key: str, value: str) -> None:
+        for item in values if isinstance(values, list) else [values]:
+            init_args = item.get("init_args") if hasattr(item, "get") else None
+            if hasattr(init_args, "get") and key in init_args and init_args.get(key) is None:
+                init_args[key] = value
+
+    fill(config.get("trainer.logger"), "save_dir", str(root))
+    fill(config.get("trainer.callbacks"), "dirpath", str(Path(root) / "checkpoints"))
+    fill(config.get("model"), "output_dir", str(root))
 
 
 def _option_value(argv: list[str], name: str) -> tuple[int, str] | None:

@@ -4,7 +4,7 @@ clean source (``clean_id``) the distance between clean and far-field encoder emb
 
 One process loads each checkpoint once and runs every set. ``speechlab test`` does that too
 (``data.init_args.test_manifest`` a list of manifests: WER/CER and hypotheses per set), but not
-the embedding distances, which are why this module stays. Used by ``scripts/robust_eval.py``
+the embedding distances, which are why this module stays. Used by ``recipes/robust/evaluate.py``
 and the robust-encoder notebook; not a ``speechlab`` command, but above ``tasks/`` (it runs
 their checkpoints) and with tables and set names of one experiment, so it sits in the CLI layer
 until that experiment's driver takes it. Checkpoints are loaded with
@@ -24,7 +24,7 @@ import torch
 
 from speechlab.data.speech import SpeechDataModule
 from speechlab.functional.ctc import ctc_greedy_decode
-from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
 
@@ -101,13 +101,8 @@ def evaluate_manifest(task: CTCTask, name: str, manifest: str | Path, resample: 
 
 def clean_ids(manifest: str | Path) -> dict[str, str]:
     """``{far-field id: clean_id}`` of a manifest's lines that have both (empty otherwise)."""
-    out = {}
-    for line in read_text(manifest).splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if "clean_id" in row and "id" in row:
-                out[row["id"]] = row["clean_id"]
-    return out
+    return {row["id"]: row["clean_id"] for _, row in read_jsonl(manifest, what="manifest")
+            if "clean_id" in row and "id" in row}
 
 
 def embedding_distance(noisy: Mapping[str, torch.Tensor], clean: Mapping[str, torch.Tensor],

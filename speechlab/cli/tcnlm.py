@@ -56,7 +56,7 @@ def coherence_report(task: TopicLMTask, dm: DocumentDataModule, reference: str =
                             lda_iter, seed)
         lda_npmi = topic_npmi(top, ref)
         report["lda"] = {"npmi_mean": float(lda_npmi.mean()), "npmi": lda_npmi.tolist(),
-                         "topics": [task.topic_vocab.decode(r) for r in top.tolist()], "max_iter": lda_iter}
+                         "topics": [task.topic_vocab.tokens(r) for r in top.tolist()], "max_iter": lda_iter}
     return report
 
 

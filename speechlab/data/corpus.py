@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import logging
 import math
 import os
@@ -49,8 +48,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from speechlab.data.vocab import WordVocab
 from speechlab.dist import rank_and_world
-from speechlab.io import open_text, read_text
+from speechlab.io import read_jsonl, read_text
 
 log = logging.getLogger("speechlab.data.corpus")
 
@@ -76,22 +76,13 @@ def read_jsonl_documents(path: str | os.PathLike) -> list[Document]:
     ``ValueError`` naming the file and line."""
     path = Path(path)
     docs = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            text = row.get("text")
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: missing or non-string 'text' field")
-            label = row.get("label")
-            docs.append(Document(text, None if label is None else str(label),
-                                 str(row.get("id", f"{path.stem}/{lineno}"))))
+    for lineno, row in read_jsonl(path, ValueError, "document file"):
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: missing or non-string 'text' field")
+        label = row.get("label")
+        docs.append(Document(text, None if label is None else str(label),
+                             str(row.get("id", f"{path.stem}/{lineno}"))))
     return docs
 
 
@@ -199,54 +190,6 @@ def document_sentences(text: str, clean: Literal["none", "usenet"] = "none") -> 
 
 
 # --------------------------------------------------------------------------- vocabularies
-
-class WordVocab:
-    """Word ↔ id map. ``unk`` (if given) is the id of unknown words; without it, unknown words
-    are dropped by :meth:`encode`."""
-
-    def __init__(self, words: Sequence[str], unk: str | None = None) -> None:
-        self.words = list(words)
-        self.index = {w: i for i, w in enumerate(self.words)}
-        if len(self.index) != len(self.words):
-            raise ValueError("WordVocab: duplicate words")
-        if unk is not None and unk not in self.index:
-            raise ValueError(f"WordVocab: unk token {unk!r} not in the words")
-        self.unk = unk
-        self.unk_id = None if unk is None else self.index[unk]
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, WordVocab) and self.words == other.words and self.unk == other.unk
-
-    def __hash__(self) -> int:
-        return hash((tuple(self.words), self.unk))
-
-    def __contains__(self, word: str) -> bool:
-        return word in self.index
-
-    def __repr__(self) -> str:
-        return f"WordVocab({len(self)} words)"
-
-    def id(self, word: str) -> int:
-        return self.index[word]
-
-    def encode(self, tokens: Iterable[str]) -> list[int]:
-        if self.unk_id is None:
-            return [self.index[t] for t in tokens if t in self.index]
-        return [self.index.get(t, self.unk_id) for t in tokens]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.words[int(i)] for i in ids]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "word", "words": self.words, "unk": self.unk}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WordVocab:
-        return cls(d["words"], d.get("unk"))
-
 
 def build_lm_vocab(sentences: Iterable[Sequence[str]], min_freq: int = 2,
                    max_size: int | None = None) -> WordVocab:
@@ -719,7 +662,7 @@ class DocumentDataModule(pl.LightningDataModule):
         if not self.splits:
             self.setup()
         assert self.lm_vocab is not None
-        return SentenceDataset(self.splits[split], self.lm_vocab.id(BOS), self.lm_vocab.id(EOS),
+        return SentenceDataset(self.splits[split], self.lm_vocab.id_of(BOS), self.lm_vocab.id_of(EOS),
                                self.hparams.topic_context)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from speechlab.io import atomic_write_jsonl, atomic_write_text, read_text
+from speechlab.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from speechlab.parallel import init_worker, run_parallel
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,24 @@ def signal_power(x: np.ndarray) -> float:
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """``speech + g * noise`` with ``g`` chosen so that
     ``10 log10(power(speech) / power(g * noise)) == snr_db`` (dB; power = mean square over the
-    whole signal). ``noise`` must have the length of ``speech``; silent noise raises
-    ``ValueError``; silent speech gets no noise (the SNR is then undefined)."""
+    whole signal): :func:`torchaudio.functional.add_noise` in float64. ``noise`` must have the
+    length of ``speech``; silent noise raises ``ValueError``; silent speech gets no noise (the
+    SNR is then undefined)."""
+    import torch  # here, not at the top: `speechlab data farfield` starts without torch
+    from torchaudio.functional import add_noise
+
     speech = np.asarray(speech, dtype=np.float32)
     noise = np.asarray(noise, dtype=np.float32)
     if speech.shape != noise.shape:
         raise ValueError(f"mix_at_snr: speech {speech.shape} and noise {noise.shape} differ in shape")
-    p_noise = signal_power(noise)
-    if p_noise == 0.0:
+    if signal_power(noise) == 0.0:
         raise ValueError("mix_at_snr: the noise is silent")
-    p_speech = signal_power(speech)
-    gain = math.sqrt(p_speech / (p_noise * 10.0 ** (snr_db / 10.0)))
-    return (speech.astype(np.float64) + gain * noise.astype(np.float64)).astype(np.float32)
+    if signal_power(speech) == 0.0:
+        return speech.copy()
+    noisy = add_noise(torch.from_numpy(speech.astype(np.float64)),
+                      torch.from_numpy(noise.astype(np.float64)),
+                      torch.tensor(float(snr_db), dtype=torch.float64))
+    return noisy.numpy().astype(np.float32)
 
 
 def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
@@ -91,12 +97,15 @@ def align_rir(rir: np.ndarray, onset: int | None = None) -> np.ndarray:
 
 
 def reverberate(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve ``speech`` with ``rir`` (both at the same rate), truncated to the length of
+    """Convolve ``speech`` with ``rir`` (both at the same rate;
+    :func:`torchaudio.functional.fftconvolve` in float64), truncated to the length of
     ``speech`` (the reverberant tail past the end is dropped)."""
-    from scipy.signal import fftconvolve
+    import torch
+    from torchaudio.functional import fftconvolve
 
-    out = fftconvolve(np.asarray(speech, np.float64), np.asarray(rir, np.float64), mode="full")
-    return out[: len(speech)].astype(np.float32)
+    out = fftconvolve(torch.from_numpy(np.asarray(speech, np.float64)),
+                      torch.from_numpy(np.asarray(rir, np.float64)))
+    return out[: len(speech)].numpy().astype(np.float32)
 
 
 def white_noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -295,12 +304,12 @@ def _read_entry(entry: Entry, manifest: str) -> tuple[np.ndarray, int]:
     try:
         x, sr = read_audio(entry.path, entry.offset, entry.duration)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {e}") from None
+        raise ValueError(f"{manifest}:{entry.lineno}: {e}") from None
     if x.shape[0] != 1:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {entry.path}: "
+        raise ValueError(f"{manifest}:{entry.lineno}: {entry.path}: "
                          f"{x.shape[0]} channels; far-field corruption needs mono audio")
     if x.shape[1] == 0:
-        raise ValueError(f"{manifest}: line {entry.lineno}: {entry.path}: no samples")
+        raise ValueError(f"{manifest}:{entry.lineno}: {entry.path}: no samples")
     return x[0], sr
 
 
@@ -444,40 +453,28 @@ def read_manifest(path: str | Path) -> list[Entry]:
     from speechlab.data.audio import audio_info
 
     path = Path(path)
-    try:
-        lines = read_text(path).splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: unreadable manifest ({e})") from None
     entries: list[Entry] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "audio_filepath" not in row:
-            raise ValueError(f"{path}: line {lineno}: no \"audio_filepath\"")
+    for lineno, row in read_jsonl(path, ValueError, "manifest"):
+        if "audio_filepath" not in row:
+            raise ValueError(f"{path}:{lineno}: no \"audio_filepath\"")
         audio = Path(row["audio_filepath"])
         audio = Path(os.path.abspath(audio if audio.is_absolute() else path.parent / audio))
         if audio.is_dir():
-            raise ValueError(f"{path}: line {lineno}: {audio}: a directory, not an audio file")
+            raise ValueError(f"{path}:{lineno}: {audio}: a directory, not an audio file")
         if not audio.is_file():
-            raise ValueError(f"{path}: line {lineno}: {audio}: audio file not found")
+            raise ValueError(f"{path}:{lineno}: {audio}: audio file not found")
         # the id load_cuts gives such an entry (file stem), so clean_id links to the clean cut
         clean_id = str(row.get("id") or Path(row["audio_filepath"]).stem)
         if clean_id in seen:
-            raise ValueError(f"{path}: line {lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
+            raise ValueError(f"{path}:{lineno}: id {clean_id!r} repeats line {seen[clean_id]}")
         seen[clean_id] = lineno
         try:
             info = audio_info(audio)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: line {lineno}: {e}") from None
+            raise ValueError(f"{path}:{lineno}: {e}") from None
         if info.channels != 1:
-            raise ValueError(f"{path}: line {lineno}: {audio}: {info.channels} channels; "
+            raise ValueError(f"{path}:{lineno}: {audio}: {info.channels} channels; "
                              "far-field corruption needs mono audio")
         offset = float(row.get("offset") or 0.0)
         duration = float(row["duration"]) if offset and "duration" in row else None

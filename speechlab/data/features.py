@@ -52,14 +52,6 @@ def utterance_cmvn(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (features - mean) / (std + eps)
 
 
-def num_fbank_frames(num_samples: int, sample_rate: int, frame_length_ms: float = 25.0,
-                     frame_shift_ms: float = FRAME_SHIFT_MS) -> int:
-    """Frames :func:`log_mel_fbank` yields for ``num_samples`` samples (snip_edges)."""
-    length = int(sample_rate * frame_length_ms / 1000)
-    shift = int(sample_rate * frame_shift_ms / 1000)
-    return 0 if num_samples < length else 1 + (num_samples - length) // shift
-
-
 class SpecAugment(nn.Module):
     """SpecAugment (Park et al., 2019) on a batch of features: ``num_freq_masks`` frequency
     masks of width ≤ ``freq_mask_width`` bins and ``num_time_masks`` time masks of width ≤

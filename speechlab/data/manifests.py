@@ -51,7 +51,7 @@ from lhotse.utils import fastcopy
 from speechlab.data.audio import AudioError, audio_info
 from speechlab.data.text import CharVocab, normalize_text
 from speechlab.errors import InputError
-from speechlab.io import atomic_path, atomic_write_jsonl, open_text
+from speechlab.io import atomic_path, atomic_write_jsonl, read_jsonl
 
 __all__ = [
     "ManifestError",
@@ -155,33 +155,7 @@ def _is_lhotse_cut(entry: dict) -> bool:
 
 def _iter_entries(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line, entry) for every non-blank line; raises ManifestError on bad JSON / non-objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
-    with open_text(path) as f:
-        lines = enumerate(f, start=1)
-        while True:
-            try:
-                lineno, raw = next(lines)
-            except StopIteration:
-                return
-            except (UnicodeDecodeError, OSError, EOFError) as e:  # binary file, bad gzip
-                raise ManifestError(
-                    f"{path}: malformed manifest, not UTF-8 JSON lines ({e})"
-                ) from e
-            if not raw.strip():
-                continue
-            try:
-                entry = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ManifestError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})"
-                ) from e
-            if not isinstance(entry, dict):
-                raise ManifestError(
-                    f"{path}:{lineno}: malformed entry (expected a JSON object, got {type(entry).__name__})"
-                )
-            yield lineno, entry
+    return read_jsonl(path, ManifestError, "manifest")
 
 
 def _missing_fields(entry: dict) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 
-from speechlab.data.text import CharVocab, normalize_text
-from speechlab.io import atomic_path, open_text
+from speechlab.data.text import normalize_text
+from speechlab.io import atomic_path, read_jsonl
 
-__all__ = ["SentencePieceVocab", "texts_from_manifest", "vocab_from_dict"]
+__all__ = ["SentencePieceVocab", "texts_from_manifest"]
 
 ModelType = Literal["unigram", "bpe"]
 
@@ -117,10 +116,14 @@ class SentencePieceVocab:
             raise KeyError(piece)
         return p + 1
 
-    def piece_of(self, idx: int) -> str:
+    def token_of(self, idx: int) -> str:
         """Piece string of our id ``idx``."""
         self._check_ids([idx])
         return self.blank_symbol if idx == self.blank else self._sp.id_to_piece(idx - 1)
+
+    def tokens(self, ids: Iterable[int]) -> list[str]:
+        """Piece strings of ``ids`` (the blank as ``<blank>``)."""
+        return [self.token_of(int(i)) for i in ids]
 
     # ------------------------------------------------------------------ encode / decode
 
@@ -249,34 +252,15 @@ class SentencePieceVocab:
         return cls(buf.getvalue())
 
 
-def vocab_from_dict(d: dict[str, Any]) -> CharVocab | SentencePieceVocab:
-    """Rebuild either vocabulary from its ``to_dict()`` (``"type"``: ``char`` or
-    ``sentencepiece``)."""
-    kind = d.get("type")
-    if kind == "char":
-        return CharVocab.from_dict(d)
-    if kind == "sentencepiece":
-        return SentencePieceVocab.from_dict(d)
-    raise ValueError(f"unknown vocabulary type {kind!r}")
-
-
 def texts_from_manifest(path: str | os.PathLike, field: str = "text") -> list[str]:
     """The ``field`` texts of a JSONL manifest (``.gz`` too), as they are (not normalized).
 
     Errors name the file and the line: malformed JSON, a missing or non-string text.
     """
-    path = Path(path)
     texts = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            text = row.get(field) if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: no string {field!r} field")
-            texts.append(text)
+    for lineno, row in read_jsonl(path, ValueError, "manifest"):
+        text = row.get(field)
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: no string {field!r} field")
+        texts.append(text)
     return texts

@@ -75,7 +75,18 @@ class CharVocab:
         return f"CharVocab({''.join(self.chars)!r})"
 
     def id_of(self, char: str) -> int:
-        return self._index[char]
+        """Id of a character (``<blank>``: the blank); ``KeyError`` when it is not held."""
+        return self.blank if char == self.blank_symbol else self._index[char]
+
+    def token_of(self, idx: int) -> str:
+        """Character of id ``idx`` (``<blank>`` for the blank)."""
+        if not 0 <= idx < len(self):
+            raise ValueError(f"id {idx} out of range [0, {len(self)})")
+        return self.blank_symbol if idx == self.blank else self.chars[idx - 1]
+
+    def tokens(self, ids: Iterable[int]) -> list[str]:
+        """Characters of ``ids`` (the blank as ``<blank>``)."""
+        return [self.token_of(int(i)) for i in ids]
 
     def oov_chars(self, text: str) -> set[str]:
         """Characters of ``text`` that the vocabulary does not hold."""

@@ -29,7 +29,6 @@ Batches are dicts::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -46,8 +45,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab, normalize_text
+from speechlab.data.vocab import Vocab, vocab_from_dict
 from speechlab.dist import rank_and_world
-from speechlab.io import open_text
+from speechlab.io import open_text, read_jsonl
 
 log = logging.getLogger("speechlab.data")
 
@@ -56,7 +56,6 @@ EOS = 0
 #: target padding id (ignored by ``cross_entropy``).
 IGNORE_INDEX = -100
 
-Vocab = CharVocab | SentencePieceVocab
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
@@ -103,21 +102,16 @@ def read_text_lines(path: str | Path, segmentation: Literal["line", "sentence"] 
     path = Path(path)
     if not path.is_file():
         raise TextDataError(f"{path}: text source not found")
+    if _is_manifest(path):
+        for lineno, row in read_jsonl(path, TextDataError, "text source"):
+            text = row.get(field)
+            if not isinstance(text, str):
+                raise TextDataError(f"{path}:{lineno}: no string {field!r} field")
+            yield TextLine(text, str(path), lineno)
+        return
     with open_text(path) as f:
         try:
-            if _is_manifest(path):
-                for lineno, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        row = json.loads(raw)
-                    except json.JSONDecodeError as e:
-                        raise TextDataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    text = row.get(field) if isinstance(row, dict) else None
-                    if not isinstance(text, str):
-                        raise TextDataError(f"{path}:{lineno}: no string {field!r} field")
-                    yield TextLine(text, str(path), lineno)
-            elif segmentation == "line":
+            if segmentation == "line":
                 for lineno, raw in enumerate(f, 1):
                     if raw.strip():
                         yield TextLine(raw.strip(), str(path), lineno)
@@ -422,7 +416,6 @@ class TextDataModule(pl.LightningDataModule):
         return {"vocab": self.vocab.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from speechlab.data.subword import vocab_from_dict
 
         if "vocab" in state and vocab_from_dict(state["vocab"]) != self.vocab:
             raise ValueError(f"checkpoint vocabulary {vocab_from_dict(state['vocab'])!r} differs "

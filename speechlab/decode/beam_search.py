@@ -20,7 +20,6 @@ Length normalization: the final ranking divides each score by ``length ** length
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -295,9 +294,3 @@ def decode(decoder: AttentionDecoder, memory: Memory, lm: RNNLanguageModel | Non
         return greedy_search(decoder, memory, lm, lm_weight, max_len_ratio, max_len, eos, **terms)  # type: ignore[return-value]
     return [h[0] for h in beam_search(decoder, memory, lm, lm_weight, beam_size, length_penalty,
                                       max_len_ratio, max_len, eos, **terms)]
-
-
-def default_max_len_ratio(chars_per_second: float, frame_rate: float, margin: float = 2.0) -> float:
-    """Tokens per encoder frame to allow: ``margin · chars/s ÷ frames/s`` (e.g. 15 chars/s at
-    25 frames/s with margin 2 → 1.2)."""
-    return margin * chars_per_second / frame_rate if frame_rate > 0 else math.inf

@@ -18,7 +18,8 @@ flashlight's lexicon decoder).
 
 The hot loop is C++ (``csrc/prefix_beam_search.cpp``, the module ``speechlab._decode``, called
 through ctypes; the LM is reached through a callback that only runs on cache misses). A pure
-Python implementation of the same algorithm (``backend="python"``) is the fallback when the
+Python implementation of the same algorithm (``backend="reference"``, the word the Gram-CTC
+loss uses for its pure-PyTorch implementation too) is the fallback when the
 extension is not built, and a cross-check in the tests.
 
     >>> dec = PrefixBeamSearch(chars="ab", grams=["a", "b", "ab"], beam_size=8)
@@ -36,7 +37,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -172,8 +173,6 @@ def load_lexicon(spec: str | None, lm: str | os.PathLike | None) -> list[str] | 
 
 
 def _load_library() -> ctypes.CDLL | None:
-    if os.environ.get("SPEECHLAB_DECODE_BACKEND", "") == "python":
-        return None
     spec = importlib.util.find_spec("speechlab._decode")
     if spec is None or spec.origin is None:
         return None
@@ -202,6 +201,40 @@ def native_available() -> bool:
     return _LIB is not None
 
 
+@dataclass
+class GramDecoding:
+    """The options of CTC / Gram-CTC decoding, and their one set of defaults: the task's
+    ``decoding`` (``test``/``predict``; validation is always greedy), ``speechlab decode``'s flags
+    (generated from these fields) and :meth:`PrefixBeamSearch.from_config` all read them.
+
+    Attributes:
+        method: greedy (best path) or beam (prefix beam search over grams).
+        beam_size: hypotheses kept per frame.
+        token_beam: non-blank tokens tried per frame (0: all).
+        token_threshold: skip tokens more than this below the frame's best log-prob (nats).
+        beam_threshold: drop hypotheses more than this below the best (nats).
+        lm: KenLM model (speechlab lm ngram), or none.
+        lm_unit: the LM's tokens: word or char.
+        lm_weight: α, the weight of the natural-log LM score.
+        word_score: β, added per word.
+        lexicon: the words a hypothesis may spell: lm (the ARPA LM's words), a file of words
+            (one per line), or none; a word outside it costs unk_score.
+        unk_score: the cost of a word outside the lexicon (-inf: lexicon words only).
+    """
+
+    method: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = 16
+    token_beam: int = 0
+    token_threshold: float = 12.0
+    beam_threshold: float = 30.0
+    lm: str | None = None
+    lm_unit: Literal["word", "char"] = "word"
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+    lexicon: str | None = None
+    unk_score: float = -math.inf
+
+
 class PrefixBeamSearch:
     """Prefix beam search over gram (or character) outputs.
 
@@ -218,15 +251,20 @@ class PrefixBeamSearch:
         lm_unit: ``"word"`` or ``"char"`` when ``lm`` is a path.
         lexicon: words (word mode): a word outside them costs ``unk_score`` (once).
         unk_score: the lexicon's penalty (``-inf``: lexicon words only).
-        backend: ``"auto"`` (C++ when built), ``"native"`` or ``"python"``.
+        backend: ``"auto"`` (C++ when built), ``"native"`` (C++) or ``"reference"`` (Python).
+
+    The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
+    Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search.
     """
 
     def __init__(self, chars: Sequence[str], grams: Sequence[str] | None = None,
-                 beam_size: int = 16, token_beam: int = 0, token_threshold: float = math.inf,
-                 beam_threshold: float = math.inf, lm: KenLMScorer | str | os.PathLike | None = None,
-                 lm_weight: float = 0.5, word_score: float = 0.0, lm_unit: str = "word",
-                 lexicon: Iterable[str] | None = None, unk_score: float = -math.inf,
-                 backend: str = "auto") -> None:
+                 beam_size: int = GramDecoding.beam_size, token_beam: int = GramDecoding.token_beam,
+                 token_threshold: float = GramDecoding.token_threshold,
+                 beam_threshold: float = GramDecoding.beam_threshold,
+                 lm: KenLMScorer | str | os.PathLike | None = None,
+                 lm_weight: float = GramDecoding.lm_weight, word_score: float = GramDecoding.word_score,
+                 lm_unit: str = GramDecoding.lm_unit, lexicon: Iterable[str] | None = None,
+                 unk_score: float = GramDecoding.unk_score, backend: str = "auto") -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
         index = {c: i + 1 for i, c in enumerate(self.chars)}
@@ -265,12 +303,12 @@ class PrefixBeamSearch:
             self._lex_lm = np.asarray([self.lm.model.score(w, bos=False, eos=False) * LN10
                                        for w in self.lexicon], dtype=np.float64)
         self.max_n = max(len(g) for g in self.grams)
-        if backend not in ("auto", "native", "python"):
-            raise ValueError(f"backend must be auto, native or python, got {backend!r}")
+        if backend not in ("auto", "native", "reference"):
+            raise ValueError(f"backend must be auto, native or reference, got {backend!r}")
         if backend == "native" and not native_available():
             raise RuntimeError("the C++ prefix beam search (speechlab._decode) is not built; "
                                "reinstall with pip install --no-build-isolation -e .")
-        self.backend = "native" if backend != "python" and native_available() else "python"
+        self.backend = "native" if backend != "reference" and native_available() else "reference"
         self._error: BaseException | None = None
         self._callback = _LM_FN(self._lm_callback)
         self._context: int | None = None
@@ -280,6 +318,25 @@ class PrefixBeamSearch:
         """From a :class:`speechlab.data.grams.GramSet` (or a ``CharVocab``: plain CTC)."""
         vocab = getattr(grams, "vocab", grams)
         return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
+
+    @classmethod
+    def from_config(cls, grams: Any, config: GramDecoding, *, lm: KenLMScorer | None = None,
+                    lexicon: Iterable[str] | None = None, backend: str = "auto") -> PrefixBeamSearch:
+        """The search ``config`` describes over ``grams`` (a GramSet, or a ``CharVocab``: CTC).
+
+        ``lm`` / ``lexicon``: the already loaded ``config.lm`` and ``config.lexicon``, to share
+        one KenLM model and word list across several searches (e.g. a grid of ``lm_weight``);
+        by default they are loaded from the config's paths.
+        """
+        if lm is None and config.lm is not None:
+            lm = KenLMScorer(config.lm, config.lm_unit)
+        if lexicon is None:
+            lexicon = load_lexicon(config.lexicon, config.lm)
+        return cls.from_gramset(
+            grams, beam_size=config.beam_size, token_beam=config.token_beam,
+            token_threshold=config.token_threshold, beam_threshold=config.beam_threshold, lm=lm,
+            lm_weight=config.lm_weight, word_score=config.word_score, lm_unit=config.lm_unit,
+            lexicon=lexicon, unk_score=config.unk_score, backend=backend)
 
     @property
     def num_outputs(self) -> int:
@@ -506,6 +563,6 @@ class PrefixBeamSearch:
 
 
 __all__ = [
-    "BeamHypothesis", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
+    "BeamHypothesis", "GramDecoding", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
     "native_available",
 ]

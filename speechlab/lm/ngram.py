@@ -18,7 +18,6 @@ The command is ``speechlab lm ngram`` (:func:`speechlab.cli.lm.ngram`).
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from speechlab.io import atomic_path, read_text
+from speechlab.io import atomic_path, read_jsonl, read_text
 
 log = logging.getLogger("speechlab.lm")
 
@@ -236,13 +235,10 @@ def read_lines(text: str | None, manifest: str | None, normalize: bool, unit: st
     if text:
         lines = read_text(text).splitlines()
     if manifest:
-        for i, line in enumerate(read_text(manifest).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                lines.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{manifest}:{i}: not a manifest line with 'text': {e}") from None
+        for i, row in read_jsonl(manifest, ValueError, "manifest"):
+            if not isinstance(row.get("text"), str):
+                raise ValueError(f"{manifest}:{i}: no string 'text' field")
+            lines.append(row["text"])
     if normalize:
         lines = [normalize_text(s) for s in lines]
     if unit == "char":

@@ -99,12 +99,6 @@ class ConvSubsampling(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.proj = nn.Linear(in_ch * freq, out_dim)
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames after subsampling: each stride-2 layer maps ``T → ceil(T / 2)``."""
-        for _ in self.convs:
-            lengths = _halve(lengths)
-        return lengths
-
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = x.unsqueeze(1)  # (B, 1, T, F)
         for conv in self.convs:

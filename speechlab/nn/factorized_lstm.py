@@ -114,10 +114,6 @@ def compile_steps(enable: bool = True, **compile_kwargs: Any) -> None:
                      backward=torch.compile(tc_lstm_step_backward, **compile_kwargs))
 
 
-def steps_compiled() -> bool:
-    return _STEP_FNS["forward"] is not tc_lstm_step
-
-
 class TCLSTMRecurrence(torch.autograd.Function):
     """The recurrence over precomputed input gates; all tensor inputs one floating dtype.
 

@@ -13,8 +13,6 @@ validation always decodes greedily.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +21,10 @@ import torch
 from speechlab.data.grams import GramSet, min_frames
 from speechlab.data.manifests import manifest_texts
 from speechlab.data.text import DEFAULT_CHARS
-from speechlab.decode.prefix_beam import PrefixBeamSearch, load_lexicon
+
+# GramDecoding is imported here also so that checkpoints that pickled it as
+# speechlab.tasks.gram_ctc.GramDecoding (before it moved to decode/) still load
+from speechlab.decode.prefix_beam import GramDecoding, PrefixBeamSearch
 from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
 from speechlab.functional.gram_decode import gram_greedy_decode
@@ -32,36 +33,6 @@ from speechlab.tasks.ctc import CTCTask
 
 log = logging.getLogger("speechlab.tasks")
 
-@dataclass
-class GramDecoding:
-    """How ``test``/``predict`` decode (validation is always greedy).
-
-    Attributes:
-        method: ``"greedy"`` or ``"beam"`` (prefix beam search over grams).
-        beam_size: hypotheses kept per frame.
-        token_beam: non-blank tokens tried per frame (0: all).
-        token_threshold: skip tokens more than this below the frame's best log-prob.
-        beam_threshold: drop hypotheses more than this below the best.
-        lm: KenLM model (``speechlab lm ngram``) or None.
-        lm_unit: ``"word"`` or ``"char"`` LM.
-        lm_weight: α (natural-log LM scores).
-        word_score: β per word.
-        lexicon: ``"lm"`` (the ARPA LM's words), a file of words, or None: words outside it
-            cost ``unk_score`` (``-inf``: lexicon words only).
-        unk_score: see ``lexicon``.
-    """
-
-    method: Literal["greedy", "beam"] = "greedy"
-    beam_size: int = 16
-    token_beam: int = 0
-    token_threshold: float = 12.0
-    beam_threshold: float = 30.0
-    lm: str | None = None
-    lm_unit: Literal["word", "char"] = "word"
-    lm_weight: float = 0.5
-    word_score: float = 0.0
-    lexicon: str | None = None
-    unk_score: float = -math.inf
 
 
 def ctc_weight_at(step: int, weight: float, schedule: str, steps: int) -> float:
@@ -244,13 +215,8 @@ class GramCTCTask(CTCTask):
     def beam_search(self) -> PrefixBeamSearch:
         """The prefix beam search of :attr:`decoding` (built once)."""
         if self._beam is None:
-            d = self.decoding
             assert self.grams is not None
-            self._beam = PrefixBeamSearch.from_gramset(
-                self.grams, beam_size=d.beam_size, token_beam=d.token_beam,
-                token_threshold=d.token_threshold, beam_threshold=d.beam_threshold, lm=d.lm,
-                lm_weight=d.lm_weight, word_score=d.word_score, lm_unit=d.lm_unit,
-                lexicon=load_lexicon(d.lexicon, d.lm), unk_score=d.unk_score)
+            self._beam = PrefixBeamSearch.from_config(self.grams, self.decoding)
         return self._beam
 
     def _use_beam(self) -> bool:
@@ -284,4 +250,4 @@ def as_gram_ctc(task: CTCTask) -> GramCTCTask:
     return model.to(next(task.parameters()).device).eval()
 
 
-__all__ = ["GramCTCTask", "GramDecoding", "as_gram_ctc", "ctc_weight_at"]
+__all__ = ["GramCTCTask", "as_gram_ctc", "ctc_weight_at"]

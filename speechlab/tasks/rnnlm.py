@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from speechlab.data.subword import SentencePieceVocab, vocab_from_dict
+from speechlab.data.subword import SentencePieceVocab
 from speechlab.data.text import DEFAULT_CHARS, CharVocab
 from speechlab.data.textlm import IGNORE_INDEX
+from speechlab.data.vocab import Vocab, vocab_from_dict
 from speechlab.io import atomic_write_text
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.tasks.base import CheckpointError, SpeechLabTask, checkpoint_state
-
-Vocab = CharVocab | SentencePieceVocab
 
 
 class LMCheckpointError(CheckpointError):

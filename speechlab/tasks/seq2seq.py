@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from speechlab.data.features import SpecAugment
 from speechlab.data.text import DEFAULT_CHARS
 from speechlab.data.textlm import EOS, IGNORE_INDEX, teacher_forcing_pairs
-from speechlab.decode.beam_search import GreedyDetails, Hypothesis, beam_search, greedy_search
+from speechlab.decode.beam_search import GreedyDetails, Hypothesis, decode, greedy_search
 from speechlab.decode.ngram_fusion import CharNgramScorer
 from speechlab.functional.ctc import ctc_loss_from_logits
 from speechlab.nn.decoder import AttentionDecoder, AttentionDecoderConfig, Memory
@@ -326,12 +326,8 @@ class Seq2SeqTask(ASRTask):
         weight = hp.lm_weight if lm_weight is None else lm_weight
         memory = self.encode(batch["features"], batch["feature_lens"])
         lm = self.lm if (self.decoder.uses_lm or weight != 0.0) else None
-        if beam <= 1:
-            return greedy_search(self.decoder, memory, lm, weight, hp.max_len_ratio, eos=EOS,  # type: ignore[return-value]
-                                 **self.extra_terms())
-        return [h[0] for h in beam_search(self.decoder, memory, lm, weight, beam,
-                                          hp.length_penalty, hp.max_len_ratio, eos=EOS,
-                                          **self.extra_terms())]
+        return decode(self.decoder, memory, lm, weight, beam, hp.length_penalty, hp.max_len_ratio,
+                      eos=EOS, **self.extra_terms())
 
     def extra_terms(self) -> dict[str, Any]:
         """The n-gram and internal-LM options of the search (keyword arguments of

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechlab.data.corpus import BOS, EOS, PAD, UNK, WordVocab
+from speechlab.data.corpus import BOS, EOS, PAD, UNK
+from speechlab.data.vocab import WordVocab
 from speechlab.functional.topic import topic_npmi
 from speechlab.io import atomic_write_text
 from speechlab.nn import count_parameters
@@ -327,7 +328,7 @@ class TopicLMTask(SpeechLabTask):
         """The ``k`` most probable words of each topic (rows of beta)."""
         if self.topic_model is None or self.topic_vocab is None:
             raise ValueError("topic words need a TCNLM with its topic vocabulary")
-        return [self.topic_vocab.decode(row) for row in self.topic_model.top_words(k).tolist()]
+        return [self.topic_vocab.tokens(row) for row in self.topic_model.top_words(k).tolist()]
 
     def npmi(self, doc_word: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """``(T,)`` NPMI of each topic's top ``k`` words on a ``(D, V_topic)`` reference corpus."""
@@ -388,10 +389,10 @@ def sample_sentences(task: TopicLMTask, topics: torch.Tensor | None, num: int = 
     lm.eval()
     device = next(lm.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    token = torch.full((num,), vocab.id(BOS), dtype=torch.long, device=device)
+    token = torch.full((num,), vocab.id_of(BOS), dtype=torch.long, device=device)
     t = None if topics is None else topics.to(device).float().expand(num, -1)
-    banned = [vocab.id(PAD), vocab.id(BOS)] + ([] if allow_unk else [vocab.id(UNK)])
-    eos = vocab.id(EOS)
+    banned = [vocab.id_of(PAD), vocab.id_of(BOS)] + ([] if allow_unk else [vocab.id_of(UNK)])
+    eos = vocab.id_of(EOS)
     state = None
     out = torch.full((num, max_len), eos, dtype=torch.long)
     done = torch.zeros(num, dtype=torch.bool)
@@ -407,5 +408,5 @@ def sample_sentences(task: TopicLMTask, topics: torch.Tensor | None, num: int = 
     sentences = []
     for row in out.tolist():
         words = row[: row.index(eos)] if eos in row else row
-        sentences.append(" ".join(vocab.decode(words)))
+        sentences.append(vocab.decode(words))
     return sentences

@@ -3,7 +3,7 @@
 Newsgroups recipes, scored by the same NPMI (top 10 words, document co-occurrence on the test
 documents) as ``speechlab test`` reports for TCNLM. CPU only.
 
-  python bench/lda_20news.py --topics 10 30 50 --max-iter 20 --json lda.json
+  python recipes/20news/lda.py --topics 10 30 50 --max-iter 20 --json lda.json
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from speechlab.functional.topic import topic_npmi
     from speechlab.io import atomic_write_text
 
-    data = dict(yaml.safe_load(args.recipe.read_text())["data"]["init_args"])
+    data = dict(effective_configs([args.recipe])[0]["data"]["init_args"])  # includes resolved
     data.update({k: v for k, v in (("train", args.train), ("test", args.test)) if v})
     dm = DocumentDataModule(**data)
     dm.setup("test")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         top = lda_top_words(train, k, args.top_k, args.max_iter, args.seed)
         npmi = topic_npmi(top, ref)
-        topics = [dm.topic_vocab.decode(r) for r in top.tolist()]
+        topics = [dm.topic_vocab.tokens(r) for r in top.tolist()]
         rows.append({"topics": k, "npmi_mean": float(npmi.mean()), "npmi": npmi.tolist(), "words": topics,
                      "seconds": round(time.time() - t0, 1), "max_iter": args.max_iter})
         print(f"LDA {k} topics: NPMI {float(npmi.mean()):.4f} ({time.time() - t0:.0f}s)")

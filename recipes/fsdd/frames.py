@@ -3,7 +3,7 @@ encoder stride, the share of utterances whose transcript cannot be emitted at al
 frames than the fewest a path needs: characters + blanks between repeats for CTC; a shortest gram
 segmentation for Gram-CTC, speechlab.data.grams.min_frames).
 
-  python bench/gram_frames.py --manifest data/tiny/train.jsonl data/fsdd/train.jsonl --top-k 50
+  python recipes/fsdd/frames.py --manifest data/tiny/train.jsonl data/fsdd/train.jsonl --top-k 50
 """
 
 from __future__ import annotations

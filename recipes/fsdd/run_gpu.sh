@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Gram-CTC vs CTC comparison on the GPU machine, in one device call (docs/gram_ctc_asr.md).
 #
-#   SUITES="fsdd" OUT=/tmp/out bash recipes/run_gpu_gram_ctc.sh
-#   SUITES="synth" SYNTH_UTTS=20000 STEPS_SYNTH=3000 OUT=/tmp/out bash recipes/run_gpu_gram_ctc.sh
+#   SUITES="fsdd" OUT=/tmp/out bash recipes/fsdd/run_gpu.sh
+#   SUITES="synth" SYNTH_UTTS=20000 STEPS_SYNTH=3000 OUT=/tmp/out bash recipes/fsdd/run_gpu.sh
 #
 # The GPU machine has python 3.12 + torch + Lightning but no lhotse/soundfile/jiwer/jsonargparse,
 # no espeak-ng, no Boost (for lmplz) and no network, so the call carries (all git-ignored):
@@ -17,12 +17,12 @@
 #                          with the machine's cmake. KNOWN PROBLEM: that build links a private
 #                          libstdc++ and segfaults in kenlm.Model() once torch is loaded, so the
 #                          LM decodes fail there; decode those rows elsewhere with
-#                          `recipes/run_gram_ctc.py --checkpoints` (docs/gram_ctc_asr.md)
+#                          `recipes/fsdd/run.py --checkpoints` (docs/gram_ctc_asr.md)
 #   .gpu/lm/*.arpa         the word LMs (`speechlab lm ngram`), built here from the same training
 #                          transcripts: exp/lm/fsdd_2gram.arpa, and for the synth corpus from the
 #                          train split of `speechlab data synth --utterances $SYNTH_UTTS --seed 1
 #                          --dev-fraction 0.025 --test-fraction 0.025` (text only; checked below)
-# Results: $OUT/results_<suite>.json (recipes/run_gram_ctc.py --table reads them), logs.
+# Results: $OUT/results_<suite>.json (recipes/fsdd/run.py --table reads them), logs.
 set -uo pipefail
 START=$(date +%s)
 el() { echo "[$(($(date +%s) - START)) s] $*"; }
@@ -82,7 +82,7 @@ for suite in $SUITES; do
           --set trainer.accelerator=gpu data.init_args.num_workers=3)
   fi
   # training needs no kenlm; it is built long before the first decoding
-  (python3 recipes/run_gram_ctc.py --suite "$suite" --device cuda --results "$OUT/results_$suite.json" \
+  (python3 recipes/fsdd/run.py --suite "$suite" --device cuda --results "$OUT/results_$suite.json" \
      "${args[@]}" >"$OUT/$suite.log" 2>&1
    echo "$suite rc=$?" >>"$OUT/$suite.log") &
   PIDS+=($!)
@@ -95,7 +95,7 @@ m.BeginSentenceWrite(s); print('kenlm query ok', m.BaseScore(s, 'one', o), hash(
 for p in "${PIDS[@]}"; do wait "$p"; done
 for suite in $SUITES; do
   tail -1 "$OUT/$suite.log"
-  python3 recipes/run_gram_ctc.py --suite "$suite" --results "$OUT/results_$suite.json" --table
+  python3 recipes/fsdd/run.py --suite "$suite" --results "$OUT/results_$suite.json" --table
 done
 # the best checkpoints, without optimizer state, weights in fp16 (for decoding elsewhere)
 mkdir -p /tmp/ckpt

@@ -5,10 +5,10 @@ checkpoint decodes dev and test: greedy, beam without LM, and beam + word KenLM 
 on dev (grid). The candidates recipe is followed by ``speechlab grams refine``. Results go to
 ``exp/results_<suite>.json`` and a markdown table is printed.
 
-  python recipes/run_gram_ctc.py --suite fsdd            # FSDD spoken digits (real speech)
-  python recipes/run_gram_ctc.py --suite tiny            # embedded espeak-ng corpus
-  python recipes/run_gram_ctc.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
-  python recipes/run_gram_ctc.py --suite fsdd --jobs 9 --max-steps 3000 --results exp/gpu.json  # GPU
+  python recipes/fsdd/run.py --suite fsdd            # FSDD spoken digits (real speech)
+  python recipes/fsdd/run.py --suite tiny            # embedded espeak-ng corpus
+  python recipes/fsdd/run.py --suite fsdd --only gram_ctc ctc --max-time 00:00:03:00
+  python recipes/fsdd/run.py --suite fsdd --jobs 9 --max-steps 3000 --results exp/gpu.json  # GPU
 
 ``--jobs K`` trains and decodes K recipes at once (a candidates recipe and the refined recipe that
 needs its grams run one after the other); their wall times then overlap and are not comparable
@@ -28,9 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SUITES = {
     "fsdd": {
         "recipes": ["ctc", "gram_ctc", "ctc_stride8", "gram_ctc_stride8", "gram_ctc_joint",
@@ -85,7 +86,7 @@ def decode(ckpt: str, manifest: str, resample: bool, extra: list[str], out_json:
 def run_recipe(name: str, suite: dict, lm: Path, overrides: list[str], results: dict,
                reuse: bool = False) -> None:
     cfg = REPO / suite["folder"] / f"{name}.yaml"
-    conf = yaml.safe_load(cfg.read_text())
+    conf = effective_configs([cfg])[0]  # the recipe with its includes resolved
     exp = Path(conf["trainer"]["default_root_dir"])
     (REPO / exp).mkdir(parents=True, exist_ok=True)
     key = cfg.stem

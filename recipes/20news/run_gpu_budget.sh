@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One device call for TCNLM: the speed benchmark, then the 20 Newsgroups runs (5 recipes trained
-# concurrently for the remaining budget). Needs in the checkout (git-ignored, carried):
+# One device call for TCNLM: the CUDA tests, the speed benchmark (bench/tcnlm.py), then the
+# 20 Newsgroups runs of recipes/20news/run.py (5 recipes trained concurrently for the remaining
+# budget: the earlier fixed-budget protocol; run_gpu.sh trains them to convergence).
+# Needs in the checkout (git-ignored, carried):
 #   .cache/20news/{train,test}.jsonl.gz   gzip copies of ../shared/data/text/20news/*.jsonl
 #   .cache/tcnlm_whl/                     jiwer + rapidfuzz wheels (cp312; speechlab.tasks imports jiwer)
-# Usage: OUT=/tmp/out BUDGET=330 bash bench/run_gpu_tcnlm.sh   (BUDGET: seconds for everything)
+# Usage: OUT=/tmp/out BUDGET=330 bash recipes/20news/run_gpu_budget.sh   (BUDGET: seconds for everything)
 set -uo pipefail
 OUT=${OUT:-/tmp/tcnlm_out}
 BUDGET=${BUDGET:-330}
@@ -27,7 +29,7 @@ tail -3 "$OUT/bench_rows.log"
 
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
 echo "== 20 Newsgroups training, ${LEFT}s left"
-python3 bench/train_20news_tcnlm.py --train .cache/20news/train.jsonl.gz --test .cache/20news/test.jsonl.gz \
+python3 recipes/20news/run.py --train .cache/20news/train.jsonl.gz --test .cache/20news/test.jsonl.gz \
   --out /tmp/train --steps "${STEPS:-6000}" --seconds "$(( LEFT > 120 ? LEFT : 120 ))" --reserve 50 2>&1 \
   | grep -v -E "Warning|warn\(|^\s*$" | tee "$OUT/train.log"
 cp /tmp/train/summary.json "$OUT/train_summary.json" 2>/dev/null

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GAN-robust encoder study (docs/robust_encoder.md): train the four robust_* recipes one
-# after another on data/robust (scripts/robust_data.sh), same batches and the same number of
+# The GAN-robust encoder study on the CPU (docs/robust_encoder.md; GPU scale: run_gpu.sh): train the four robust_* recipes one
+# after another on data/robust (recipes/robust/prepare_cpu.sh), same batches and the same number of
 # encoder updates each (recipes: max_steps 600), then evaluate the last checkpoints on every test set.
-# usage: scripts/robust_experiment.sh [CONFIGS="clean augment l1 gan"]
+# usage: recipes/robust/run.sh [CONFIGS="clean augment l1 gan"]
 set -euo pipefail
 CONFIGS=${1:-clean augment l1 gan}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one torch thread: two collapse on a shared 2-core CPU
@@ -21,5 +21,5 @@ for cfg in clean augment l1 gan gan_lambda0.1; do
   ckpt=exp/tiny_robust_$cfg/checkpoints/last.ckpt
   [[ -f $ckpt ]] && CKPTS+=("$cfg=$ckpt")
 done
-python scripts/robust_eval.py --force --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}" \
+python recipes/robust/evaluate.py --force --sets data/robust/test --out exp/robust_eval --ckpt "${CKPTS[@]}" \
   --json docs/robust_results.json

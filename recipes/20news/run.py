@@ -8,7 +8,7 @@ deadline, tests it (perplexity; TCNLM: topic words and NPMI on the test document
 sentences for a few topics. Each writes ``<out>/<recipe>.json``; the table goes to stdout and
 ``<out>/table.md``.
 
-  python bench/train_20news_tcnlm.py --train .cache/20news/train.jsonl.gz \\
+  python recipes/20news/run.py --train .cache/20news/train.jsonl.gz \\
       --test .cache/20news/test.jsonl.gz --out /tmp/out --steps 6000 --seconds 180
 """
 
@@ -23,16 +23,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # the parent must not initialize CUDA before forking the trainers (NVML-based device checks)
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "recipes"))
+from effective_config import effective_configs  # noqa: E402
+
 CONFIGS = ("lstm_equal_size", "lstm_equal_params", "tcnlm_10", "tcnlm_30", "tcnlm_50")
 
 
+#: (recipe folder, name) -> the recipe as ``speechlab fit`` reads it (includes resolved); read
+#: in the parent, before the trainers fork (``load_recipes``)
+RECIPES: dict[tuple[Path, str], dict[str, Any]] = {}
+
+
+def load_recipes(names: list[str], recipe_dir: Path) -> None:
+    paths = [recipe_dir / f"{name}.yaml" for name in names]
+    RECIPES.update(zip([(recipe_dir, n) for n in names], effective_configs(paths), strict=True))
+
+
 def recipe_args(name: str, recipe_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    cfg = yaml.safe_load((recipe_dir / f"{name}.yaml").read_text())
+    if (recipe_dir, name) not in RECIPES:
+        load_recipes([name], recipe_dir)
+    cfg = RECIPES[(recipe_dir, name)]
     return cfg["model"]["init_args"], cfg["data"]["init_args"], cfg["trainer"]
 
 
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from speechlab.data.corpus import DocumentDataModule
 
+    load_recipes(args.configs, args.recipes)
     data_args = [recipe_args(c, args.recipes)[1] for c in args.configs]
     if any(d != data_args[0] for d in data_args):
         raise SystemExit("the recipes' data settings differ; this runner shares one data module")

@@ -1,8 +1,8 @@
-"""Evaluate robust-encoder checkpoints on every test set of scripts/robust_data.sh and write the
+"""Evaluate robust-encoder checkpoints on every test set of recipes/robust/prepare_cpu.sh and write the
 WER/CER tables (docs/robust_encoder.md).
 
 usage:
-  python scripts/robust_eval.py --sets data/robust/test --out exp/robust_eval \
+  python recipes/robust/evaluate.py --sets data/robust/test --out exp/robust_eval \
       --ckpt clean=exp/tiny_robust_clean/checkpoints/last.ckpt augment=... l1=... gan=...
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
             + distance_table(results))
     atomic_write_text(args.out / "tables.md", text)
     if args.json is not None:
-        meta = {"command": "python scripts/robust_eval.py " + " ".join(sys.argv[1:]),
+        meta = {"command": "python recipes/robust/evaluate.py " + " ".join(sys.argv[1:]),
                 "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), "
                            f"torch {torch.__version__}, {args.threads} thread(s)"}
         atomic_write_text(args.json, json.dumps({"meta": meta, "models": results}, indent=1) + "\n")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Data for the GAN-robust encoder experiments (docs/robust_encoder.md):
+# Data for the GAN-robust encoder study on the 2-core CPU (docs/robust_encoder.md; recipes/robust/run.sh
+# trains and evaluates on it; recipes/robust/prepare.sh makes the GPU study's larger corpus):
 #   OUT/clean/{train,dev,test}.jsonl      espeak-ng corpus (speechlab data synth)
 #   OUT/farfield/{train,dev}/*.jsonl      training/dev far-field copies with clean_id: simulated
 #                                         rooms + generated noise (white/pink/babble), SNR 0-20 dB
@@ -10,7 +11,7 @@
 #                                         (../shared/data/noise_rir), fixed SNR
 #     fsdd_clean, fsdd_sim_snr10,         real human speech: the FSDD test split (300 spoken
 #     fsdd_real_snr10                     digits, 8 kHz), clean and corrupted the same ways
-# usage: scripts/robust_data.sh [OUT=data/robust] [UTTERANCES=1200] [SHARED=../shared/data]
+# usage: recipes/robust/prepare_cpu.sh [OUT=data/robust] [UTTERANCES=1200] [SHARED=../shared/data]
 set -euo pipefail
 OUT=${1:-data/robust}
 N=${2:-1200}
