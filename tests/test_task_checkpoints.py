@@ -24,9 +24,9 @@ import yaml
 
 from speechlab.callbacks import RNGState
 from speechlab.cli import main
-from speechlab.data.corpus import WordVocab
 from speechlab.data.grams import GramSet
 from speechlab.data.text import CharVocab
+from speechlab.data.vocab import WordVocab
 from speechlab.nn.decoder import AttentionDecoderConfig
 from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.tasks import SpeechLabTask, load
