@@ -139,7 +139,7 @@ class SpeechLabCLI(LightningCLI):
 
     ``test`` refuses to start, before the trainer runs, when the task would replace files an
     earlier ``test`` wrote (``--model.init_args.overwrite true`` allows it; see
-    :mod:`speechlab.tasks.outputs`).
+    :class:`speechlab.tasks.base.TestOutputs`).
 
     One run folder: the paths a recipe leaves unset (null) are derived from
     ``trainer.default_root_dir`` after parsing (:func:`derive_run_paths`; ``--print_config``

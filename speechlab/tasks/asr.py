@@ -68,7 +68,7 @@ class ASRTask(SpeechLabTask):
             ``hyps.<name>.jsonl`` per set and one ``wer.json`` ``{"sets": {name: summary}}``,
             each summary laid out like the single set's ``wer.json`` (plus ``hyps``).
         overwrite: let ``test`` replace those files when they exist (without it ``test``
-            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
+            refuses to start; see :class:`speechlab.tasks.base.TestOutputs`). Not saved in checkpoints.
     """
 
     test_output_names = ("hyps.jsonl", "wer.json")

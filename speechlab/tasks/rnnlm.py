@@ -82,7 +82,7 @@ class RNNLMTask(SpeechLabTask):
         output_dir: where ``test`` writes ``results.json`` (perplexity, tokens); default the
             logger's folder.
         overwrite: let ``test`` replace an existing ``results.json`` (without it ``test``
-            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
+            refuses to start; see :class:`speechlab.tasks.base.TestOutputs`). Not saved in checkpoints.
     """
 
     test_output_names = ("results.json",)

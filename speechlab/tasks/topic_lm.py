@@ -93,7 +93,7 @@ class TopicLMTask(SpeechLabTask):
         top_k: words per topic for the topic lists and NPMI.
         output_dir: where ``test`` writes ``results.json``; default the logger's folder.
         overwrite: let ``test`` replace an existing ``results.json`` (without it ``test``
-            refuses to start; see :mod:`speechlab.tasks.outputs`). Not saved in checkpoints.
+            refuses to start; see :class:`speechlab.tasks.base.TestOutputs`). Not saved in checkpoints.
         lm_vocab_size, topic_vocab_size: set from the data at ``setup`` (and saved, so that a
             checkpoint rebuilds the model); give them only to build a model without data.
     """
