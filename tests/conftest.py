@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 # One OpenMP thread per process: CI has 2 cores, and tests start data workers and subprocesses;
 # two threads each oversubscribe the CPU (steps measured 3x slower under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,7 +39,7 @@ def espeak() -> str:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory, espeak) -> dict[str, Path]:
     """12 espeak-ng utterances with train/dev/test manifests (and ``all``)."""
-    from corpus import synth_tiny_corpus
+    from tests.helpers import synth_tiny_corpus
 
     return synth_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
 

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_manifests import entry, manifest, tone, wav
 
 from speechlab.cli import TOOLS, load_tool, main
 from speechlab.data.grams import GramSet, min_frames
@@ -39,6 +38,7 @@ from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.score import TranscriptError, edit_counts, read_transcripts
 from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.gram_ctc import GramCTCTask
+from tests.helpers import entry, manifest, tone, wav
 
 REPO = Path(__file__).resolve().parents[1]
 CTC_RECIPE = REPO / "recipes" / "tiny" / "ctc.yaml"

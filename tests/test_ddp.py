@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_worker import fake_hypothesis
 from torch.utils.data import DistributedSampler
 
 from speechlab.data.corpus import DocumentDataModule
 from speechlab.data.textlm import BucketBatchSampler
 from speechlab.score import edit_counts
+from tests.ddp_worker import fake_hypothesis
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "ddp.py"
@@ -77,7 +77,7 @@ def test_ddp_two_gloo_ranks_under_torchrun(tiny_corpus, tmp_path):
     train = _absolute(tiny_corpus["train"], tmp_path / "train.jsonl")
     dev = _absolute(tiny_corpus["all"], tmp_path / "dev.jsonl")  # 12 cuts: both ranks get some
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), str(train), str(dev)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
@@ -166,7 +166,7 @@ def test_robust_gan_ranks_stay_identical_under_ddp(tmp_path):
     averages its gradients over the ranks, so the ranks' encoders and critics stay equal while
     training on different batches."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "ddp_worker.py"), "robust_gan", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

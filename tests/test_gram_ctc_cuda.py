@@ -12,7 +12,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_gram_ctc import (  # sibling test module: helpers only
+
+from speechlab import ops
+from speechlab.data.grams import GramSet
+from speechlab.functional import gram_ctc_loss
+from tests.test_gram_ctc import (  # sibling test module: helpers only
     ABC,
     BIGRAMS,
     TOL,
@@ -23,10 +27,6 @@ from test_gram_ctc import (  # sibling test module: helpers only
     random_batch,
     torch_ctc_and_logit_grad,
 )
-
-from speechlab import ops
-from speechlab.data.grams import GramSet
-from speechlab.functional import gram_ctc_loss
 
 HAS_CUDA, WHY = ops.available_backends()["cuda"]
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=f"no CUDA kernel: {WHY}")]

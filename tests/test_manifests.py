@@ -24,31 +24,7 @@ from speechlab.data.manifests import (
     write_manifest,
 )
 from speechlab.data.text import CharVocab, normalize_text
-
-SR = 16000
-
-
-def tone(seconds: float, sr: int = SR, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(round(seconds * sr))) / sr
-    x = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    return x if channels == 1 else np.stack([x] * channels, axis=1)
-
-
-def wav(path: Path, seconds: float = 1.0, sr: int = SR, channels: int = 1, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), tone(seconds, sr, channels), sr, **kw)
-    return path
-
-
-def entry(path: Path | str, duration: float = 1.0, text: str = "hello world", **extra) -> dict:
-    return {"audio_filepath": str(path), "duration": duration, "text": text, **extra}
-
-
-def manifest(tmp_path: Path, entries: list[dict | str], name: str = "m.jsonl") -> Path:
-    path = tmp_path / name
-    lines = [e if isinstance(e, str) else json.dumps(e) for e in entries]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from tests.helpers import SR, entry, manifest, tone, wav
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ BF16 = torch.bfloat16
 
 def _avx2_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", ONEDNN_MAX_CPU_ISA="AVX2")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -188,8 +188,8 @@ CHILD = textwrap.dedent("""
     import torch
     from torch.utils.data import DataLoader
 
-    from test_bf16 import make
-    from test_recurrence_precision import _raw_lstm_runs
+    from tests.test_bf16 import make
+    from tests.test_recurrence_precision import _raw_lstm_runs
     from speechlab.nn.recurrence import cpu_autocast_supports
 
     class Loss(pl.Callback):

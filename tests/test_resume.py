@@ -18,7 +18,6 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 #: checkpoint every K steps; the killed run hangs (and is killed) after step HANG; all runs stop
 #: at MAX_STEPS, which crosses an epoch boundary (10 utterances, <= 5 s of audio per batch)
@@ -27,7 +26,7 @@ K, HANG, MAX_STEPS = 3, 5, 14
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -54,7 +53,7 @@ def _config(run: Path, corpus: dict[str, Path], task: str, num_workers: int,
         {"class_path": "speechlab.callbacks.StepLog", "init_args": {"path": str(run / "steps.jsonl")}},
     ]
     if hang is not None:
-        callbacks.append({"class_path": "resume_util.HangAtStep",
+        callbacks.append({"class_path": "tests.helpers.HangAtStep",
                           "init_args": {"step": hang, "flag": str(run / "hanging")}})
     config = {
         "seed_everything": 0,

@@ -1,0 +1,77 @@
+"""Helpers shared by several test modules, imported as ``from tests.helpers import ...`` (the
+tests are a package: pytest puts the repository root on ``sys.path``, nothing else does).
+
+- :func:`synth_tiny_corpus`: the tiny espeak-ng corpus of the ``tiny_corpus`` fixture
+  (``conftest.py``), made once per session;
+- :func:`tone`, :func:`wav`, :func:`entry`, :func:`manifest`: WAV files and JSON-lines manifests
+  written by hand (the manifest and bad-input tests);
+- :class:`HangAtStep`: a callback the resume tests load into ``speechlab fit`` subprocesses by
+  its class path, ``tests.helpers.HangAtStep`` (their ``PYTHONPATH`` holds the repository root).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import soundfile as sf
+
+SR = 16000
+
+
+def synth_tiny_corpus(out: Path, utterances: int = 12, seed: int = 0) -> dict[str, Path]:
+    """Synthesize ``utterances`` with ``speechlab data synth`` into ``out``; return the
+    manifests by split, plus ``"all"``: every utterance in one manifest."""
+    from speechlab.cli import main
+
+    if not (out / "train.jsonl").exists():
+        rc = main(["data", "synth", "--out", str(out), "--utterances", str(utterances),
+                   "--seed", str(seed), "--jobs", "2"])
+        assert rc == 0
+    manifests = {s: out / f"{s}.jsonl" for s in ("train", "dev", "test")}
+    lines = [line for p in manifests.values() for line in p.read_text().splitlines() if line]
+    (out / "all.jsonl").write_text("\n".join(lines) + "\n")
+    manifests["all"] = out / "all.jsonl"
+    return manifests
+
+
+def tone(seconds: float, sr: int = SR, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    x = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x] * channels, axis=1)
+
+
+def wav(path: Path, seconds: float = 1.0, sr: int = SR, channels: int = 1, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), tone(seconds, sr, channels), sr, **kw)
+    return path
+
+
+def entry(path: Path | str, duration: float = 1.0, text: str = "hello world", **extra) -> dict:
+    return {"audio_filepath": str(path), "duration": duration, "text": text, **extra}
+
+
+def manifest(tmp_path: Path, entries: list[dict | str], name: str = "m.jsonl") -> Path:
+    path = tmp_path / name
+    lines = [e if isinstance(e, str) else json.dumps(e) for e in entries]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class HangAtStep(pl.Callback):
+    """At the end of training step ``step`` touch ``flag`` and sleep until killed: the test then
+    SIGKILLs a run whose progress is known exactly (no race with a fast-running process). Once
+    ``flag`` exists (the resumed run) it does nothing."""
+
+    def __init__(self, step: int, flag: str) -> None:
+        self.step = step
+        self.flag = Path(flag)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.flag.exists():
+            self.flag.touch()
+            while True:
+                time.sleep(0.05)
