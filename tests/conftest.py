@@ -1,5 +1,6 @@
-"""Shared fixtures. Real data lives in ``../shared/data`` beside the checkout (read-only);
-tests that need it skip with a reason when it is absent."""
+"""Fixtures shared by the test folders (``tests/<layer>/``); a fixture that one folder uses
+lives in that folder's ``conftest.py`` (``tests/data/conftest.py``: ``shared_data``). Helpers
+that are not fixtures are in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -14,17 +15,6 @@ import torch
 # two threads each oversubscribe the CPU (steps measured 3x slower under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SPEECHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` (or ``$SPEECHLAB_SHARED_DATA``); skips the test when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set SPEECHLAB_SHARED_DATA)")
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -248,7 +248,7 @@ def test_speechlab_test_takes_search_options_from_the_command_line(tiny_corpus, 
     training-start init_checkpoint is saved as None."""
     from speechlab.cli import main
 
-    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "seq2seq.yaml")
     small = ["--model.init_args.encoder.hidden_size=32", "--model.init_args.encoder.num_layers=1",
              "--model.init_args.decoder.hidden_size=32", "--model.init_args.decoder.output_dim=32",
              f"--data.init_args.train_manifest={tiny_corpus['train']}",
@@ -302,7 +302,7 @@ def test_speechlab_test_rebuilds_a_cold_model_whose_training_lm_file_is_gone(tin
     error line naming the file."""
     from speechlab.cli import main
 
-    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq_cold.yaml")
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "seq2seq_cold.yaml")
     lm_path = tmp_path / "lm_gone.pt"
     _save_lm(lm_path, seed=3, hidden=32)
     lm_state = torch.load(lm_path, weights_only=False)["state_dict"]

@@ -21,7 +21,7 @@ from speechlab.functional.adversarial import masked_l1_distance
 from speechlab.functional.distillation import frame_posterior_kl
 from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.tasks.ctc import CTCTask
-from tests.test_robust_task import ENC, fit, make_task, paired_batch
+from tests.tasks.test_robust_task import ENC, fit, make_task, paired_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

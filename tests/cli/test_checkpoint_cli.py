@@ -210,7 +210,7 @@ def test_second_test_into_the_same_folder_refuses(tiny_corpus, tmp_path, monkeyp
 
 
 # -- the LM tasks -------------------------------------------------------------------------------
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "tiny"
 LM_FIT = ["--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
           "--trainer.limit_val_batches=0"]

@@ -16,7 +16,7 @@ import yaml
 
 from speechlab.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "recipes"))
 from effective_config import effective_configs  # noqa: E402
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from speechlab.data.manifests import ctc_min_frames
 from speechlab.data.speech import SpeechDataModule
 from speechlab.score import edit_counts
-from tests.test_bad_input import absolute, run_cli
-from tests.test_checkpoint_cli import _fit
+from tests.cli.test_bad_input import absolute, run_cli
+from tests.cli.test_checkpoint_cli import _fit
 
 SHORT_TEXT = "seven eight nine"  # 16 characters; 0.2 s is 5 output frames at 25 Hz
 

@@ -1,10 +1,11 @@
-"""One rank of the fast two-process DDP test (``tests/test_ddp.py``), launched by ``torchrun``
-exactly as a user would launch a recipe: Lightning finds the torchrun environment (``RANK``,
-``LOCAL_RANK``, ``WORLD_SIZE``, ...), joins its process group (gloo on the CPU) and does not
-start processes of its own.
+"""One rank of the fast two-process DDP test (``tests/tasks/test_ddp.py``), launched by
+``torchrun`` exactly as a user would launch a recipe: Lightning finds the torchrun environment
+(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ...), joins its process group (gloo on the CPU) and
+does not start processes of its own. A script, not a test module: pytest does not collect it,
+and it imports nothing of ``tests``.
 
-``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT TRAIN DEV``
-(``... tests/ddp_worker.py robust_gan OUT``: the GAN-robust task, see :func:`robust_gan`)
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/tasks/ddp_worker.py OUT TRAIN DEV``
+(``... tests/tasks/ddp_worker.py robust_gan OUT``: the GAN-robust task, see :func:`robust_gan`)
 
 A tiny :class:`~speechlab.tasks.ctc.CTCTask` fits 2 steps with ``strategy="ddp"`` and
 ``use_distributed_sampler=False`` (the recipes' setting), then validates once. Transcripts are

@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: import name -> distribution name, where they differ (every other import is its distribution)
 DISTRIBUTION = {"sklearn": "scikit-learn", "yaml": "pyyaml", "pytorch_lightning": "pytorch-lightning"}
@@ -86,7 +86,7 @@ def test_the_import_to_distribution_mapping_matches_the_installed_metadata():
 
 
 def test_without_kenlm_its_tests_skip_with_the_reason(tmp_path):
-    """tests/test_lm_ngram.py in a pytest run where ``import kenlm`` fails as for a module that
+    """tests/data/test_lm_ngram.py in a pytest run where ``import kenlm`` fails as for a module that
     is not installed: it is collected, the kenlm tests skip naming kenlm, the others pass."""
     hidden = tmp_path / "no_kenlm"
     hidden.mkdir()
@@ -96,11 +96,11 @@ def test_without_kenlm_its_tests_skip_with_the_reason(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(hidden), str(REPO), env.get("PYTHONPATH", "")])
     # every test but the slow one that builds lmplz and needs no kenlm module
     cmd = [sys.executable, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
-           "-m", "slow or not slow", "-k", "not counts_by_hand", "tests/test_lm_ngram.py"]
+           "-m", "slow or not slow", "-k", "not counts_by_hand", "tests/data/test_lm_ngram.py"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
-    skipped = re.findall(r"^SKIPPED \[\d+\] tests/test_lm_ngram\.py:\d+: (.*)$", out, re.M)
+    skipped = re.findall(r"^SKIPPED \[\d+\] tests/data/test_lm_ngram\.py:\d+: (.*)$", out, re.M)
     assert len(skipped) == 2 and all("kenlm" in reason for reason in skipped), out[-3000:]
     for name in ("test_truncated_arpa_is_named", "test_lm_ngram_scores_match_kenlm_queries"):
         assert re.search(rf"::{name} SKIPPED", out), out[-3000:]

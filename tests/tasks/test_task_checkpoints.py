@@ -296,7 +296,7 @@ def test_the_commands_report_a_checkpoint_of_neither_layout_in_one_line(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"speechlab decode: error: {neither}: no speechlab "
                                                "task state"), err
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "ctc.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "ctc.yaml"
     assert main(["test", "--config", str(recipe), "--ckpt_path", str(neither),
                  "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                  f"--model.init_args.output_dir={tmp_path / 'out'}",

@@ -16,9 +16,9 @@ import pytest
 
 from speechlab.data.speech import SpeechDataModule, eval_set_names, named_test_sets
 from speechlab.errors import InputError
-from tests.test_bad_input import absolute, one_error_line, run_cli
-from tests.test_checkpoint_cli import _fit
-from tests.test_eval_coverage import manifest_ids, speechlab_score, speechlab_test
+from tests.cli.test_bad_input import absolute, one_error_line, run_cli
+from tests.cli.test_checkpoint_cli import _fit
+from tests.cli.test_eval_coverage import manifest_ids, speechlab_score, speechlab_test
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -2,9 +2,10 @@
 names the thing and the reason, or a counted, logged skip; nothing overwrites an existing output
 without ``--force``. Property-based tests (hypothesis) fuzz the manifest reader and the scorer.
 
-The per-reason manifest checks live in ``test_manifests.py`` and the loss engine's edge cases in
-``test_gram_ctc.py``; this file walks through the commands (``speechlab ...`` run in-process
-through :func:`speechlab.cli.main`) and the public API the way a user reaches them.
+The per-reason manifest checks live in ``tests/data/test_manifests.py`` and the loss engine's
+edge cases in ``tests/functional/test_gram_ctc.py``; this file walks through the commands
+(``speechlab ...`` run in-process through :func:`speechlab.cli.main`) and the public API the way
+a user reaches them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.gram_ctc import GramCTCTask
 from tests.helpers import entry, manifest, tone, wav
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CTC_RECIPE = REPO / "recipes" / "tiny" / "ctc.yaml"
 GRAM_RECIPE = REPO / "recipes" / "tiny" / "gram_ctc.yaml"
 CONFORMER_RECIPE = REPO / "recipes" / "tiny" / "ctc_conformer.yaml"

@@ -24,7 +24,7 @@ from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.score import edit_counts
 from speechlab.tasks.gram_ctc import GramCTCTask, ctc_weight_at
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = "abcdefghijklmnopqrstuvwxyz '"
 
 

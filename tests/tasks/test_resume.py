@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: checkpoint every K steps; the killed run hangs (and is killed) after step HANG; all runs stop
 #: at MAX_STEPS, which crosses an epoch boundary (10 utterances, <= 5 s of audio per batch)

@@ -148,7 +148,7 @@ def test_bad_ngram_file_is_one_error_line_on_the_command_line(kenlm, tiny_corpus
 
     from speechlab.cli import main
 
-    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "seq2seq.yaml")
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "seq2seq.yaml")
     bad = tmp_path / "nope.arpa"
     rc = main(["test", "--config", recipe, f"--data.init_args.test_manifest={tiny_corpus['test']}",
                "--trainer.accelerator=cpu", "--trainer.logger=false",

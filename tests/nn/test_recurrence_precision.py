@@ -30,7 +30,7 @@ from speechlab.nn.encoders import SpeechEncoder, SpeechEncoderConfig
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.recurrence import cpu_autocast_supports, needs_fp32, run_recurrence
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BF16 = torch.bfloat16
 
 
@@ -188,8 +188,8 @@ CHILD = textwrap.dedent("""
     import torch
     from torch.utils.data import DataLoader
 
-    from tests.test_bf16 import make
-    from tests.test_recurrence_precision import _raw_lstm_runs
+    from tests.tasks.test_bf16 import make
+    from tests.nn.test_recurrence_precision import _raw_lstm_runs
     from speechlab.nn.recurrence import cpu_autocast_supports
 
     class Loss(pl.Callback):
@@ -229,13 +229,13 @@ def test_bf16_mixed_trains_lstm_models_with_onednn_capped_at_avx2(tmp_path):
 
 @pytest.mark.slow
 def test_bf16_suite_and_lstm_recipes_pass_with_onednn_capped_at_avx2(espeak):
-    """tests/test_bf16.py (8 tasks, 4 of them also on the Conformer encoder) and the two 20news LSTM recipes' fast_dev_run (their
+    """tests/tasks/test_bf16.py (8 tasks, 4 of them also on the Conformer encoder) and the two 20news LSTM recipes' fast_dev_run (their
     fixture synthesises the espeak-ng corpus) in a pytest run whose oneDNN is capped at AVX2
     (about 30 s)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-           str(REPO / "tests" / "test_bf16.py"),
-           str(REPO / "tests" / "test_recipes.py::test_recipe_fast_dev_run[20news/lstm_equal_params.yaml]"),
-           str(REPO / "tests" / "test_recipes.py::test_recipe_fast_dev_run[20news/lstm_equal_size.yaml]")]
+           str(REPO / "tests" / "tasks" / "test_bf16.py"),
+           str(REPO / "tests" / "recipes" / "test_recipes.py::test_recipe_fast_dev_run[20news/lstm_equal_params.yaml]"),
+           str(REPO / "tests" / "recipes" / "test_recipes.py::test_recipe_fast_dev_run[20news/lstm_equal_size.yaml]")]
     proc = subprocess.run(cmd, env=_avx2_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -1,6 +1,6 @@
 """Two CPU processes (DDP, gloo) on the tiny corpus.
 
-Fast (default suite): ``torchrun`` launches ``tests/ddp_worker.py`` on 2 ranks, as a user
+Fast (default suite): ``torchrun`` launches ``tests/tasks/ddp_worker.py`` on 2 ranks, as a user
 launches a recipe; Lightning takes the torchrun environment. The ranks train on different
 utterances at every step (lhotse's rank-aware sampler), their validation ids partition the dev
 set, and the WER/CER Lightning logs equal the single-process value of the whole dev set computed
@@ -27,9 +27,9 @@ from torch.utils.data import DistributedSampler
 from speechlab.data.corpus import DocumentDataModule
 from speechlab.data.textlm import BucketBatchSampler
 from speechlab.score import edit_counts
-from tests.ddp_worker import fake_hypothesis
+from tests.tasks.ddp_worker import fake_hypothesis
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "ddp.py"
 
 
@@ -79,7 +79,7 @@ def test_ddp_two_gloo_ranks_under_torchrun(tiny_corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), str(train), str(dev)]
+           str(REPO / "tests" / "tasks" / "ddp_worker.py"), str(tmp_path), str(train), str(dev)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -168,7 +168,7 @@ def test_robust_gan_ranks_stay_identical_under_ddp(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "ddp_worker.py"), "robust_gan", str(tmp_path)]
+           str(REPO / "tests" / "tasks" / "ddp_worker.py"), "robust_gan", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"robust.rank{r}.pt") for r in (0, 1))

@@ -25,7 +25,7 @@ from speechlab.tasks.robust import RobustASRTask
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 from tensorboard.util import tensor_util  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENC = SpeechEncoderConfig(hidden_size=32, num_layers=1, conv_channels=8, dropout=0.0)
 CLIP = 1e-3  # far below any gradient norm of a fresh model: a clipped norm would read <= CLIP
 

@@ -2,7 +2,7 @@
 against torch, brute force and gradcheck in test_gram_ctc.py), determinism, half precision,
 long targets (the generic and global-memory paths), opcheck. Run on a GPU machine:
 
-    pytest -m cuda tests/test_gram_ctc_cuda.py
+    pytest -m cuda tests/functional/test_gram_ctc_cuda.py
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from speechlab import ops
 from speechlab.data.grams import GramSet
 from speechlab.functional import gram_ctc_loss
-from tests.test_gram_ctc import (  # sibling test module: helpers only
+from tests.functional.test_gram_ctc import (  # sibling test module: helpers only
     ABC,
     BIGRAMS,
     TOL,

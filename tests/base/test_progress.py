@@ -12,7 +12,7 @@ from pathlib import Path
 
 from speechlab.progress import LineProgress, progress
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Tests of the base utilities (speechlab.io, errors, progress): the bottom layer."""

@@ -1,0 +1,1 @@
+"""Tests of speechlab.decode (beam searches, n-gram fusion, the decoding configuration)."""

@@ -1,0 +1,1 @@
+"""Tests of what is built on the library: recipes/, notebooks/ and bench/."""

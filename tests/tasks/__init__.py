@@ -1,0 +1,1 @@
+"""Tests of speechlab.tasks (the LightningModules): training, checkpoints, resume, bf16, DDP."""
