@@ -21,10 +21,10 @@ python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { echo "BUILD FA
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "from speechlab import ops; print(ops.available_backends())"
 
-python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" tests/test_gram_ctc_cuda.py \
-  tests/test_gram_ctc.py tests/test_gram_set.py > "$OUT/tests.log" 2>&1
+python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" tests/functional/test_gram_ctc_cuda.py \
+  tests/functional/test_gram_ctc.py tests/data/test_gram_set.py > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"; tail -15 "$OUT/tests.log"
-python3 -m pytest -q -p no:cacheprovider -m "slow and cuda" tests/test_gram_ctc_cuda.py \
+python3 -m pytest -q -p no:cacheprovider -m "slow and cuda" tests/functional/test_gram_ctc_cuda.py \
   >> "$OUT/tests.log" 2>&1
 echo "slow cuda tests rc=$?"; tail -3 "$OUT/tests.log"
 

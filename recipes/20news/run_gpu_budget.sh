@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,utilization.gpu 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
 
 echo "== CUDA tests of the TC-LSTM (compiled steps, CUDA graph) ($(( $(date +%s) - START ))s)"
-timeout 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_tcnlm_model.py 2>&1 | tail -3
+timeout 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/nn/test_tcnlm_model.py 2>&1 | tail -3
 
 echo "== speed benchmark ($(( $(date +%s) - START ))s)"
 timeout 150 python3 bench/tcnlm.py --hidden 600 900 --isolate --json "$OUT/bench.json" 2>"$OUT/bench_rows.log" | tee "$OUT/bench.md"

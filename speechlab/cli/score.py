@@ -1,7 +1,7 @@
 """``speechlab score``: WER/CER of hypotheses against references (:mod:`speechlab.score`).
 
 This module and the library module it calls import neither torch nor Lightning, so the command
-starts in well under a second (``tests/test_layers.py`` checks it)."""
+starts in well under a second (``tests/project/test_layers.py`` checks it)."""
 
 from __future__ import annotations
 
