@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from speechlab.cli.decode import network_outputs
+from speechlab.cli.decode import checkpoint_features, network_outputs
 from speechlab.decode.prefix_beam import KenLMScorer, PrefixBeamSearch, arpa_words
 from speechlab.score import edit_counts
 from speechlab.tasks.ctc import CTCTask
@@ -113,7 +113,8 @@ def main() -> None:
         assert model.grams is not None
         if model.grams.max_n != 1:
             raise SystemExit("bench/decode.py compares on unigram CTC: give a CTC checkpoint")
-        out = network_outputs(model, args.manifest, resample=args.resample)
+        out = network_outputs(model, args.manifest, resample=args.resample,
+                              features=checkpoint_features(args.checkpoint))
         chars = list(model.vocab.chars)
         texts = out.texts
         emissions = [lp.float().contiguous() for lp in out.log_probs]

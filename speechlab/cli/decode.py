@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 import typing
 from collections.abc import Sequence
@@ -45,15 +46,32 @@ class Outputs:
         return sum(int(lp.shape[0]) for lp in self.log_probs)
 
 
+#: the data module options that make the features (the rest only select and batch utterances)
+FEATURE_OPTIONS = ("num_mel_bins", "dither")
+
+
+def checkpoint_features(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The feature options (:data:`FEATURE_OPTIONS`) of the data module a checkpoint was trained
+    with (LightningCLI saves them), so that decoding computes the features ``speechlab test``
+    computes; empty (the data module's defaults) for a checkpoint without them."""
+    ckpt = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    return {k: data[k] for k in FEATURE_OPTIONS if k in data}
+
+
 def network_outputs(model: GramCTCTask, manifest: str, sample_rate: int = 16000,
                     resample: bool = False, max_duration: float = 60.0,
-                    device: str | torch.device = "cpu") -> Outputs:
+                    device: str | torch.device = "cpu",
+                    features: dict[str, Any] | None = None) -> Outputs:
     """Run ``model`` (eval, no grad) over every utterance of ``manifest`` on ``device`` (all
     of them, whatever their length; only unreadable audio and bad entries are skipped, counted
-    in ``report``); the log-probs come back on the CPU, in float32."""
+    in ``report``); the log-probs come back on the CPU, in float32. ``features``: the data
+    module's feature options (:func:`checkpoint_features` of the model's checkpoint), so the
+    features, dither included (seeded per utterance, as in ``speechlab test``), are the ones
+    the model was trained and tested on."""
     dm = SpeechDataModule(test_manifest=manifest, vocab="".join(model.vocab.chars),
                           sample_rate=sample_rate, resample=resample, max_duration=max_duration,
-                          output_frame_rate=None, num_workers=0, dither=0.0)
+                          output_frame_rate=None, num_workers=0, **(features or {}))
     dm.setup("test")
     ids, texts, lps = [], [], []
     seconds, net = 0.0, 0.0
@@ -167,7 +185,8 @@ def decode(args: argparse.Namespace) -> int:
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = as_gram_ctc(CTCTask.load(args.checkpoint))
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device,
+                          features=checkpoint_features(args.checkpoint))
     fps = out.frames / max(out.audio_seconds, 1e-9)
     print(f"{args.checkpoint}: {len(model.grams or [])} outputs, {model.frame_rate:g} frames/s; "
           f"{len(out.ids)} utterances, {out.audio_seconds:.1f} s audio, {out.frames} frames "

@@ -82,7 +82,7 @@ def refine(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from speechlab.cli.decode import network_outputs, resolve_device
+    from speechlab.cli.decode import checkpoint_features, network_outputs, resolve_device
     from speechlab.functional.gram_decode import gram_emission_counts
     from speechlab.tasks.ctc import CTCTask
     from speechlab.tasks.gram_ctc import as_gram_ctc
@@ -94,7 +94,8 @@ def refine(args: argparse.Namespace) -> int:
         raise ValueError(f"--keep must be >= 0, got {args.keep}")
     model = as_gram_ctc(CTCTask.load(args.checkpoint))
     assert model.grams is not None
-    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device)
+    out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device,
+                          features=checkpoint_features(args.checkpoint))
     total = torch.zeros(len(model.grams), dtype=torch.long)
     for lp in out.log_probs:
         total += gram_emission_counts(lp[None], torch.tensor([lp.shape[0]]))
