@@ -1,0 +1,413 @@
+"""CTC / Gram-CTC prefix beam search batched in torch: all utterances × beams advance together.
+
+The algorithm is :class:`~speechlab.decode.prefix_beam.PrefixBeamSearch`'s (its
+``_decode_python`` is the readable statement): hypotheses are spelled strings, and per string ℓ
+the search carries ``pb`` (paths whose current frame is the blank) and ``pg[n]`` (paths whose
+current frame repeats the last emitted gram, ℓ's suffix of length ``n``). Here every frame is one
+call of :meth:`BatchedPrefixBeamSearch._step` on fixed-size tensors — ``B`` utterances × ``K``
+beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no branch on tensor
+values and no data-dependent shape, so the frame loop never waits for the device (and can later
+be captured in a CUDA graph). No LM and no lexicon yet.
+
+State of hypothesis ``(b, k)`` (:class:`BeamState`):
+
+- ``pb (B, K)``, ``pg (B, K, N)`` log-probabilities (``N = max_n``, ``pg[..., n - 1]`` for ``n``);
+- ``tail (B, K, N)``: the last ``N`` characters of ℓ, right-aligned, ``0`` before the start. It
+  gives the gram id of each suffix ``ℓ[-n:]`` (the repeat transition and the extension rule)
+  through a table of the grams' hashes, checked character by character;
+- ``h1, h2 (B, K)``: two polynomial hashes of ℓ (moduli below ``2^31``, so that
+  ``h·base^m`` fits ``int64``), updated as ``h' = (h·base^|g| + hash(g)) mod M``;
+- ``words (B, K)``: words completed so far (a space after a non-space), for ``word_score``;
+- ``parent``, ``emit (B, K)``: the back-pointer of the last frame (the beam slot it came from and
+  the gram it appended, ``0``: none). The strings are spelled once, after the loop, by walking
+  the back-pointers; nothing of size ``O(|ℓ|)`` is carried per frame.
+
+Per frame: the candidate grams of each utterance are its top ``C`` tokens by log-prob
+(``C = token_beam``, or all ``V - 1``; stable sort, so ties go to the lower id as in the C++
+search), those below ``best - token_threshold`` masked to ``-inf``. The ``K`` stays and
+``K·C`` extensions ``ℓ + g`` are candidates; candidates that spell the same string (equal hash
+pair, ``(h1·M2 + h2)``) are merged: sorted by key within the utterance, then a segment
+logsumexp (scatter ``amax`` + scatter ``add``) of each of the ``N + 1`` components. The merged
+strings are ranked by ``lse(pb, pg) + word_score·words``, the best ``K`` kept (``topk``), and
+those below ``best - beam_threshold`` set to ``-inf``. Frames past an utterance's length leave
+its beams unchanged.
+
+Differences from the CPU search: equal scores are ordered arbitrarily (the CPU search orders
+them by trie node), and strings are identified by a 62-bit hash pair instead of a trie (two
+strings merged by a collision: about ``(K·C)² / 2^62`` per utterance and frame).
+
+    >>> dec = BatchedPrefixBeamSearch(chars="ab", grams=["a", "b", "ab"], beam_size=8)
+    >>> lp = torch.tensor([[[0.1, 0.1, 0.1, 0.7]]]).log()
+    >>> dec.decode(lp, torch.tensor([1]))[0][0].text
+    'ab'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding
+
+#: the two hash moduli (primes below 2^31) and bases
+M1, M2 = 2_147_483_647, 2_147_483_629
+BASE1, BASE2 = 911_382_323, 972_663_749
+NEG_INF = -math.inf
+
+
+class BeamState(NamedTuple):
+    """The search state after a frame (``B`` utterances, ``K`` beams, ``N = max_n``).
+
+    Attributes:
+        pb: ``(B, K)`` ln P of the paths spelling the beam's string and ending in the blank.
+        pg: ``(B, K, N)`` ln P of those whose current frame repeats the last gram, of ``n``
+            characters at index ``n - 1``.
+        tail: ``(B, K, N)`` int64, the string's last ``N`` char ids, right-aligned, ``0`` padded.
+        h1: ``(B, K)`` int64, hash of the string modulo ``M1``.
+        h2: ``(B, K)`` int64, hash modulo ``M2``.
+        words: ``(B, K)`` int64, completed words (a non-space followed by a space).
+        parent: ``(B, K)`` int64, the beam slot of the previous frame this one came from.
+        emit: ``(B, K)`` int64, the gram id appended at this frame (``0``: none).
+    """
+
+    pb: Tensor
+    pg: Tensor
+    tail: Tensor
+    h1: Tensor
+    h2: Tensor
+    words: Tensor
+    parent: Tensor
+    emit: Tensor
+
+
+def _poly_hash(ids: Sequence[int], base: int, mod: int) -> int:
+    h = 0
+    for c in ids:
+        h = (h * base + c) % mod
+    return h
+
+
+class BatchedPrefixBeamSearch:
+    """Prefix beam search over gram (or character) outputs, batched over utterances and beams.
+
+    Args:
+        chars: the character vocabulary in id order (ids ``1..|Σ|``; blank = 0).
+        grams: the gram strings of output ids ``1..V-1`` in id order (default ``chars``: CTC).
+        beam_size: hypotheses kept per frame (``K``).
+        token_beam: at most this many non-blank tokens tried per frame (``0``: all).
+        token_threshold: skip tokens whose log-prob is below the frame's best minus this.
+        beam_threshold: drop hypotheses scoring below the best minus this.
+        word_score: β, added per word (words as :class:`PrefixBeamSearch` counts them: a run
+            of non-space characters; completed words count during the search, the last one at
+            the end).
+        device: where the search runs (default: the CPU).
+        dtype: the float type of the log-probabilities (``float64``, like the CPU search;
+            ``float32`` is faster on a GPU and agrees to about ``1e-4``).
+
+    The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
+    Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search. Work
+    per frame is ``O(B·K·C·N)`` with ``C = token_beam`` (or ``V - 1``).
+    """
+
+    def __init__(self, chars: Sequence[str], grams: Sequence[str] | None = None,
+                 beam_size: int = GramDecoding.beam_size, token_beam: int = GramDecoding.token_beam,
+                 token_threshold: float = GramDecoding.token_threshold,
+                 beam_threshold: float = GramDecoding.beam_threshold,
+                 word_score: float = GramDecoding.word_score,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> None:
+        self.chars = list(chars)
+        self.grams = list(grams) if grams is not None else list(self.chars)
+        index = {c: i + 1 for i, c in enumerate(self.chars)}
+        if not self.grams:
+            raise ValueError("at least one gram expected")
+        for g in self.grams:
+            if not g or len(g) > 7 or any(c not in index for c in g):
+                raise ValueError(f"gram {g!r}: 1-7 characters of the vocabulary expected")
+        if len(set(self.grams)) != len(self.grams):
+            dup = sorted({g for g in self.grams if self.grams.count(g) > 1})
+            raise ValueError(f"grams given twice: {dup!r}")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if token_beam < 0:
+            raise ValueError(f"token_beam must be >= 0, got {token_beam}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a float type, got {dtype}")
+        self.beam_size, self.token_beam = beam_size, token_beam
+        self.token_threshold, self.beam_threshold = float(token_threshold), float(beam_threshold)
+        self.word_score = float(word_score)
+        self.device = torch.device(device if device is not None else "cpu")
+        self.dtype = dtype
+        self.space_id = index.get(" ", -1)
+        self.max_n = n = max(len(g) for g in self.grams)
+        g_count = len(self.grams)
+        self.num_candidates = min(token_beam, g_count) if token_beam > 0 else g_count
+
+        ids = [[index[c] for c in g] for g in self.grams]
+        v = g_count + 1
+        right = torch.zeros(v, n, dtype=torch.long)
+        tail_idx = torch.arange(n).repeat(v, 1)  # id 0 (no gram): the tail unchanged
+        length = torch.zeros(v, dtype=torch.long)
+        gh1, gh2 = torch.zeros(v, dtype=torch.long), torch.zeros(v, dtype=torch.long)
+        pow1, pow2 = torch.ones(v, dtype=torch.long), torch.ones(v, dtype=torch.long)
+        inner_words = torch.zeros(v, dtype=torch.long)
+        first_space = torch.zeros(v, dtype=torch.bool)
+        for i, g in enumerate(ids, start=1):
+            m = len(g)
+            length[i] = m
+            right[i, n - m:] = torch.tensor(g)
+            # new tail = last n of (tail + g): position p < n - m takes tail[p + m], else g's char
+            tail_idx[i] = torch.tensor([p + m if p < n - m else n + p for p in range(n)])
+            gh1[i], gh2[i] = _poly_hash(g, BASE1, M1), _poly_hash(g, BASE2, M2)
+            pow1[i], pow2[i] = pow(BASE1, m, M1), pow(BASE2, m, M2)
+            inner_words[i] = sum(g[j] == self.space_id and g[j - 1] != self.space_id for j in range(1, m))
+            first_space[i] = g[0] == self.space_id
+        keys = gh1[1:] * M2 + gh2[1:]
+        if len(set(keys.tolist())) != g_count:  # two grams of equal hash pairs: not met in practice
+            raise RuntimeError("two grams have the same hash pair; change BASE1/BASE2")
+        skeys, order = keys.sort()
+        dev = self.device
+        self._length = length.to(dev)
+        self._right = right.to(dev)
+        self._tail_idx = tail_idx.to(dev)
+        self._gh1, self._gh2 = gh1.to(dev), gh2.to(dev)
+        self._pow1, self._pow2 = pow1.to(dev), pow2.to(dev)
+        self._inner_words = inner_words.to(dev)
+        self._first_space = first_space.to(dev)
+        self._skeys, self._sids = skeys.to(dev), (order + 1).to(dev)
+        # base^i for the suffix hashes (i = distance from the end)
+        self._spow1 = torch.tensor([pow(BASE1, i, M1) for i in range(n)], device=dev)
+        self._spow2 = torch.tensor([pow(BASE2, i, M2) for i in range(n)], device=dev)
+        self._suffix_len = torch.arange(1, n + 1, device=dev)
+        # positions p of the tail outside the suffix of length n: (n, n), row n - 1
+        self._outside = torch.arange(n, device=dev)[None, :] < (n - self._suffix_len)[:, None]
+        # leave-one-out masks over [pb, pg_1..pg_N]: row n - 1 drops pg_n
+        self._drop = torch.eye(n + 1, dtype=torch.bool, device=dev)[1:]
+        self._all_ids = torch.arange(1, v, device=dev)
+        k, c = beam_size, self.num_candidates
+        self._slots = torch.arange(k, device=dev)
+        # candidate j: stays j < K come from beam j; extension K + k·C + c from beam k
+        self._cand_parent = torch.cat([self._slots, self._slots.repeat_interleave(c)])
+        self._cols = torch.arange(n + 1, device=dev)
+
+    @classmethod
+    def from_gramset(cls, grams: Any, **kwargs: Any) -> BatchedPrefixBeamSearch:
+        """From a :class:`speechlab.data.grams.GramSet` (or a ``CharVocab``: plain CTC)."""
+        vocab = getattr(grams, "vocab", grams)
+        return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
+
+    @classmethod
+    def from_config(cls, grams: Any, config: GramDecoding, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float64) -> BatchedPrefixBeamSearch:
+        """The search ``config`` describes over ``grams`` (a GramSet, or a ``CharVocab``: CTC).
+
+        Raises:
+            ValueError: the config asks for an LM or a lexicon (not supported yet here; use
+                :class:`PrefixBeamSearch`).
+        """
+        if config.lm is not None or config.lexicon is not None:
+            what = "an LM" if config.lm is not None else "a lexicon"
+            raise ValueError(f"BatchedPrefixBeamSearch does not support {what} yet "
+                             f"(lm={config.lm!r}, lexicon={config.lexicon!r}); use PrefixBeamSearch")
+        return cls.from_gramset(
+            grams, beam_size=config.beam_size, token_beam=config.token_beam,
+            token_threshold=config.token_threshold, beam_threshold=config.beam_threshold,
+            word_score=config.word_score, device=device, dtype=dtype)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.grams) + 1
+
+    # ------------------------------------------------------------------ the frame step
+    def initial_state(self, batch: int) -> BeamState:
+        """The state before the first frame: the empty string in slot 0 (ln P = 0), the other
+        slots the empty string at ``-inf`` (padding)."""
+        k, n, dev = self.beam_size, self.max_n, self.device
+        pb = torch.full((batch, k), NEG_INF, dtype=self.dtype, device=dev)
+        pb[:, 0] = 0.0
+        zeros = torch.zeros(batch, k, dtype=torch.long, device=dev)
+        return BeamState(pb, torch.full((batch, k, n), NEG_INF, dtype=self.dtype, device=dev),
+                         torch.zeros(batch, k, n, dtype=torch.long, device=dev), zeros, zeros.clone(),
+                         zeros.clone(), self._slots.expand(batch, k).clone(), zeros.clone())
+
+    def _suffix_grams(self, tail: Tensor) -> Tensor:
+        """``(B, K, N)``: the gram id of each suffix ``ℓ[-n:]`` at index ``n - 1``, ``-1`` when it
+        is not a gram (or ℓ is shorter than ``n``). Hash lookup, then an exact check."""
+        rev = tail.flip(-1)  # rev[..., i]: the char i places from the end
+        h1 = ((rev * self._spow1) % M1).cumsum(-1) % M1
+        h2 = ((rev * self._spow2) % M2).cumsum(-1) % M2
+        key = h1 * M2 + h2
+        pos = torch.searchsorted(self._skeys, key).clamp(max=self._skeys.numel() - 1)
+        gid = self._sids[pos]
+        found = (self._skeys[pos] == key) & (rev != 0) & (self._length[gid] == self._suffix_len)
+        same = (self._right[gid] == tail[..., None, :]) | self._outside  # (B, K, N, N)
+        return torch.where(found & same.all(-1), gid, -1)
+
+    def _words_after(self, words: Tensor, last: Tensor, gram: Tensor) -> Tensor:
+        """Completed words after appending ``gram`` (``0``: nothing) to a string whose last char
+        is ``last`` (``0``: empty string); the tensors broadcast."""
+        starts = self._first_space[gram] & (last != 0) & (last != self.space_id)
+        return words + self._inner_words[gram] + starts.long()
+
+    def _step(self, s: BeamState, frame: Tensor, active: Tensor) -> BeamState:
+        """One frame for every utterance and beam.
+
+        Args:
+            s: the state after the previous frame.
+            frame: ``(B, V)`` log-probabilities of this frame (blank at 0).
+            active: ``(B,)`` bool, whether the frame is within the utterance; an inactive
+                utterance's beams are left unchanged (``parent`` the identity, ``emit`` 0).
+
+        Returns:
+            The state after the frame. Fixed shapes, no host synchronisation.
+        """
+        b, k = s.pb.shape
+        n, c = self.max_n, self.num_candidates
+        frame = torch.where(active[:, None], frame, 0.0)  # whatever pads the batch
+        # --- token pruning: the top C grams of the frame, those below the threshold at -inf
+        nonblank = frame[:, 1:]
+        best = nonblank.amax(-1, keepdim=True)
+        ok = (nonblank > NEG_INF) & (nonblank >= best - self.token_threshold)
+        masked = nonblank.masked_fill(~ok, NEG_INF)
+        if c < nonblank.shape[1]:
+            cand_lp, order = masked.sort(dim=-1, descending=True, stable=True)
+            cand_lp, cand = cand_lp[:, :c], order[:, :c] + 1
+        else:
+            cand_lp, cand = masked, self._all_ids.expand(b, c)
+        # --- stays: blank after anything, repeat of the last gram
+        sg = self._suffix_grams(s.tail)  # (B, K, N)
+        comps = torch.cat([s.pb[..., None], s.pg], -1)  # (B, K, N + 1)
+        tot = comps.logsumexp(-1)
+        rep = frame.gather(1, sg.clamp(min=0).flatten(1)).view(b, k, n)
+        stay = torch.cat([(tot + frame[:, :1])[..., None],
+                          torch.where(sg >= 0, s.pg + rep, NEG_INF)], -1)  # (B, K, N + 1)
+        # --- extensions ℓ + g: from every path but those whose current frame already emits g
+        m = self._length[cand]  # (B, C)
+        mi = (m - 1)[:, None, :].expand(b, k, c)
+        excl = sg.gather(2, mi) == cand[:, None, :]
+        loo = comps[..., None, :].masked_fill(self._drop, NEG_INF).logsumexp(-1)  # (B, K, N)
+        src = torch.where(excl, loo.gather(2, mi), tot[..., None])
+        ext = (src + cand_lp[:, None, :]).flatten(1)  # (B, K·C)
+        # --- merge candidates spelling the same string: sort by hash key, segment logsumexp
+        h1e = (s.h1[..., None] * self._pow1[cand][:, None, :] + self._gh1[cand][:, None, :]) % M1
+        h2e = (s.h2[..., None] * self._pow2[cand][:, None, :] + self._gh2[cand][:, None, :]) % M2
+        keys = torch.cat([s.h1 * M2 + s.h2, (h1e * M2 + h2e).flatten(1)], 1)  # (B, M)
+        mm = keys.shape[1]
+        skeys, order = keys.sort(dim=1, stable=True)
+        head = torch.ones_like(skeys, dtype=torch.bool)
+        head[:, 1:] = skeys[:, 1:] != skeys[:, :-1]
+        seg = torch.empty_like(order).scatter_(1, order, head.long().cumsum(1) - 1)
+        idx = torch.cat([(seg[:, :k, None] * (n + 1) + self._cols).flatten(1),
+                         seg[:, k:] * (n + 1) + m.repeat(1, k)], 1)
+        vals = torch.cat([stay.flatten(1), ext], 1)
+        table = torch.full((b, mm * (n + 1)), NEG_INF, dtype=vals.dtype, device=vals.device)
+        top = table.scatter_reduce(1, idx, vals, "amax")
+        shift = torch.where(top > NEG_INF, top, 0.0)
+        total = torch.zeros_like(table).scatter_add(1, idx, (vals - shift.gather(1, idx)).exp())
+        merged = (total.log() + shift).view(b, mm, n + 1)
+        cand_id = torch.arange(mm, device=keys.device).expand(b, mm)
+        first = torch.full_like(keys, mm).scatter_reduce(1, seg, cand_id, "amin")  # (B, M)
+        score = merged.logsumexp(-1)
+        gram_of = torch.cat([torch.zeros_like(s.parent), cand.repeat(1, k)], 1)  # (B, M)
+        if self.word_score != 0.0:
+            last = torch.cat([s.tail[..., -1], s.tail[..., -1].repeat_interleave(c, 1)], 1)
+            words = torch.cat([s.words, s.words.repeat_interleave(c, 1)], 1)
+            cwords = self._words_after(words, last, gram_of)
+            score = score + self.word_score * cwords.gather(1, first.clamp(max=mm - 1))
+        score = torch.where(first < mm, score, NEG_INF)
+        # --- keep the best K, then the beam threshold
+        best_k, sel = score.topk(k, dim=1)
+        keep = (best_k > NEG_INF) & (best_k >= best_k[:, :1] - self.beam_threshold)
+        new = merged.gather(1, sel[..., None].expand(b, k, n + 1)).masked_fill(~keep[..., None], NEG_INF)
+        j = first.gather(1, sel).clamp(max=mm - 1)  # a candidate of each kept string
+        parent = self._cand_parent[j]
+        gram = gram_of.gather(1, j)
+        ptail = s.tail.gather(1, parent[..., None].expand(b, k, n))
+        tail = torch.cat([ptail, self._right[gram]], -1).gather(2, self._tail_idx[gram])
+        h1 = (s.h1.gather(1, parent) * self._pow1[gram] + self._gh1[gram]) % M1
+        h2 = (s.h2.gather(1, parent) * self._pow2[gram] + self._gh2[gram]) % M2
+        words = self._words_after(s.words.gather(1, parent), ptail[..., -1], gram)
+        # --- utterances past their length keep their beams
+        a, a3 = active[:, None], active[:, None, None]
+        return BeamState(
+            torch.where(a, new[..., 0], s.pb), torch.where(a3, new[..., 1:], s.pg),
+            torch.where(a3, tail, s.tail), torch.where(a, h1, s.h1), torch.where(a, h2, s.h2),
+            torch.where(a, words, s.words), torch.where(a, parent, self._slots),
+            torch.where(a, gram, 0))
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, log_probs: Tensor, lengths: Tensor | Sequence[int] | None = None,
+               nbest: int = 1) -> list[list[BeamHypothesis]]:
+        """Decode a batch.
+
+        Args:
+            log_probs: ``(B, T, V)`` log-probabilities (natural log), ``V = 1 + len(grams)``;
+                rounded to ``float32`` first, as the CPU search does.
+            lengths: ``(B,)`` frames of each utterance (default: all ``T``); frames past them are
+                ignored.
+            nbest: hypotheses returned per utterance, best first (at most ``beam_size``).
+
+        Returns:
+            Per utterance, up to ``nbest`` hypotheses (``lm_score = word_score·words``; the
+            empty string for a length of 0).
+        """
+        if log_probs.dim() != 3 or log_probs.shape[2] != self.num_outputs:
+            raise ValueError(f"log_probs must be (B, T, {self.num_outputs}), got {tuple(log_probs.shape)}")
+        bsz, t_max = log_probs.shape[:2]
+        if lengths is None:
+            lens = [t_max] * bsz
+        else:
+            lens = [int(x) for x in (lengths.tolist() if isinstance(lengths, Tensor) else lengths)]
+        if len(lens) != bsz or any(x < 0 or x > t_max for x in lens):
+            raise ValueError(f"lengths must be {bsz} values in 0..{t_max}, got {lens}")
+        if bsz == 0:
+            return []
+        t_run = max(lens)
+        lp = log_probs.detach()[:, :t_run].float().to(device=self.device, dtype=self.dtype)
+        lens_dev = torch.tensor(lens, device=self.device)
+        state = self.initial_state(bsz)
+        parents = torch.empty(t_run, bsz, self.beam_size, dtype=torch.long, device=self.device)
+        emits = torch.empty_like(parents)
+        for t in range(t_run):  # no host synchronisation in here
+            state = self._step(state, lp[:, t], lens_dev > t)
+            parents[t], emits[t] = state.parent, state.emit
+        return self._finish(state, parents, emits, nbest)
+
+    def decode_batch(self, log_probs: Tensor, lengths: Tensor | Sequence[int]) -> list[str]:
+        """Best transcript of each utterance of ``log_probs (B, T, V)`` with ``lengths (B,)``."""
+        return [h[0].text if h else "" for h in self.decode(log_probs, lengths)]
+
+    def _finish(self, s: BeamState, parents: Tensor, emits: Tensor, nbest: int) -> list[list[BeamHypothesis]]:
+        """The final scores (the last partial word counted), the n-best per utterance, and their
+        strings spelled by walking the back-pointers (on the host)."""
+        am = torch.cat([s.pb[..., None], s.pg], -1).logsumexp(-1)
+        last = s.tail[..., -1]
+        words = s.words + ((last != 0) & (last != self.space_id)).long()
+        am_np = am.double().cpu().numpy()
+        words_np = words.cpu().numpy()
+        lm_np = self.word_score * words_np.astype(np.float64)
+        score_np = am_np + lm_np
+        par, emi = parents.cpu().numpy(), emits.cpu().numpy()
+        picks = []  # (utterance, slot) of every hypothesis returned, best first per utterance
+        for b in range(score_np.shape[0]):
+            order = [int(k) for k in np.argsort(-score_np[b], kind="stable") if am_np[b, k] > NEG_INF]
+            picks += [(b, k) for k in order[:nbest]]
+        ub = np.asarray([b for b, _ in picks], dtype=np.int64)
+        slot = np.asarray([k for _, k in picks], dtype=np.int64)
+        path = np.zeros((len(picks), par.shape[0]), dtype=np.int64)  # gram appended per frame
+        for t in range(par.shape[0] - 1, -1, -1):
+            path[:, t] = emi[t, ub, slot]
+            slot = par[t, ub, slot]
+        out: list[list[BeamHypothesis]] = [[] for _ in range(score_np.shape[0])]
+        for i, (b, k) in enumerate(picks):
+            text = "".join(self.grams[g - 1] for g in path[i][path[i] > 0])
+            out[b].append(BeamHypothesis(text, float(score_np[b, k]), float(am_np[b, k]),
+                                         float(lm_np[b, k]), int(words_np[b, k])))
+        return out
+
+
+__all__ = ["BatchedPrefixBeamSearch", "BeamState"]
