@@ -368,12 +368,13 @@ class BatchedPrefixBeamSearch:
             return []
         t_run = max(lens)
         lp = log_probs.detach()[:, :t_run].float().to(device=self.device, dtype=self.dtype)
-        lens_dev = torch.tensor(lens, device=self.device)
+        active = torch.arange(t_run)[:, None] < torch.tensor(lens)  # (T, B)
+        active = active.to(self.device)
         state = self.initial_state(bsz)
-        parents = torch.empty(t_run, bsz, self.beam_size, dtype=torch.long, device=self.device)
+        parents = torch.empty(t_run, bsz, self.beam_size, dtype=torch.int32, device=self.device)
         emits = torch.empty_like(parents)
         for t in range(t_run):  # no host synchronisation in here
-            state = self._step(state, lp[:, t], lens_dev > t)
+            state = self._step(state, lp[:, t], active[t])
             parents[t], emits[t] = state.parent, state.emit
         return self._finish(state, parents, emits, nbest)
 
@@ -401,7 +402,7 @@ class BatchedPrefixBeamSearch:
         path = np.zeros((len(picks), par.shape[0]), dtype=np.int64)  # gram appended per frame
         for t in range(par.shape[0] - 1, -1, -1):
             path[:, t] = emi[t, ub, slot]
-            slot = par[t, ub, slot]
+            slot = par[t, ub, slot].astype(np.int64)
         out: list[list[BeamHypothesis]] = [[] for _ in range(score_np.shape[0])]
         for i, (b, k) in enumerate(picks):
             text = "".join(self.grams[g - 1] for g in path[i][path[i] > 0])
