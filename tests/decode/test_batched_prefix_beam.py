@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from test_gram_decode import CASES, CJK, EXHAUSTIVE, brute_force
 
 from speechlab.data.grams import GramSet
 from speechlab.data.text import CharVocab
@@ -20,6 +19,7 @@ from speechlab.decode.prefix_beam import (
     PrefixBeamSearch,
     native_available,
 )
+from tests.decode.test_gram_decode import CASES, CJK, EXHAUSTIVE, brute_force
 
 CPU_BACKEND = "native" if native_available() else "reference"
 HAS_CUDA = torch.cuda.is_available()
