@@ -5,6 +5,8 @@ tests are a package: pytest puts the repository root on ``sys.path``, nothing el
   (``conftest.py``), made once per session;
 - :func:`tone`, :func:`wav`, :func:`entry`, :func:`manifest`: WAV files and JSON-lines manifests
   written by hand (the manifest and bad-input tests);
+- :func:`sync_free_backend`: a ``torch.compile`` backend that fails on a host sync (the batched
+  search's frame step, the tensor n-gram LM's query);
 - :class:`HangAtStep`: a callback the resume tests load into ``speechlab fit`` subprocesses by
   its class path, ``tests.helpers.HangAtStep`` (their ``PYTHONPATH`` holds the repository root).
 """
@@ -14,10 +16,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
 import soundfile as sf
+
+if TYPE_CHECKING:
+    import torch
 
 SR = 16000
 
@@ -75,3 +81,21 @@ class HangAtStep(pl.Callback):
             self.flag.touch()
             while True:
                 time.sleep(0.05)
+
+
+#: tensor methods that wait for the device (or leave it)
+SYNC_METHODS = {"item", "tolist", "cpu", "numpy", "nonzero", "__bool__"}
+
+
+def sync_free_backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+    """A torch.compile backend that fails on a host sync in the captured graph: a sync method,
+    or a value whose shape or content is data-dependent (an unbacked symbol: what `.item()`,
+    `int(tensor)`, `nonzero` or boolean indexing produce). Runs the graph eagerly."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target in SYNC_METHODS:
+            raise AssertionError(f"host sync in the graph: {node.format_node()}")
+        if free_unbacked_symbols(node.meta.get("example_value")):
+            raise AssertionError(f"data-dependent value in the graph: {node.format_node()}")
+    return gm.forward

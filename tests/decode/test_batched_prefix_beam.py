@@ -20,6 +20,7 @@ from speechlab.decode.prefix_beam import (
     native_available,
 )
 from tests.decode.test_gram_decode import CASES, CJK, EXHAUSTIVE, brute_force
+from tests.helpers import sync_free_backend
 
 CPU_BACKEND = "native" if native_available() else "reference"
 HAS_CUDA = torch.cuda.is_available()
@@ -153,24 +154,6 @@ def test_float32():
 
 
 # ------------------------------------------------------------------------------- the frame step
-#: tensor methods that wait for the device (or leave it)
-SYNC_METHODS = {"item", "tolist", "cpu", "numpy", "nonzero", "__bool__"}
-
-
-def sync_free_backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
-    """A torch.compile backend that fails on a host sync in the captured graph: a sync method,
-    or a value whose shape or content is data-dependent (an unbacked symbol: what `.item()`,
-    `int(tensor)`, `nonzero` or boolean indexing produce). Runs the graph eagerly."""
-    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
-
-    for node in gm.graph.nodes:
-        if node.op == "call_method" and node.target in SYNC_METHODS:
-            raise AssertionError(f"host sync in the frame step: {node.format_node()}")
-        if free_unbacked_symbols(node.meta.get("example_value")):
-            raise AssertionError(f"data-dependent value in the frame step: {node.format_node()}")
-    return gm.forward
-
-
 def test_step_is_one_sync_free_graph():
     """The frame step is captured whole (torch.compile fullgraph: a branch on a tensor value
     fails to trace) and the graph holds no host sync or data-dependent shape (the backend
