@@ -19,6 +19,8 @@ import torch
 
 from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
+from speechlab.decode import prefix_beam_search, uses_batched_search
+from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch, load_lexicon
 from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
@@ -125,6 +127,25 @@ def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
 GRID_FIELDS = ("lm_weight", "word_score")
 
 
+def beam_decode(search: PrefixBeamSearch | BatchedPrefixBeamSearch, log_probs: list[torch.Tensor],
+                batch_size: int = 32) -> list[str]:
+    """Best transcript of each ``(T_i, V)`` log-prob matrix: one utterance at a time for the C++
+    search, padded batches of ``batch_size`` on the search's device for the batched one."""
+    if isinstance(search, PrefixBeamSearch):
+        return [search.decode(lp)[0].text
+                for lp in progress(log_probs, desc="beam search", unit="utt")]
+    hyps: list[str] = []
+    bar = progress(total=len(log_probs), desc="batched beam search", unit="utt")
+    with bar:
+        for i in range(0, len(log_probs), batch_size):
+            chunk = log_probs[i:i + batch_size]
+            lengths = torch.tensor([lp.shape[0] for lp in chunk])
+            padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)
+            hyps += search.decode_batch(padded, lengths)
+            bar.update(len(chunk))
+    return hyps
+
+
 def add_config_arguments(p: argparse.ArgumentParser, config: type, grid: Sequence[str] = ()) -> None:
     """One ``--flag-name`` per field of the dataclass ``config``, with its default, its type
     (``Literal`` fields as choices) and its help from the class docstring's ``Attributes``;
@@ -204,10 +225,10 @@ def decode(args: argparse.Namespace) -> int:
             label = "greedy"
         else:
             point = config_from_arguments(args, GramDecoding, lm_weight=alpha, word_score=beta)
-            dec = PrefixBeamSearch.from_config(model.grams, point, lm=lm, lexicon=lexicon)
-            hyps = [dec.decode(lp)[0].text
-                    for lp in progress(out.log_probs, desc="beam search", unit="utt")]
-            label = f"beam {args.beam_size}" + (f" + LM α={alpha:g} β={beta:g}" if lm else "")
+            dec = prefix_beam_search(model.grams, point, device, lm=lm, lexicon=lexicon)
+            hyps = beam_decode(dec, out.log_probs)
+            label = (f"beam {args.beam_size}" + (" batched" if uses_batched_search(point, device) else "")
+                     + (f" + LM α={alpha:g} β={beta:g}" if lm else ""))
             label += " + lexicon" if lexicon else ""
         dt = time.perf_counter() - t0
         w = edit_counts(out.texts, hyps, unit="word", normalize=True)

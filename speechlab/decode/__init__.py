@@ -1,1 +1,38 @@
-"""Decoders: batched seq2seq beam search (and CTC prefix beam search)."""
+"""Decoders: CTC / Gram-CTC prefix beam search (per utterance in C++, or batched in torch) and
+the attention decoder's batched beam search.
+
+:func:`prefix_beam_search` picks the CTC / Gram-CTC search that a :class:`GramDecoding` asks for
+on a device; both have ``decode_batch(log_probs (B, T, V), lengths (B,)) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
+from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch
+
+
+def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
+    """Whether ``config.search`` means the batched search on ``device`` (``auto``: on a GPU)."""
+    if config.search == "auto":
+        return torch.device(device).type == "cuda"
+    return config.search == "batched"
+
+
+def prefix_beam_search(grams: Any, config: GramDecoding, device: torch.device | str = "cpu", *,
+                       lm: KenLMScorer | None = None, lexicon: Iterable[str] | None = None
+                       ) -> PrefixBeamSearch | BatchedPrefixBeamSearch:
+    """The CTC / Gram-CTC beam search of ``config`` over ``grams`` (a GramSet, or a CharVocab)
+    for log-probs on ``device``: :class:`BatchedPrefixBeamSearch` on that device when
+    :func:`uses_batched_search`, else the C++ :class:`PrefixBeamSearch` (``lm`` / ``lexicon``:
+    already loaded ones to share, see :meth:`PrefixBeamSearch.from_config`)."""
+    if uses_batched_search(config, device):
+        return BatchedPrefixBeamSearch.from_config(grams, config, device=device)
+    return PrefixBeamSearch.from_config(grams, config, lm=lm, lexicon=lexicon)
+
+
+__all__ = ["prefix_beam_search", "uses_batched_search"]

@@ -209,6 +209,9 @@ class GramDecoding:
 
     Attributes:
         method: greedy (best path) or beam (prefix beam search over grams).
+        search: the beam search: cpu (the C++ search, one utterance at a time), batched (all
+            utterances and beams together in torch, on the log-probs' device; no word LM or
+            lexicon yet), or auto (batched on a GPU, cpu otherwise).
         beam_size: hypotheses kept per frame.
         token_beam: non-blank tokens tried per frame (0: all).
         token_threshold: skip tokens more than this below the frame's best log-prob (nats).
@@ -223,6 +226,7 @@ class GramDecoding:
     """
 
     method: Literal["greedy", "beam"] = "greedy"
+    search: Literal["auto", "cpu", "batched"] = "auto"
     beam_size: int = 16
     token_beam: int = 0
     token_threshold: float = 12.0

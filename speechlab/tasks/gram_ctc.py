@@ -24,6 +24,8 @@ from speechlab.data.text import DEFAULT_CHARS
 
 # GramDecoding is imported here also so that checkpoints that pickled it as
 # speechlab.tasks.gram_ctc.GramDecoding (before it moved to decode/) still load
+from speechlab.decode import prefix_beam_search
+from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import GramDecoding, PrefixBeamSearch
 from speechlab.errors import InputError
 from speechlab.functional.gram_ctc import gram_ctc_loss
@@ -95,7 +97,7 @@ class GramCTCTask(CTCTask):
         self.decoding = decoding or GramDecoding()
         self.grams: GramSet | None = None
         self.gram_head: torch.nn.Linear | None = None
-        self._beam: PrefixBeamSearch | None = None
+        self._beam: tuple[str, PrefixBeamSearch | BatchedPrefixBeamSearch] | None = None
         if grams is not None:
             self.set_grams(self.load_grams(grams))
 
@@ -212,12 +214,14 @@ class GramCTCTask(CTCTask):
         return loss
 
     # -- decoding ----------------------------------------------------------------------------
-    def beam_search(self) -> PrefixBeamSearch:
-        """The prefix beam search of :attr:`decoding` (built once)."""
-        if self._beam is None:
+    def beam_search(self, device: torch.device | str = "cpu") -> PrefixBeamSearch | BatchedPrefixBeamSearch:
+        """The prefix beam search of :attr:`decoding` for log-probs on ``device`` (the batched
+        one on a GPU unless ``decoding.search`` says otherwise; built once per device)."""
+        key = str(torch.device(device))
+        if self._beam is None or self._beam[0] != key:
             assert self.grams is not None
-            self._beam = PrefixBeamSearch.from_config(self.grams, self.decoding)
-        return self._beam
+            self._beam = (key, prefix_beam_search(self.grams, self.decoding, device))
+        return self._beam[1]
 
     def _use_beam(self) -> bool:
         trainer = self._trainer
@@ -227,7 +231,7 @@ class GramCTCTask(CTCTask):
     def transcribe(self, batch: dict[str, Any]) -> list[str]:
         log_probs, lengths = self(batch["features"], batch["feature_lens"])
         if self._use_beam():
-            return self.beam_search().decode_batch(log_probs, lengths)
+            return self.beam_search(log_probs.device).decode_batch(log_probs, lengths)
         assert self.grams is not None
         return gram_greedy_decode(log_probs, lengths, self.grams.symbols())
 

@@ -155,6 +155,22 @@ def test_speechlab_decode_outputs_every_id(checkpoints, eval_set, tmp_path, caps
     assert f"WER {100 * scored['wer']:6.2f}%  CER {100 * scored['cer']:6.2f}%" in stdout
 
 
+def test_speechlab_decode_batched_search_writes_the_cpu_searchs_hypotheses(checkpoints, eval_set,
+                                                                           tmp_path, capsys):
+    """``speechlab decode --method beam --search batched`` (padded batches of the network
+    outputs, the default with ``--device cuda``) writes the hypotheses of ``--search cpu``."""
+    manifest, files = eval_set["manifest"], {}
+    for search in ("cpu", "batched"):
+        files[search] = tmp_path / f"{search}.jsonl"
+        rc, stdout, err = run_cli(capsys, "decode", "--checkpoint", checkpoints["ctc"], "--manifest",
+                                  manifest, "--method", "beam", "--beam-size", "4", "--search",
+                                  search, "--out", files[search], "--device", "cpu")
+        assert rc == 0, err
+        assert ("beam 4 batched" in stdout) == (search == "batched")
+    assert files["cpu"].read_text() == files["batched"].read_text()
+    assert manifest_ids(files["batched"]) == manifest_ids(manifest)
+
+
 def test_speechlab_decode_computes_the_features_speechlab_test_does(checkpoints, eval_set):
     """The network outputs ``speechlab decode`` (and ``grams refine``) decode are the ones
     ``speechlab test`` scores: the same features, dither included (seeded per utterance), as

@@ -268,3 +268,28 @@ def test_speechlab_test_decodes_with_the_beam_search(overfit, tmp_path):
                                          beam_threshold=30.0)
     assert rows == dict(zip(batch["ids"], beam.decode_batch(lp, lens), strict=True))
     assert task._use_beam() is False  # attached to a trainer that is not testing: greedy
+
+
+def test_the_batched_search_decodes_the_test_set_as_the_cpu_search_does(overfit, tmp_path):
+    """``decoding.search: batched`` (the default on a GPU) writes the same transcripts as the C++
+    search (``search: cpu``, the default on the CPU) for a trained model."""
+    from speechlab.decode import uses_batched_search
+    from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
+    from speechlab.decode.prefix_beam import GramDecoding, PrefixBeamSearch
+
+    assert not uses_batched_search(GramDecoding(), "cpu")
+    assert uses_batched_search(GramDecoding(), "cuda")
+    assert not uses_batched_search(GramDecoding(search="cpu"), "cuda")
+    hyps = {}
+    for search in ("cpu", "batched"):
+        task = GramCTCTask.load(overfit["ckpt"])
+        task.decoding = GramDecoding(method="beam", beam_size=4, search=search)
+        task.hparams.output_dir = str(tmp_path / search)
+        dm = SpeechDataModule(test_manifest=str(overfit["manifest"]), num_workers=0,
+                              output_frame_rate=None)
+        pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                   enable_model_summary=False).test(task, datamodule=dm)
+        expected = BatchedPrefixBeamSearch if search == "batched" else PrefixBeamSearch
+        assert isinstance(task.beam_search("cpu"), expected)
+        hyps[search] = (tmp_path / search / "hyps.jsonl").read_text()
+    assert hyps["cpu"] == hyps["batched"] and '"hyp": ""' not in hyps["cpu"]
