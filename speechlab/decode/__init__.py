@@ -16,10 +16,17 @@ from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch
 
 
+def batched_search_supports(config: GramDecoding) -> bool:
+    """Whether :class:`BatchedPrefixBeamSearch` can run ``config`` (no LM or lexicon yet)."""
+    return config.lm is None and config.lexicon is None
+
+
 def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
-    """Whether ``config.search`` means the batched search on ``device`` (``auto``: on a GPU)."""
+    """Whether ``config.search`` means the batched search on ``device``: ``batched``, or
+    ``auto`` on a GPU when the batched search supports the config (otherwise the C++ search
+    runs, on the log-probs copied to the host)."""
     if config.search == "auto":
-        return torch.device(device).type == "cuda"
+        return torch.device(device).type == "cuda" and batched_search_supports(config)
     return config.search == "batched"
 
 
@@ -35,4 +42,4 @@ def prefix_beam_search(grams: Any, config: GramDecoding, device: torch.device | 
     return PrefixBeamSearch.from_config(grams, config, lm=lm, lexicon=lexicon)
 
 
-__all__ = ["prefix_beam_search", "uses_batched_search"]
+__all__ = ["batched_search_supports", "prefix_beam_search", "uses_batched_search"]
