@@ -32,3 +32,11 @@ python3 bench/gram_ctc.py --device cuda --no-reference --out "$OUT/bench_gpu" 2>
 echo "bench rc=$?"
 python3 bench/gram_ctc.py --device cuda --profile > "$OUT/profile.txt" 2>&1
 echo "profile rc=$?"
+
+# issue 18: the batched prefix beam search and the tensor n-gram LM on the GPU (CUDA tests:
+# equal to the CPU; no host sync in the frame step), then its speed table
+python3 -m pytest -q -p no:cacheprovider tests/decode/test_batched_prefix_beam.py \
+  tests/data/test_tensor_ngram.py > "$OUT/decode_tests.log" 2>&1
+echo "batched decode tests rc=$?"; tail -5 "$OUT/decode_tests.log"
+python3 bench/batched_decode.py --device cuda > "$OUT/batched_decode.md" 2>&1
+echo "batched decode bench rc=$?"; cat "$OUT/batched_decode.md"
