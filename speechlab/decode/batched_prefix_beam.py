@@ -7,7 +7,9 @@ current frame repeats the last emitted gram, ℓ's suffix of length ``n``). Here
 call of :meth:`BatchedPrefixBeamSearch._step` on fixed-size tensors — ``B`` utterances × ``K``
 beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no branch on tensor
 values and no data-dependent shape, so the frame loop never waits for the device (and can later
-be captured in a CUDA graph). No LM and no lexicon yet.
+be captured in a CUDA graph). An optional character n-gram LM
+(:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`, the CPU search's ``lm_unit="char"``); no
+word LM and no lexicon yet.
 
 State of hypothesis ``(b, k)`` (:class:`BeamState`):
 
@@ -18,6 +20,9 @@ State of hypothesis ``(b, k)`` (:class:`BeamState`):
 - ``h1, h2 (B, K)``: two polynomial hashes of ℓ (moduli below ``2^31``, so that
   ``h·base^m`` fits ``int64``), updated as ``h' = (h·base^|g| + hash(g)) mod M``;
 - ``words (B, K)``: words completed so far (a space after a non-space), for ``word_score``;
+  with the LM, the spaces of ℓ (the CPU search's character-LM count);
+- ``lm_state``, ``lm_score (B, K)`` (with the LM): the LM state after ℓ's characters and ℓ's
+  LM part ``α·ln P_LM(ℓ) + β·words`` (no ``</s>``);
 - ``parent``, ``emit (B, K)``: the back-pointer of the last frame (the beam slot it came from and
   the gram it appended, ``0``: none). The strings are spelled once, after the loop, by walking
   the back-pointers; nothing of size ``O(|ℓ|)`` is carried per frame.
@@ -28,9 +33,18 @@ search), those below ``best - token_threshold`` masked to ``-inf``. The ``K`` st
 ``K·C`` extensions ``ℓ + g`` are candidates; candidates that spell the same string (equal hash
 pair, ``(h1·M2 + h2)``) are merged: sorted by key within the utterance, then a segment
 logsumexp (scatter ``amax`` + scatter ``add``) of each of the ``N + 1`` components. The merged
-strings are ranked by ``lse(pb, pg) + word_score·words``, the best ``K`` kept (``topk``), and
-those below ``best - beam_threshold`` set to ``-inf``. Frames past an utterance's length leave
-its beams unchanged.
+strings are ranked by ``lse(pb, pg) + word_score·words`` (with the LM: ``lse(pb, pg) +
+lm_score``), the best ``K`` kept (``topk``), and those below ``best - beam_threshold`` set to
+``-inf``. Frames past an utterance's length leave its beams unchanged.
+
+**Character LM.** Every character of every emitted gram is an LM token (a space is ``|``), as in
+:class:`~speechlab.decode.prefix_beam.PrefixBeamSearch` with ``lm_unit="char"``: a hypothesis
+scores ``am + α·ln P_LM(ℓ) + β·spaces(ℓ)``, and ``α·ln P(</s> | ℓ)`` once at the end. A stay
+keeps ℓ's LM state and part; an extension ℓ + g scores g's characters in turn from ℓ's state, a
+fixed loop of ``N`` rounds of :meth:`TensorNgramLM.score` over the ``(B, K, C)`` extensions
+(padded positions of shorter grams masked), with no host sync. The LM part is a function of the
+string, so the members of a merged segment (equal hash pair) have the same one and the segment
+takes its first member's LM state and part (that they agree is tested).
 
 Differences from the CPU search: equal scores are ordered arbitrarily (the CPU search orders
 them by trie node), and strings are identified by a 62-bit hash pair instead of a trie (two
@@ -45,6 +59,7 @@ strings merged by a collision: about ``(K·C)² / 2^62`` per utterance and frame
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -53,6 +68,7 @@ import torch
 from torch import Tensor
 
 from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding
+from speechlab.lm.tensor_ngram import TensorNgramLM
 
 #: the two hash moduli (primes below 2^31) and bases
 M1, M2 = 2_147_483_647, 2_147_483_629
@@ -70,7 +86,13 @@ class BeamState(NamedTuple):
         tail: ``(B, K, N)`` int64, the string's last ``N`` char ids, right-aligned, ``0`` padded.
         h1: ``(B, K)`` int64, hash of the string modulo ``M1``.
         h2: ``(B, K)`` int64, hash modulo ``M2``.
-        words: ``(B, K)`` int64, completed words (a non-space followed by a space).
+        words: ``(B, K)`` int64, the words counted for β: without an LM, completed words (a
+            non-space followed by a space); with the character LM, the spaces of the string
+            (the CPU search's ``lm_unit="char"`` count).
+        lm_state: ``(B, K)`` int64, the LM state after the string's characters (``<s>`` first);
+            ``0`` without an LM.
+        lm_score: ``(B, K)`` the LM part of the string so far, ``α·ln P_LM(chars) + β·words``
+            (nats, without ``</s>``); ``0`` without an LM.
         parent: ``(B, K)`` int64, the beam slot of the previous frame this one came from.
         emit: ``(B, K)`` int64, the gram id appended at this frame (``0``: none).
     """
@@ -81,6 +103,8 @@ class BeamState(NamedTuple):
     h1: Tensor
     h2: Tensor
     words: Tensor
+    lm_state: Tensor
+    lm_score: Tensor
     parent: Tensor
     emit: Tensor
 
@@ -90,6 +114,16 @@ def _poly_hash(ids: Sequence[int], base: int, mod: int) -> int:
     for c in ids:
         h = (h * base + c) % mod
     return h
+
+
+def _lm_token(lm: TensorNgramLM, char: str) -> int:
+    """The id :meth:`TensorNgramLM.score` takes for ``char`` (a space also as ``|``)."""
+    for token in (char, "|") if char == " " else (char,):
+        try:
+            return lm.token_id(token)
+        except KeyError:
+            pass
+    raise ValueError(f"the LM's vocabulary has no token for the character {char!r}")
 
 
 class BatchedPrefixBeamSearch:
@@ -102,16 +136,25 @@ class BatchedPrefixBeamSearch:
         token_beam: at most this many non-blank tokens tried per frame (``0``: all).
         token_threshold: skip tokens whose log-prob is below the frame's best minus this.
         beam_threshold: drop hypotheses scoring below the best minus this.
-        word_score: β, added per word (words as :class:`PrefixBeamSearch` counts them: a run
-            of non-space characters; completed words count during the search, the last one at
-            the end).
+        word_score: β, added per word (words as :class:`PrefixBeamSearch` counts them: without
+            an LM a run of non-space characters, completed words counting during the search and
+            the last one at the end; with the character LM every space, as ``lm_unit="char"``).
+        lm: a character n-gram LM: a :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` (its
+            token ids are looked up per character with ``token_id``; moved to ``device``), or the
+            path of an ARPA file, loaded with the vocabulary ``["<blank>", *chars]`` in
+            ``dtype`` (a space is the LM token ``|``, characters the LM lacks are ``<unk>``).
+            ``None``: no LM.
+        lm_weight: α, the weight of the natural-log LM score.
+        lm_unit: the LM's tokens; only ``"char"`` (every character of every gram a token, the
+            CPU search's ``lm_unit="char"``) is supported here so far.
         device: where the search runs (default: the CPU).
         dtype: the float type of the log-probabilities (``float64``, like the CPU search;
             ``float32`` is faster on a GPU and agrees to about ``1e-4``).
 
     The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
     Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search. Work
-    per frame is ``O(B·K·C·N)`` with ``C = token_beam`` (or ``V - 1``).
+    per frame is ``O(B·K·C·N)`` with ``C = token_beam`` (or ``V - 1``), plus with an LM
+    ``N·B·K·C`` LM queries (``order`` binary searches each).
     """
 
     def __init__(self, chars: Sequence[str], grams: Sequence[str] | None = None,
@@ -119,6 +162,8 @@ class BatchedPrefixBeamSearch:
                  token_threshold: float = GramDecoding.token_threshold,
                  beam_threshold: float = GramDecoding.beam_threshold,
                  word_score: float = GramDecoding.word_score,
+                 lm: TensorNgramLM | str | os.PathLike | None = None,
+                 lm_weight: float = GramDecoding.lm_weight, lm_unit: str = "char",
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
@@ -193,6 +238,26 @@ class BatchedPrefixBeamSearch:
         # candidate j: stays j < K come from beam j; extension K + k·C + c from beam k
         self._cand_parent = torch.cat([self._slots, self._slots.repeat_interleave(c)])
         self._cols = torch.arange(n + 1, device=dev)
+        # --- the character LM
+        if lm_unit != "char":
+            raise ValueError(f"BatchedPrefixBeamSearch supports a character LM only "
+                             f"(lm_unit='char'), got lm_unit={lm_unit!r}; word LMs are not "
+                             f"supported yet: use PrefixBeamSearch")
+        self.lm_weight = float(lm_weight)
+        self.lm: TensorNgramLM | None = None
+        if lm is not None:
+            if not isinstance(lm, TensorNgramLM):
+                lm = TensorNgramLM.from_arpa(lm, vocab=["<blank>", *self.chars], device=dev, dtype=dtype)
+            self.lm = lm.to(dev)
+            tok = [_lm_token(self.lm, ch) for ch in self.chars]
+            # char id -> LM token id (id 0, the padding of gram_chars: any valid token)
+            self._lm_tok = torch.tensor([tok[0], *tok], dtype=torch.long, device=dev)
+            gram_chars = torch.zeros(v, n, dtype=torch.long)  # (V, N) left-aligned, 0 padded
+            spaces = torch.zeros(v, dtype=torch.long)
+            for i, g in enumerate(ids, start=1):
+                gram_chars[i, :len(g)] = torch.tensor(g)
+                spaces[i] = sum(ch == self.space_id for ch in g)
+            self._gram_chars, self._gram_spaces = gram_chars.to(dev), spaces.to(dev)
 
     @classmethod
     def from_gramset(cls, grams: Any, **kwargs: Any) -> BatchedPrefixBeamSearch:
@@ -201,22 +266,36 @@ class BatchedPrefixBeamSearch:
         return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
 
     @classmethod
-    def from_config(cls, grams: Any, config: GramDecoding, *, device: torch.device | str | None = None,
+    def from_config(cls, grams: Any, config: GramDecoding, *, lm: TensorNgramLM | None = None,
+                    device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float64) -> BatchedPrefixBeamSearch:
         """The search ``config`` describes over ``grams`` (a GramSet, or a ``CharVocab``: CTC).
 
+        ``config.lm`` with ``lm_unit="char"`` is an ARPA file loaded as a
+        :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` over the gram set's characters (ids
+        ``1..|Σ|``, a space as ``|``); ``lm``: that LM already loaded, to share one across
+        several searches (e.g. a grid of ``lm_weight``).
+
         Raises:
-            ValueError: the config asks for an LM or a lexicon (not supported yet here; use
-                :class:`PrefixBeamSearch`).
+            ValueError: the config asks for a word LM (``lm_unit="word"``) or a lexicon: not
+                supported yet here (use :class:`PrefixBeamSearch`).
         """
-        if config.lm is not None or config.lexicon is not None:
-            what = "an LM" if config.lm is not None else "a lexicon"
-            raise ValueError(f"BatchedPrefixBeamSearch does not support {what} yet "
-                             f"(lm={config.lm!r}, lexicon={config.lexicon!r}); use PrefixBeamSearch")
+        if config.lexicon is not None:
+            raise ValueError(f"BatchedPrefixBeamSearch does not support a lexicon yet "
+                             f"(lexicon={config.lexicon!r}); use PrefixBeamSearch")
+        if config.lm is not None and config.lm_unit != "char":
+            raise ValueError(f"BatchedPrefixBeamSearch does not support a word LM yet "
+                             f"(lm={config.lm!r}, lm_unit={config.lm_unit!r}); a character LM "
+                             f"(lm_unit='char') is supported, or use PrefixBeamSearch")
+        if lm is None and config.lm is not None:
+            vocab = getattr(grams, "vocab", grams)
+            lm = TensorNgramLM.from_arpa(config.lm, vocab=["<blank>", *vocab.chars],
+                                         device=device if device is not None else "cpu", dtype=dtype)
         return cls.from_gramset(
             grams, beam_size=config.beam_size, token_beam=config.token_beam,
             token_threshold=config.token_threshold, beam_threshold=config.beam_threshold,
-            word_score=config.word_score, device=device, dtype=dtype)
+            word_score=config.word_score, lm=lm,
+            lm_weight=config.lm_weight, device=device, dtype=dtype)
 
     @property
     def num_outputs(self) -> int:
@@ -225,14 +304,16 @@ class BatchedPrefixBeamSearch:
     # ------------------------------------------------------------------ the frame step
     def initial_state(self, batch: int) -> BeamState:
         """The state before the first frame: the empty string in slot 0 (ln P = 0), the other
-        slots the empty string at ``-inf`` (padding)."""
+        slots the empty string at ``-inf`` (padding); with an LM, every slot in ``<s>``."""
         k, n, dev = self.beam_size, self.max_n, self.device
         pb = torch.full((batch, k), NEG_INF, dtype=self.dtype, device=dev)
         pb[:, 0] = 0.0
         zeros = torch.zeros(batch, k, dtype=torch.long, device=dev)
+        lm_state = self.lm.bos_state((batch, k)) if self.lm is not None else zeros.clone()
         return BeamState(pb, torch.full((batch, k, n), NEG_INF, dtype=self.dtype, device=dev),
                          torch.zeros(batch, k, n, dtype=torch.long, device=dev), zeros, zeros.clone(),
-                         zeros.clone(), self._slots.expand(batch, k).clone(), zeros.clone())
+                         zeros.clone(), lm_state, torch.zeros(batch, k, dtype=self.dtype, device=dev),
+                         self._slots.expand(batch, k).clone(), zeros.clone())
 
     def _suffix_grams(self, tail: Tensor) -> Tensor:
         """``(B, K, N)``: the gram id of each suffix ``ℓ[-n:]`` at index ``n - 1``, ``-1`` when it
@@ -253,6 +334,55 @@ class BatchedPrefixBeamSearch:
         starts = self._first_space[gram] & (last != 0) & (last != self.space_id)
         return words + self._inner_words[gram] + starts.long()
 
+    def _token_candidates(self, frame: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidate grams of a frame ``(B, V)``: ``(log-probs, gram ids)``, each ``(B, C)``:
+        the top ``C`` non-blank tokens (stable: ties to the lower id), those below the frame's
+        best minus ``token_threshold`` (or ``-inf``) at ``-inf``."""
+        b = frame.shape[0]
+        c = self.num_candidates
+        nonblank = frame[:, 1:]
+        best = nonblank.amax(-1, keepdim=True)
+        ok = (nonblank > NEG_INF) & (nonblank >= best - self.token_threshold)
+        masked = nonblank.masked_fill(~ok, NEG_INF)
+        if c < nonblank.shape[1]:
+            cand_lp, order = masked.sort(dim=-1, descending=True, stable=True)
+            return cand_lp[:, :c], order[:, :c] + 1
+        return masked, self._all_ids.expand(b, c)
+
+    def _candidate_keys(self, s: BeamState, cand: Tensor) -> Tensor:
+        """``(B, M)`` int64, ``M = K + K·C``: the hash pair ``h1·M2 + h2`` of every candidate
+        string, the ``K`` stays (ℓ itself) then the extensions ℓ_k + g_c at ``K + k·C + c``."""
+        h1e = (s.h1[..., None] * self._pow1[cand][:, None, :] + self._gh1[cand][:, None, :]) % M1
+        h2e = (s.h2[..., None] * self._pow2[cand][:, None, :] + self._gh2[cand][:, None, :]) % M2
+        return torch.cat([s.h1 * M2 + s.h2, (h1e * M2 + h2e).flatten(1)], 1)
+
+    def _candidate_lm(self, s: BeamState, cand: Tensor) -> tuple[Tensor, Tensor]:
+        """The LM part and LM state of every candidate string (with an LM), ``(B, M)`` each in
+        :meth:`_candidate_keys`' order: a stay keeps ℓ's; an extension ℓ + g scores g's
+        characters in turn from ℓ's state — a fixed loop of ``N = max_n`` rounds of
+        :meth:`TensorNgramLM.score` over ``(B, K, C)`` (positions past ``|g|`` masked) — and
+        adds ``α·Σ ln P + β·spaces(g)`` to ℓ's part."""
+        assert self.lm is not None
+        b, k = s.lm_state.shape
+        c = cand.shape[1]
+        tokens = self._lm_tok[self._gram_chars[cand]][:, None]  # (B, 1, C, N)
+        length = self._length[cand][:, None, :]  # (B, 1, C)
+        state = s.lm_state[..., None].expand(b, k, c)
+        logp = torch.zeros(b, k, c, dtype=self.dtype, device=cand.device)
+        for i in range(self.max_n):  # every gram has a first character: no mask at i = 0
+            lp_i, next_i = self.lm.score(state, tokens[..., i])
+            lp_i = lp_i.to(self.dtype)
+            if i == 0:
+                logp, state = lp_i, next_i
+            else:
+                valid = length > i
+                logp = logp + torch.where(valid, lp_i, 0.0)
+                state = torch.where(valid, next_i, state)
+        ext = (s.lm_score[..., None] + self.lm_weight * logp
+               + self.word_score * self._gram_spaces[cand][:, None, :])
+        return (torch.cat([s.lm_score, ext.flatten(1)], 1),
+                torch.cat([s.lm_state, state.flatten(1)], 1))
+
     def _step(self, s: BeamState, frame: Tensor, active: Tensor) -> BeamState:
         """One frame for every utterance and beam.
 
@@ -269,15 +399,7 @@ class BatchedPrefixBeamSearch:
         n, c = self.max_n, self.num_candidates
         frame = torch.where(active[:, None], frame, 0.0)  # whatever pads the batch
         # --- token pruning: the top C grams of the frame, those below the threshold at -inf
-        nonblank = frame[:, 1:]
-        best = nonblank.amax(-1, keepdim=True)
-        ok = (nonblank > NEG_INF) & (nonblank >= best - self.token_threshold)
-        masked = nonblank.masked_fill(~ok, NEG_INF)
-        if c < nonblank.shape[1]:
-            cand_lp, order = masked.sort(dim=-1, descending=True, stable=True)
-            cand_lp, cand = cand_lp[:, :c], order[:, :c] + 1
-        else:
-            cand_lp, cand = masked, self._all_ids.expand(b, c)
+        cand_lp, cand = self._token_candidates(frame)
         # --- stays: blank after anything, repeat of the last gram
         sg = self._suffix_grams(s.tail)  # (B, K, N)
         comps = torch.cat([s.pb[..., None], s.pg], -1)  # (B, K, N + 1)
@@ -293,9 +415,7 @@ class BatchedPrefixBeamSearch:
         src = torch.where(excl, loo.gather(2, mi), tot[..., None])
         ext = (src + cand_lp[:, None, :]).flatten(1)  # (B, K·C)
         # --- merge candidates spelling the same string: sort by hash key, segment logsumexp
-        h1e = (s.h1[..., None] * self._pow1[cand][:, None, :] + self._gh1[cand][:, None, :]) % M1
-        h2e = (s.h2[..., None] * self._pow2[cand][:, None, :] + self._gh2[cand][:, None, :]) % M2
-        keys = torch.cat([s.h1 * M2 + s.h2, (h1e * M2 + h2e).flatten(1)], 1)  # (B, M)
+        keys = self._candidate_keys(s, cand)  # (B, M)
         mm = keys.shape[1]
         skeys, order = keys.sort(dim=1, stable=True)
         head = torch.ones_like(skeys, dtype=torch.bool)
@@ -313,13 +433,18 @@ class BatchedPrefixBeamSearch:
         first = torch.full_like(keys, mm).scatter_reduce(1, seg, cand_id, "amin")  # (B, M)
         score = merged.logsumexp(-1)
         gram_of = torch.cat([torch.zeros_like(s.parent), cand.repeat(1, k)], 1)  # (B, M)
-        if self.word_score != 0.0:
+        if self.lm is not None:
+            # the LM part is a function of the string: every member of a segment has it (up to
+            # rounding; tested), so the segment takes its first member's
+            cand_lm, cand_state = self._candidate_lm(s, cand)
+            score = score + cand_lm.gather(1, first.clamp(max=mm - 1))
+        elif self.word_score != 0.0:
             last = torch.cat([s.tail[..., -1], s.tail[..., -1].repeat_interleave(c, 1)], 1)
             words = torch.cat([s.words, s.words.repeat_interleave(c, 1)], 1)
             cwords = self._words_after(words, last, gram_of)
             score = score + self.word_score * cwords.gather(1, first.clamp(max=mm - 1))
         score = torch.where(first < mm, score, NEG_INF)
-        # --- keep the best K, then the beam threshold
+        # --- keep the best K (by am + LM part), then the beam threshold
         best_k, sel = score.topk(k, dim=1)
         keep = (best_k > NEG_INF) & (best_k >= best_k[:, :1] - self.beam_threshold)
         new = merged.gather(1, sel[..., None].expand(b, k, n + 1)).masked_fill(~keep[..., None], NEG_INF)
@@ -330,13 +455,19 @@ class BatchedPrefixBeamSearch:
         tail = torch.cat([ptail, self._right[gram]], -1).gather(2, self._tail_idx[gram])
         h1 = (s.h1.gather(1, parent) * self._pow1[gram] + self._gh1[gram]) % M1
         h2 = (s.h2.gather(1, parent) * self._pow2[gram] + self._gh2[gram]) % M2
-        words = self._words_after(s.words.gather(1, parent), ptail[..., -1], gram)
+        if self.lm is not None:
+            words = s.words.gather(1, parent) + self._gram_spaces[gram]
+            lm_state, lm_score = cand_state.gather(1, j), cand_lm.gather(1, j)
+        else:
+            words = self._words_after(s.words.gather(1, parent), ptail[..., -1], gram)
+            lm_state, lm_score = s.lm_state, s.lm_score
         # --- utterances past their length keep their beams
         a, a3 = active[:, None], active[:, None, None]
         return BeamState(
             torch.where(a, new[..., 0], s.pb), torch.where(a3, new[..., 1:], s.pg),
             torch.where(a3, tail, s.tail), torch.where(a, h1, s.h1), torch.where(a, h2, s.h2),
-            torch.where(a, words, s.words), torch.where(a, parent, self._slots),
+            torch.where(a, words, s.words), torch.where(a, lm_state, s.lm_state),
+            torch.where(a, lm_score, s.lm_score), torch.where(a, parent, self._slots),
             torch.where(a, gram, 0))
 
     # ------------------------------------------------------------------ decoding
@@ -352,8 +483,10 @@ class BatchedPrefixBeamSearch:
             nbest: hypotheses returned per utterance, best first (at most ``beam_size``).
 
         Returns:
-            Per utterance, up to ``nbest`` hypotheses (``lm_score = word_score·words``; the
-            empty string for a length of 0).
+            Per utterance, up to ``nbest`` hypotheses, ranked by ``score = am_score +
+            lm_score`` (nats): ``lm_score = word_score·words`` without an LM, with the
+            character LM ``α·ln P_LM(string + </s>) + β·spaces``; the empty string for a
+            length of 0.
         """
         if log_probs.dim() != 3 or log_probs.shape[2] != self.num_outputs:
             raise ValueError(f"log_probs must be (B, T, {self.num_outputs}), got {tuple(log_probs.shape)}")
@@ -383,14 +516,22 @@ class BatchedPrefixBeamSearch:
         return [h[0].text if h else "" for h in self.decode(log_probs, lengths)]
 
     def _finish(self, s: BeamState, parents: Tensor, emits: Tensor, nbest: int) -> list[list[BeamHypothesis]]:
-        """The final scores (the last partial word counted), the n-best per utterance, and their
-        strings spelled by walking the back-pointers (on the host)."""
+        """The final scores (without an LM the last partial word counted, with one ``</s>``
+        scored), the n-best per utterance, and their strings spelled by walking the
+        back-pointers (on the host)."""
         am = torch.cat([s.pb[..., None], s.pg], -1).logsumexp(-1)
-        last = s.tail[..., -1]
-        words = s.words + ((last != 0) & (last != self.space_id)).long()
+        if self.lm is not None:  # the LM part so far + α·ln P(</s> | state), once
+            words = s.words
+            lm = s.lm_score + self.lm_weight * self.lm.eos_score(s.lm_state).to(s.lm_score.dtype)
+        else:
+            last = s.tail[..., -1]
+            words = s.words + ((last != 0) & (last != self.space_id)).long()
         am_np = am.double().cpu().numpy()
         words_np = words.cpu().numpy()
-        lm_np = self.word_score * words_np.astype(np.float64)
+        if self.lm is not None:
+            lm_np = lm.double().cpu().numpy()
+        else:
+            lm_np = self.word_score * words_np.astype(np.float64)
         score_np = am_np + lm_np
         par, emi = parents.cpu().numpy(), emits.cpu().numpy()
         picks = []  # (utterance, slot) of every hypothesis returned, best first per utterance

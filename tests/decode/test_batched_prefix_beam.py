@@ -188,7 +188,7 @@ def test_from_config_and_defaults():
     d = GramDecoding()
     assert (ctc.beam_size, ctc.token_beam, ctc.token_threshold, ctc.beam_threshold, ctc.word_score) == (
         d.beam_size, d.token_beam, d.token_threshold, d.beam_threshold, d.word_score)
-    with pytest.raises(ValueError, match="does not support an LM"):
+    with pytest.raises(ValueError, match="does not support a word LM yet"):
         BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm="x.arpa"))
     with pytest.raises(ValueError, match="does not support a lexicon"):
         BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lexicon="words.txt"))
