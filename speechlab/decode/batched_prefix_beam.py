@@ -258,6 +258,8 @@ class BatchedPrefixBeamSearch:
                 gram_chars[i, :len(g)] = torch.tensor(g)
                 spaces[i] = sum(ch == self.space_id for ch in g)
             self._gram_chars, self._gram_spaces = gram_chars.to(dev), spaces.to(dev)
+            # β·spaces(g) in the search's float type (an int tensor times a float is float32)
+            self._gram_beta = (self.word_score * spaces.double()).to(device=dev, dtype=dtype)
 
     @classmethod
     def from_gramset(cls, grams: Any, **kwargs: Any) -> BatchedPrefixBeamSearch:
@@ -379,7 +381,7 @@ class BatchedPrefixBeamSearch:
                 logp = logp + torch.where(valid, lp_i, 0.0)
                 state = torch.where(valid, next_i, state)
         ext = (s.lm_score[..., None] + self.lm_weight * logp
-               + self.word_score * self._gram_spaces[cand][:, None, :])
+               + self._gram_beta[cand][:, None, :])
         return (torch.cat([s.lm_score, ext.flatten(1)], 1),
                 torch.cat([s.lm_state, state.flatten(1)], 1))
 
