@@ -1,7 +1,11 @@
 """The batched (torch) prefix beam search against independent oracles and the CPU search: the
 brute-force enumeration of every frame path (exhaustive settings), PrefixBeamSearch (C++ when
 built, else its Python reference) under every pruning option on batches of unequal lengths,
-padding frames, the frame step traced whole by torch.compile, and CUDA against the CPU."""
+padding frames, the frame step traced whole by torch.compile, and CUDA against the CPU.
+
+With a character LM (a hand-written 3-gram ARPA; slow: lmplz 6-grams): brute force with the LM
+scored by kenlm on whole sentences, PrefixBeamSearch(lm_unit="char") with both backends, the
+LM parts of merged candidates, the step with the LM traced sync-free, CUDA against the CPU."""
 
 from __future__ import annotations
 
@@ -11,15 +15,19 @@ import pytest
 import torch
 
 from speechlab.data.grams import GramSet
+from speechlab.data.sentences import generate_sentences
 from speechlab.data.text import CharVocab
 from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import (
     BeamHypothesis,
     GramDecoding,
+    KenLMScorer,
     PrefixBeamSearch,
     native_available,
 )
-from tests.decode.test_gram_decode import CASES, CJK, EXHAUSTIVE, brute_force
+from speechlab.lm import ngram
+from speechlab.lm.tensor_ngram import TensorNgramLM
+from tests.decode.test_gram_decode import BACKENDS, CASES, CJK, EXHAUSTIVE, brute_force
 from tests.helpers import sync_free_backend
 
 CPU_BACKEND = "native" if native_available() else "reference"
@@ -153,18 +161,230 @@ def test_float32():
         assert_same_hyps(got[b], cpu.decode(lp[b, :n], nbest=4), tol=1e-4)
 
 
+# ------------------------------------------------------------------------------- character LM
+#: a character 3-gram by hand (space = |): backoffs, bigrams and trigrams across a space, </s>
+#: after some contexts only; no "'" and no "c" context (CHARS' "'" is <unk>, "c" backs off)
+CHAR_ARPA = """
+\\data\\
+ngram 1=7
+ngram 2=10
+ngram 3=5
+
+\\1-grams:
+-1.2\t<unk>\t0
+-99\t<s>\t-0.5
+-0.9\t</s>\t0
+-0.6\ta\t-0.3
+-0.7\tb\t-0.2
+-0.9\tc\t-0.25
+-0.8\t|\t-0.4
+
+\\2-grams:
+-0.3\t<s> a\t-0.1
+-0.5\t<s> b
+-0.4\ta b\t-0.2
+-0.6\tb a
+-0.35\tb |\t-0.15
+-0.5\t| a
+-0.45\tc |
+-0.7\ta </s>
+-0.3\t| </s>
+-0.55\ta a
+
+\\3-grams:
+-0.2\t<s> a b
+-0.15\ta b |
+-0.25\tb | a
+-0.1\t<s> a a
+-0.3\ta b a
+
+\\end\\
+"""
+#: (α, β) pairs: a light LM, a heavy one with a word bonus, a word penalty
+LM_WEIGHTS = [(0.5, 0.0), (2.0, 1.0), (1.0, -2.0)]
+
+
+@pytest.fixture()
+def char_arpa(tmp_path):
+    path = tmp_path / "char3.arpa"
+    path.write_text(CHAR_ARPA.lstrip())
+    return path
+
+
+@pytest.fixture(scope="module")
+def kenlm_char():
+    """kenlm char-mode scorers by path (loaded once per module)."""
+    cache: dict[str, KenLMScorer] = {}
+
+    def get(path) -> KenLMScorer:
+        if str(path) not in cache:
+            cache[str(path)] = KenLMScorer(path, unit="char")
+        return cache[str(path)]
+    return get
+
+
+def char_lm_total(lm: KenLMScorer, text: str, alpha: float, beta: float) -> float:
+    """The LM part of ``text`` as the CPU search defines it: ``α·ln P(chars + </s>) + β·spaces``,
+    the sentence scored whole by kenlm."""
+    return alpha * lm.sentence_score(text) + beta * text.count(" ")
+
+
+def assert_same_with_lm(got: list[BeamHypothesis], ref: list[BeamHypothesis], tol: float = 1e-4) -> float:
+    """The same best text (no tie allowance: with an LM ties are not met here) with total, am
+    and LM scores and words within ``tol``, and the n-best as :func:`assert_same_hyps`; returns
+    the largest difference of the best hypothesis' scores."""
+    assert got[0].text == ref[0].text, (got[0], ref[0])
+    diff = max(abs(got[0].score - ref[0].score), abs(got[0].am_score - ref[0].am_score),
+               abs(got[0].lm_score - ref[0].lm_score))
+    assert diff < tol, (got[0], ref[0])
+    assert got[0].words == ref[0].words
+    assert_same_hyps(got, ref, tol=tol)
+    return diff
+
+
+@pytest.mark.parametrize("lm_weight,word_score", LM_WEIGHTS)
+@pytest.mark.parametrize("chars,grams,t", CASES)
+def test_with_char_lm_equals_brute_force(char_arpa, kenlm_char, chars, grams, t, lm_weight, word_score):
+    """Exhaustive settings with the character LM: the n-best strings are those of the brute-force
+    enumeration ranked by ln P_am(s) + α ln P_LM(s) + β spaces(s), the LM scored on whole
+    sentences by kenlm (every hypothesis' am and LM parts checked), for a batch of unequal
+    lengths."""
+    lm = kenlm_char(char_arpa)
+    gen = torch.Generator().manual_seed(len(grams) * 10 + t + 1)
+    lengths = [t, t - 1, t - 2]
+    lp = random_batch(gen, lengths, len(grams) + 1, scale=2.0)
+    dec = BatchedPrefixBeamSearch(chars, grams, **EXHAUSTIVE, beam_size=(len(grams) + 1) ** t,
+                                  lm=char_arpa, lm_weight=lm_weight, word_score=word_score)
+    got = dec.decode(lp, torch.tensor(lengths), nbest=8)
+    for b, n in enumerate(lengths):
+        am = brute_force(lp[b, :n], grams)
+        total = {s: a + char_lm_total(lm, s, lm_weight, word_score) for s, a in am.items()}
+        exact = sorted(total.items(), key=lambda kv: -kv[1])[:8]
+        assert [h.text for h in got[b]] == [s for s, _ in exact]
+        assert [h.score for h in got[b]] == pytest.approx([p for _, p in exact], abs=1e-4)
+        for h in got[b]:
+            assert h.am_score == pytest.approx(am[h.text], abs=1e-5)
+            assert h.lm_score == pytest.approx(char_lm_total(lm, h.text, lm_weight, word_score), abs=1e-4)
+            assert h.words == h.text.count(" ")
+
+
+#: pruning with the LM (the ranking that pruning sees includes the LM part)
+LM_PRUNING = [
+    dict(**EXHAUSTIVE),
+    dict(),  # GramDecoding's defaults
+    dict(token_beam=3, token_threshold=4.0, beam_threshold=8.0),
+    dict(token_beam=2, token_threshold=2.0, beam_threshold=3.0),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grams", [UNIGRAMS, BIGRAMS], ids=["unigrams", "bigrams"])
+@pytest.mark.parametrize("beam_size", [4, 16])
+def test_with_char_lm_equals_cpu_search(char_arpa, backend, grams, beam_size):
+    """Same choices as PrefixBeamSearch(lm=<the same ARPA>, lm_unit="char") for several α/β
+    under every pruning option, utterance by utterance, on a batch of unequal lengths (0 and 1
+    frame included): the same best text, total / am / LM scores within 1e-4."""
+    gen = torch.Generator().manual_seed(beam_size * 100 + len(grams) + 7)
+    lengths = [30, 17, 1, 0, 25] if backend == "native" else [20, 1, 0, 12]
+    lm = KenLMScorer(char_arpa, unit="char")
+    tlm = TensorNgramLM.from_arpa(char_arpa, vocab=["<blank>", *CHARS], dtype=torch.float64)
+    worst = 0.0
+    for lm_weight, word_score in LM_WEIGHTS:
+        for kw in LM_PRUNING if backend == "native" else LM_PRUNING[1:3]:
+            lp = random_batch(gen, lengths, len(grams) + 1)
+            dec = BatchedPrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=tlm, lm_weight=lm_weight,
+                                          word_score=word_score, **kw)
+            got = dec.decode(lp, lengths, nbest=4)
+            cpu = PrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=lm, lm_weight=lm_weight,
+                                   word_score=word_score, backend=backend, **kw)
+            for b, n in enumerate(lengths):
+                worst = max(worst, assert_same_with_lm(got[b], cpu.decode(lp[b, :n], nbest=4)))
+    print(f"max |batched - PrefixBeamSearch({backend})| of the best's scores: {worst:.2e}")
+
+
+def test_char_lm_from_a_path_an_object_and_a_config(char_arpa):
+    """The LM as an ARPA path, as a TensorNgramLM with its own token ids (no vocabulary; moved
+    and cast by the search), and through from_config(lm_unit="char") give the same hypotheses."""
+    vocab = CharVocab(CHARS)
+    gs = GramSet(vocab, BIGRAMS)
+    gen = torch.Generator().manual_seed(9)
+    lengths = [25, 14]
+    lp = random_batch(gen, lengths, len(gs))
+    kw = dict(beam_size=8, token_beam=4, lm_weight=1.2, word_score=0.4)
+    by_path = BatchedPrefixBeamSearch(CHARS, gs.grams, lm=char_arpa, **kw).decode(lp, lengths, nbest=4)
+    own_ids = TensorNgramLM.from_arpa(char_arpa)  # float32 tables, the LM's own token ids
+    by_object = BatchedPrefixBeamSearch(CHARS, gs.grams, lm=own_ids, **kw).decode(lp, lengths, nbest=4)
+    config = GramDecoding(method="beam", beam_size=8, token_beam=4, lm=str(char_arpa), lm_unit="char",
+                          lm_weight=1.2, word_score=0.4)
+    dec = BatchedPrefixBeamSearch.from_config(gs, config)
+    assert dec.lm is not None and dec.lm.dtype == torch.float64
+    by_config = dec.decode(lp, lengths, nbest=4)
+    for a, b, c in zip(by_path, by_object, by_config, strict=True):
+        assert a == c
+        assert_same_hyps(b, a, tol=1e-4)
+    with pytest.raises(ValueError, match="does not support a word LM yet"):
+        BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm=str(char_arpa), lm_unit="word"))
+    with pytest.raises(ValueError, match="does not support a lexicon yet"):
+        BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm=str(char_arpa), lm_unit="char", lexicon="lm"))
+    with pytest.raises(ValueError, match="character LM only"):
+        BatchedPrefixBeamSearch(CHARS, lm=char_arpa, lm_unit="word")
+    with pytest.raises(ValueError, match="no token for the character 'c'"):
+        BatchedPrefixBeamSearch(CHARS, lm=TensorNgramLM.from_arpa(char_arpa, vocab=["<blank>", "a", "b"]))
+
+
+def test_merged_candidates_have_equal_lm_parts(char_arpa):
+    """The LM part and state are functions of the string: at every frame, the candidates that
+    spell one string (equal hash pair: stays and extensions from different beams and grams, e.g.
+    "ab" + "c" and "a" + "bc") have the same LM state and, to rounding, the same LM part, so the
+    segment may take any member's. Also every kept hypothesis' LM part is the LM's score of its
+    string."""
+    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, beam_size=16, token_beam=6, lm=char_arpa,
+                                  lm_weight=1.5, word_score=0.7)
+    assert dec.lm is not None
+    gen = torch.Generator().manual_seed(10)
+    lengths = [24, 16, 24]
+    lp = random_batch(gen, lengths, len(BIGRAMS) + 1, scale=1.0)
+    state = dec.initial_state(len(lengths))
+    merged_groups = 0
+    for t in range(max(lengths)):
+        active = torch.tensor(lengths) > t
+        frame = torch.where(active[:, None], lp[:, t], 0.0).double()
+        _, cand = dec._token_candidates(frame)
+        keys = dec._candidate_keys(state, cand)
+        part, lm_state = dec._candidate_lm(state, cand)
+        for b in range(len(lengths)):
+            groups: dict[int, list[int]] = {}
+            for i, key in enumerate(keys[b].tolist()):
+                groups.setdefault(key, []).append(i)
+            for members in groups.values():
+                if len(members) > 1:
+                    merged_groups += any(i >= dec.beam_size for i in members)
+                    assert len(set(lm_state[b, members].tolist())) == 1
+                    spread = part[b, members].max() - part[b, members].min()
+                    assert spread < 1e-9
+        state = dec._step(state, frame, active)
+    assert merged_groups > 100  # merges across grams and beams did happen
+    hyps = dec.decode(lp, lengths, nbest=16)
+    for hs in hyps:
+        for h in hs:
+            ref = 1.5 * dec.lm.sentence_score([ngram.char_tokens(c) for c in h.text]) + 0.7 * h.text.count(" ")
+            assert h.lm_score == pytest.approx(ref, abs=1e-9)
+
+
 # ------------------------------------------------------------------------------- the frame step
-def test_step_is_one_sync_free_graph():
-    """The frame step is captured whole (torch.compile fullgraph: a branch on a tensor value
-    fails to trace) and the graph holds no host sync or data-dependent shape (the backend
-    above). The controls show that such code is caught. (Tracing only, no code generation:
-    inductor takes ~35 s on 2 CPU cores.)"""
+@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
+def test_step_is_one_sync_free_graph(char_arpa, with_lm):
+    """The frame step (with the character LM too) is captured whole (torch.compile fullgraph: a
+    branch on a tensor value fails to trace) and the graph holds no host sync or data-dependent
+    shape (the backend above). The controls show that such code is caught. (Tracing only, no
+    code generation: inductor takes ~35 s on 2 CPU cores.)"""
     for bad in (lambda x: x * x.sum().item(), lambda x: x[x > 0.5], lambda x: x + 1 if x.sum() > 0 else x):
         torch._dynamo.reset()
         with pytest.raises(Exception, match="host sync|data-dependent|Data-dependent"):
             torch.compile(bad, fullgraph=True, backend=sync_free_backend)(torch.rand(3))
     torch._dynamo.reset()
-    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, beam_size=4, token_beam=3, word_score=0.5)
+    lm = dict(lm=char_arpa, lm_weight=1.3) if with_lm else {}
+    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, beam_size=4, token_beam=3, word_score=0.5, **lm)
     step = torch.compile(dec._step, fullgraph=True, backend=sync_free_backend)
     gen = torch.Generator().manual_seed(4)
     lp = random_batch(gen, [6, 3], len(BIGRAMS) + 1).double()
@@ -213,13 +433,17 @@ def test_bad_arguments_and_empty_inputs():
 # ------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_equals_cpu(dtype):
-    """The same hypotheses on the GPU as on the CPU (B = 32 utterances of unequal lengths)."""
+def test_cuda_equals_cpu(char_arpa, dtype, with_lm):
+    """The same hypotheses on the GPU as on the CPU (B = 32 utterances of unequal lengths),
+    with and without the character LM."""
     gen = torch.Generator().manual_seed(5)
     lengths = torch.randint(1, 60, (32,), generator=gen).tolist()
     lp = random_batch(gen, lengths, len(BIGRAMS) + 1)
     kw = dict(beam_size=16, token_beam=6, dtype=dtype)
+    if with_lm:
+        kw.update(lm=char_arpa, lm_weight=0.9, word_score=0.6)
     cpu = BatchedPrefixBeamSearch(CHARS, BIGRAMS, **kw).decode(lp, lengths, nbest=4)
     gpu = BatchedPrefixBeamSearch(CHARS, BIGRAMS, device="cuda", **kw).decode(lp.cuda(), lengths, nbest=4)
     tol = 1e-9 if dtype == torch.float64 else 1e-4
@@ -229,10 +453,13 @@ def test_cuda_equals_cpu(dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-def test_cuda_step_never_syncs_and_captures_in_a_graph():
-    """The frame step runs with CUDA's sync debug mode set to error, and a step captured in a
-    CUDA graph and replayed gives the eager step's state."""
-    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, device="cuda", beam_size=8, token_beam=4, word_score=0.3)
+@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
+def test_cuda_step_never_syncs_and_captures_in_a_graph(char_arpa, with_lm):
+    """The frame step (with the character LM too) runs with CUDA's sync debug mode set to
+    error, and a step captured in a CUDA graph and replayed gives the eager step's state."""
+    lm = dict(lm=char_arpa, lm_weight=1.1) if with_lm else {}
+    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, device="cuda", beam_size=8, token_beam=4, word_score=0.3,
+                                  **lm)
     gen = torch.Generator().manual_seed(6)
     lp = random_batch(gen, [12, 7, 12], len(BIGRAMS) + 1).double().cuda()
     lens = torch.tensor([12, 7, 12], device="cuda")
@@ -263,3 +490,69 @@ def test_cuda_step_never_syncs_and_captures_in_a_graph():
         state = dec._step(state, lp[:, t], lens > t)
         for a, b in zip(static_out, state, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- slow: lmplz
+@pytest.fixture(scope="module")
+def lmplz_char6(tmp_path_factory):
+    """An lmplz character 6-gram (space written |) of 1,000 generated sentences, and held-out
+    sentences; skips with the reason when lmplz cannot be built."""
+    try:
+        ngram.kenlm_bin_dir()
+    except ngram.KenLMBuildError as e:
+        pytest.skip(f"lmplz unavailable: {e}")
+    train = [s.text for s in generate_sentences(1000, seed=0)]
+    arpa = ngram.train_ngram([ngram.char_tokens(s) for s in train],
+                             tmp_path_factory.mktemp("lm") / "char6.arpa", order=6)
+    held = [s.text for s in generate_sentences(60, seed=5) if s.text not in set(train)]
+    return arpa, held
+
+
+def spelled_emissions(gen: torch.Generator, texts: list[str], grams: list[str], boost: float = 4.0,
+                      noise: float = 2.0) -> tuple[torch.Tensor, list[int]]:
+    """``(B, T, V)`` noisy log-probs that spell each text: its longest-match segmentation into
+    ``grams``, each gram's frame boosted by ``boost`` and followed by a blank frame."""
+    index = {g: i + 1 for i, g in enumerate(grams)}
+    paths = []
+    for text in texts:
+        path, i = [], 0
+        while i < len(text):
+            g = next(text[i:i + m] for m in range(max(map(len, grams)), 0, -1) if text[i:i + m] in index)
+            path += [index[g], 0]
+            i += len(g)
+        paths.append(path)
+    lengths = [len(p) for p in paths]
+    logits = noise * torch.randn(len(texts), max(lengths), len(grams) + 1, generator=gen)
+    for b, path in enumerate(paths):
+        logits[b, torch.arange(len(path)), torch.tensor(path)] += boost
+        logits[b, len(path):] = math.nan
+    return logits.log_softmax(-1), lengths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gram_set", ["unigrams", "grams"])
+def test_lmplz_char_6gram_equals_cpu_search(lmplz_char6, gram_set):
+    """An lmplz character 6-gram over the 28 characters of CharVocab, on noisy emissions that
+    spell held-out sentences (noisy enough that the LM decides: CER ~0.9 without it, ~0.2 with
+    it), unigrams (CTC) and a gram set of frequent 2- and 3-grams: the same best text and
+    scores within 1e-4 as PrefixBeamSearch(lm_unit="char") for several α/β and pruning
+    settings."""
+    arpa, held = lmplz_char6
+    vocab = CharVocab()
+    extra = ["th", "he", "in", "er", "an", "e ", " t", "s ", "the", "ing", " th"]
+    grams = list(vocab.chars) + (extra if gram_set == "grams" else [])
+    gen = torch.Generator().manual_seed(11)
+    lm = KenLMScorer(arpa, unit="char")
+    tlm = TensorNgramLM.from_arpa(arpa, vocab=vocab.tokens(range(len(vocab))), dtype=torch.float64)
+    worst = 0.0
+    for lm_weight, word_score in [(0.5, 0.0), (1.0, 1.5), (1.5, -1.0)]:
+        for kw in (dict(beam_size=16), dict(beam_size=8, token_beam=6, beam_threshold=10.0)):
+            lp, lengths = spelled_emissions(gen, held[:8], grams)
+            dec = BatchedPrefixBeamSearch(vocab.chars, grams, lm=tlm, lm_weight=lm_weight,
+                                          word_score=word_score, **kw)
+            got = dec.decode(lp, lengths, nbest=4)
+            cpu = PrefixBeamSearch(vocab.chars, grams, lm=lm, lm_weight=lm_weight, word_score=word_score,
+                                   backend=CPU_BACKEND, **kw)
+            for b, n in enumerate(lengths):
+                worst = max(worst, assert_same_with_lm(got[b], cpu.decode(lp[b, :n], nbest=4)))
+    print(f"lmplz char 6-gram ({tlm}), {gram_set}: max |batched - CPU| = {worst:.2e}")
