@@ -48,15 +48,18 @@ the model (else :class:`~speechlab.errors.InputError`). An n-gram whose last ``n
 are missing (SRILM pruning does this) gets them inserted as a *blank* n-gram whose probability
 is the backed-off one, as KenLM does, so that scores and states stay KenLM's.
 
-**Not yet** (the next steps of issue 18): wiring into the batched search, and word LMs over
-character or gram hypotheses. The plan for those: the LM scores a word when a space (or the end)
-completes it; the batched search carries, per hypothesis, the LM state of the completed words
-and the partial word's node in a lexicon trie (a tensor of child tables like the arcs above), so
-that a gram's characters extend the node, a space (also inside a gram such as ``"b "``) scores
-the word with :meth:`TensorNgramLM.score` and resets the node, and a word outside the lexicon is
-pruned or scored as ``<unk>``. Character and gram LMs need no trie: a character LM scores a
-gram's characters in turn (at most ``max_n`` rounds, a fixed loop), a gram-level LM scores the
-gram as one token.
+**In the batched search.** :class:`~speechlab.decode.batched_prefix_beam.BatchedPrefixBeamSearch`
+uses it as a character LM (``lm=``, ``lm_unit="char"``): each hypothesis carries its LM state,
+and an extension scores its gram's characters in turn (at most ``max_n`` rounds, a fixed loop).
+
+**Not yet** (the next step of issue 18): word LMs over character or gram hypotheses. The plan:
+the LM scores a word when a space (or the end) completes it; the batched search carries, per
+hypothesis, the LM state of the completed words and the partial word's node in a lexicon trie
+(a tensor of child tables like the arcs above), so that a gram's characters extend the node, a
+space (also inside a gram such as ``"b "``) scores the word with :meth:`TensorNgramLM.score`
+and resets the node, and a word outside the lexicon is pruned or scored as ``<unk>``.
+Character and gram LMs need no trie: a character LM scores a gram's characters in turn (done),
+a gram-level LM would score the gram as one token.
 
 Usage (a batch of hypotheses, each with its LM state)::
 
