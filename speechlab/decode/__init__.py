@@ -17,8 +17,9 @@ from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSe
 
 
 def batched_search_supports(config: GramDecoding) -> bool:
-    """Whether :class:`BatchedPrefixBeamSearch` can run ``config`` (no LM or lexicon yet)."""
-    return config.lm is None and config.lexicon is None
+    """Whether :class:`BatchedPrefixBeamSearch` can run ``config``: no LM or a character LM, no
+    lexicon (no word LM or lexicon yet)."""
+    return config.lexicon is None and (config.lm is None or config.lm_unit == "char")
 
 
 def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
