@@ -9,7 +9,8 @@ beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no
 values and no data-dependent shape, so the frame loop never waits for the device (and can later
 be captured in a CUDA graph). An optional character n-gram LM
 (:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`, the CPU search's ``lm_unit="char"``); no
-word LM and no lexicon yet.
+word LM and no lexicon yet. ``decode(..., timestamps=True)`` also gives every word's first and
+last frames (:attr:`BeamHypothesis.word_times`), from the back-pointers.
 
 State of hypothesis ``(b, k)`` (:class:`BeamState`):
 
@@ -24,7 +25,8 @@ State of hypothesis ``(b, k)`` (:class:`BeamState`):
 - ``lm_state``, ``lm_score (B, K)`` (with the LM): the LM state after ℓ's characters and ℓ's
   LM part ``α·ln P_LM(ℓ) + β·words`` (no ``</s>``);
 - ``parent``, ``emit (B, K)``: the back-pointer of the last frame (the beam slot it came from and
-  the gram it appended, ``0``: none). The strings are spelled once, after the loop, by walking
+  the gram it appended, ``0``: none), of the most probable of the candidates merged into the
+  string (so the emission frames read off them, the word times, follow the likely paths). The strings are spelled once, after the loop, by walking
   the back-pointers; nothing of size ``O(|ℓ|)`` is carried per frame.
 
 Per frame: the candidate grams of each utterance are its top ``C`` tokens by log-prob
@@ -67,7 +69,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding
+from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding, word_times
 from speechlab.lm.tensor_ngram import TensorNgramLM
 
 #: the two hash moduli (primes below 2^31) and bases
@@ -446,13 +448,20 @@ class BatchedPrefixBeamSearch:
             cwords = self._words_after(words, last, gram_of)
             score = score + self.word_score * cwords.gather(1, first.clamp(max=mm - 1))
         score = torch.where(first < mm, score, NEG_INF)
+        # the back-pointer of a string: its most probable member (the lowest id of equals), so
+        # that the frames read off the back-pointers follow the paths carrying the mass
+        member = torch.cat([stay.logsumexp(-1), ext], 1)  # (B, M)
+        seg_best = torch.full_like(score, NEG_INF).scatter_reduce(1, seg, member, "amax")
+        lead_id = torch.where(member >= seg_best.gather(1, seg), cand_id, mm)
+        lead = torch.full_like(keys, mm).scatter_reduce(1, seg, lead_id, "amin")  # (B, M)
         # --- keep the best K (by am + LM part), then the beam threshold
         best_k, sel = score.topk(k, dim=1)
         keep = (best_k > NEG_INF) & (best_k >= best_k[:, :1] - self.beam_threshold)
         new = merged.gather(1, sel[..., None].expand(b, k, n + 1)).masked_fill(~keep[..., None], NEG_INF)
         j = first.gather(1, sel).clamp(max=mm - 1)  # a candidate of each kept string
-        parent = self._cand_parent[j]
-        gram = gram_of.gather(1, j)
+        jl = lead.gather(1, sel).clamp(max=mm - 1)  # its most probable one
+        parent = self._cand_parent[jl]
+        gram = gram_of.gather(1, jl)
         ptail = s.tail.gather(1, parent[..., None].expand(b, k, n))
         tail = torch.cat([ptail, self._right[gram]], -1).gather(2, self._tail_idx[gram])
         h1 = (s.h1.gather(1, parent) * self._pow1[gram] + self._gh1[gram]) % M1
@@ -474,7 +483,7 @@ class BatchedPrefixBeamSearch:
 
     # ------------------------------------------------------------------ decoding
     def decode(self, log_probs: Tensor, lengths: Tensor | Sequence[int] | None = None,
-               nbest: int = 1) -> list[list[BeamHypothesis]]:
+               nbest: int = 1, timestamps: bool = False) -> list[list[BeamHypothesis]]:
         """Decode a batch.
 
         Args:
@@ -483,6 +492,9 @@ class BatchedPrefixBeamSearch:
             lengths: ``(B,)`` frames of each utterance (default: all ``T``); frames past them are
                 ignored.
             nbest: hypotheses returned per utterance, best first (at most ``beam_size``).
+            timestamps: also fill each hypothesis's ``word_times`` (:class:`BeamHypothesis`):
+                every word with the emission frames of the grams holding its first and last
+                characters, read off the per-frame back-pointers; texts and scores unchanged.
 
         Returns:
             Per utterance, up to ``nbest`` hypotheses, ranked by ``score = am_score +
@@ -511,16 +523,18 @@ class BatchedPrefixBeamSearch:
         for t in range(t_run):  # no host synchronisation in here
             state = self._step(state, lp[:, t], active[t])
             parents[t], emits[t] = state.parent, state.emit
-        return self._finish(state, parents, emits, nbest)
+        return self._finish(state, parents, emits, nbest, timestamps)
 
     def decode_batch(self, log_probs: Tensor, lengths: Tensor | Sequence[int]) -> list[str]:
         """Best transcript of each utterance of ``log_probs (B, T, V)`` with ``lengths (B,)``."""
         return [h[0].text if h else "" for h in self.decode(log_probs, lengths)]
 
-    def _finish(self, s: BeamState, parents: Tensor, emits: Tensor, nbest: int) -> list[list[BeamHypothesis]]:
+    def _finish(self, s: BeamState, parents: Tensor, emits: Tensor, nbest: int,
+                timestamps: bool = False) -> list[list[BeamHypothesis]]:
         """The final scores (without an LM the last partial word counted, with one ``</s>``
         scored), the n-best per utterance, and their strings spelled by walking the
-        back-pointers (on the host)."""
+        back-pointers (on the host); with ``timestamps``, each gram's frame (the frame whose
+        back-pointer appended it) gives the words' frames (:func:`word_times`)."""
         am = torch.cat([s.pb[..., None], s.pg], -1).logsumexp(-1)
         if self.lm is not None:  # the LM part so far + α·ln P(</s> | state), once
             words = s.words
@@ -548,9 +562,12 @@ class BatchedPrefixBeamSearch:
             slot = par[t, ub, slot].astype(np.int64)
         out: list[list[BeamHypothesis]] = [[] for _ in range(score_np.shape[0])]
         for i, (b, k) in enumerate(picks):
-            text = "".join(self.grams[g - 1] for g in path[i][path[i] > 0])
+            frames = np.flatnonzero(path[i])
+            grams = [(self.grams[int(path[i, t]) - 1], int(t)) for t in frames]
+            text = "".join(g for g, _ in grams)
             out[b].append(BeamHypothesis(text, float(score_np[b, k]), float(am_np[b, k]),
-                                         float(lm_np[b, k]), int(words_np[b, k])))
+                                         float(lm_np[b, k]), int(words_np[b, k]),
+                                         word_times(grams) if timestamps else None))
         return out
 
 

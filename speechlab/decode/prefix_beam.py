@@ -54,13 +54,52 @@ _LM_FN = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int32, ctypes.POINTER(ctypes
 class BeamHypothesis:
     """One decoded hypothesis: ``text``; ``score = am_score + lm_score``; ``am_score`` the
     acoustic log-probability (nats) of all paths spelling ``text``; ``lm_score`` the LM part
-    ``α·ln P_LM + β·words``; ``words`` the words counted for β."""
+    ``α·ln P_LM + β·words``; ``words`` the words counted for β.
+
+    ``word_times``: ``(word, first frame, last frame)`` (0-based output frames, inclusive) of
+    every word of ``text`` (``text.split()``), or ``None`` when not asked for (only
+    :class:`~speechlab.decode.batched_prefix_beam.BatchedPrefixBeamSearch` with
+    ``timestamps=True`` gives them). Each emitted gram has an emission frame, the frame of the
+    extension that appended it to the hypothesis (along the back-pointers the search keeps);
+    a word starts at the emission frame of the gram holding its first character and ends at
+    that of the gram holding its last, so a gram spanning a word boundary (``"e "``, ``" t"``,
+    ``"b c"``) gives its frame to both words (see :func:`word_times`)."""
 
     text: str
     score: float
     am_score: float
     lm_score: float
     words: int
+    word_times: list[tuple[str, int, int]] | None = None
+
+
+def word_times(grams_with_frames: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """The words of a hypothesis spelled by ``grams_with_frames`` — each emitted gram with its
+    emission frame, in order — with their first and last frames: a word (a maximal run of
+    non-space characters, as ``str.split`` gives) runs from the frame of the gram holding its
+    first character to the frame of the gram holding its last; a gram spanning a space gives
+    its frame to the words on both sides; grams of spaces only give no word.
+
+    >>> word_times([("a", 2), ("b ", 5), ("c", 9)])
+    [('ab', 2, 5), ('c', 9, 9)]
+    """
+    out: list[tuple[str, int, int]] = []
+    chars: list[str] = []
+    start = end = -1
+    for gram, frame in grams_with_frames:
+        for ch in gram:
+            if ch.isspace():
+                if chars:
+                    out.append(("".join(chars), start, end))
+                    chars = []
+            else:
+                if not chars:
+                    start = frame
+                chars.append(ch)
+                end = frame
+    if chars:
+        out.append(("".join(chars), start, end))
+    return out
 
 
 class KenLMScorer:
@@ -568,5 +607,5 @@ class PrefixBeamSearch:
 
 __all__ = [
     "BeamHypothesis", "GramDecoding", "KenLMScorer", "PrefixBeamSearch", "arpa_words", "load_lexicon",
-    "native_available",
+    "native_available", "word_times",
 ]
