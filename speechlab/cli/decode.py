@@ -21,7 +21,13 @@ from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
 from speechlab.decode import prefix_beam_search, uses_batched_search
 from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
-from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch, load_lexicon
+from speechlab.decode.prefix_beam import (
+    BeamHypothesis,
+    GramDecoding,
+    KenLMScorer,
+    PrefixBeamSearch,
+    load_lexicon,
+)
 from speechlab.errors import InputError
 from speechlab.functional.gram_decode import gram_greedy_decode
 from speechlab.io import atomic_write_jsonl, atomic_write_text, check_overwrite
@@ -131,19 +137,47 @@ def beam_decode(search: PrefixBeamSearch | BatchedPrefixBeamSearch, log_probs: l
                 batch_size: int = 32) -> list[str]:
     """Best transcript of each ``(T_i, V)`` log-prob matrix: one utterance at a time for the C++
     search, padded batches of ``batch_size`` on the search's device for the batched one."""
+    return [h[0].text if h else "" for h in beam_hypotheses(search, log_probs, batch_size)]
+
+
+def beam_hypotheses(search: PrefixBeamSearch | BatchedPrefixBeamSearch, log_probs: list[torch.Tensor],
+                    batch_size: int = 32, nbest: int = 1,
+                    timestamps: bool = False) -> list[list[BeamHypothesis]]:
+    """The ``nbest`` hypotheses (best first) of each ``(T_i, V)`` log-prob matrix, as
+    :func:`beam_decode` runs the search; ``timestamps`` (the batched search only) fills their
+    ``word_times``."""
     if isinstance(search, PrefixBeamSearch):
-        return [search.decode(lp)[0].text
+        if timestamps:
+            raise ValueError("timestamps need the batched search")
+        return [search.decode(lp, nbest)
                 for lp in progress(log_probs, desc="beam search", unit="utt")]
-    hyps: list[str] = []
+    hyps: list[list[BeamHypothesis]] = []
     bar = progress(total=len(log_probs), desc="batched beam search", unit="utt")
     with bar:
         for i in range(0, len(log_probs), batch_size):
             chunk = log_probs[i:i + batch_size]
             lengths = torch.tensor([lp.shape[0] for lp in chunk])
             padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)
-            hyps += search.decode_batch(padded, lengths)
+            hyps += search.decode(padded, lengths, nbest=nbest, timestamps=timestamps)
             bar.update(len(chunk))
     return hyps
+
+
+def hypothesis_fields(hyps: list[BeamHypothesis], frame_rate: float, nbest: int,
+                      timestamps: bool) -> dict[str, Any]:
+    """The ``--out`` fields of one utterance beyond ``{id, ref, hyp}``: ``nbest`` (``nbest > 1``:
+    ``{hyp, score, am_score, lm_score}`` per hypothesis, best first) and ``words``
+    (``timestamps``: ``{word, start, end}`` of the best one, in seconds: ``start`` = first
+    frame / ``frame_rate``, ``end`` = (last frame + 1) / ``frame_rate``)."""
+    row: dict[str, Any] = {}
+    if nbest > 1:
+        row["nbest"] = [{"hyp": h.text, "score": h.score, "am_score": h.am_score,
+                         "lm_score": h.lm_score} for h in hyps]
+    if timestamps:
+        times = hyps[0].word_times if hyps and hyps[0].word_times is not None else []
+        row["words"] = [{"word": w, "start": round(a / frame_rate, 6),
+                         "end": round((z + 1) / frame_rate, 6)} for w, a, z in times]
+    return row
 
 
 def add_config_arguments(p: argparse.ArgumentParser, config: type, grid: Sequence[str] = ()) -> None:
@@ -181,6 +215,12 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resample", action="store_true", help="resample audio to --sample-rate")
     add_device_argument(p)
     p.add_argument("--out", help="hypotheses JSONL ({id, ref, hyp}) of the best grid point")
+    p.add_argument("--nbest", type=int, default=1,
+                   help="beam search: with --out, also the N best hypotheses with their scores "
+                        "(\"nbest\": [{hyp, score, am_score, lm_score}]) when N > 1")
+    p.add_argument("--timestamps", action="store_true",
+                   help="beam search with --search batched: with --out, also every word's start "
+                        "and end in seconds (\"words\": [{word, start, end}])")
     p.add_argument("--json", help="write the results (all grid points) as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite existing --out / --json files")
 
@@ -195,6 +235,12 @@ def decode(args: argparse.Namespace) -> int:
       speechlab decode --checkpoint C --manifest M --method beam --beam-size 16 \\
           --lm exp/lm/tiny_3gram.arpa --lm-weight 0.3 0.6 1.0 --word-score 0 1 2 --out hyps.jsonl
       speechlab decode ... --lm exp/lm/tiny_3gram.arpa --lexicon lm     # only the LM's words
+      speechlab decode ... --method beam --search batched --nbest 5 --timestamps --out hyps.jsonl
+
+    ``--nbest N`` / ``--timestamps`` add to each ``--out`` line the N best hypotheses
+    (``"nbest"``) and the best one's word times in seconds (``"words"``, the batched search
+    only: :attr:`~speechlab.decode.prefix_beam.BeamHypothesis.word_times` over the model's
+    frame rate, ``end`` = (last frame + 1) / rate).
 
     CTC checkpoints (``CTCTask``) decode as unigram Gram-CTC, which is the same model.
     """
@@ -203,6 +249,14 @@ def decode(args: argparse.Namespace) -> int:
     for path in (args.out, args.json):
         if path:
             check_overwrite(path, args.force)
+    if args.nbest < 1:
+        raise InputError(f"--nbest {args.nbest}: 1 or more expected")
+    if (args.timestamps or args.nbest > 1) and args.method != "beam":
+        raise InputError("--timestamps/--nbest need --method beam")
+    if args.timestamps and not uses_batched_search(
+            config_from_arguments(args, GramDecoding, lm_weight=args.lm_weight[0],
+                                  word_score=args.word_score[0]), device):
+        raise InputError("--timestamps needs --search batched (the C++ search returns no frames)")
     lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
     lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = as_gram_ctc(CTCTask.load(args.checkpoint))
@@ -220,13 +274,16 @@ def decode(args: argparse.Namespace) -> int:
     best_hyps: list[str] = []
     for alpha, beta in grid:
         t0 = time.perf_counter()
+        extra: list[dict[str, Any]] = [{} for _ in out.ids]
         if args.method == "greedy":
             hyps = greedy(model, out)
             label = "greedy"
         else:
             point = config_from_arguments(args, GramDecoding, lm_weight=alpha, word_score=beta)
             dec = prefix_beam_search(model.grams, point, device, lm=lm, lexicon=lexicon)
-            hyps = beam_decode(dec, out.log_probs)
+            beams = beam_hypotheses(dec, out.log_probs, nbest=args.nbest, timestamps=args.timestamps)
+            hyps = [h[0].text if h else "" for h in beams]
+            extra = [hypothesis_fields(h, model.frame_rate, args.nbest, args.timestamps) for h in beams]
             label = (f"beam {args.beam_size}" + (" batched" if uses_batched_search(point, device) else "")
                      + (f" + LM α={alpha:g} β={beta:g}" if lm else ""))
             label += " + lexicon" if lexicon else ""
@@ -236,17 +293,17 @@ def decode(args: argparse.Namespace) -> int:
         row = {"decoding": label, "lm_weight": alpha, "word_score": beta, "wer": w.rate,
                "cer": c.rate, "word_errors": w.errors, "words": w.ref_len, "decode_seconds": dt,
                "frames_per_second": fps, "utterances": len(hyps)}
-        results.append((row, hyps))
+        results.append((row, hyps, extra))
         print(f"{label:32s} WER {100 * w.rate:6.2f}%  CER {100 * c.rate:6.2f}%  "
               f"decode {dt:6.2f} s ({1000 * dt / max(len(hyps), 1):.2f} ms/utt)")
-    best_row, best_hyps = min(results, key=lambda r: (r[0]["wer"], r[0]["cer"]))
+    best_row, best_hyps, best_extra = min(results, key=lambda r: (r[0]["wer"], r[0]["cer"]))
     if len(results) > 1:
         print(f"best: {best_row['decoding']}  WER {100 * best_row['wer']:.2f}%  "
               f"CER {100 * best_row['cer']:.2f}%")
     if args.out:
-        atomic_write_jsonl(args.out, ({"id": i, "ref": r, "hyp": h}
-                                      for i, r, h in zip(out.ids, out.texts, best_hyps, strict=True)))
+        atomic_write_jsonl(args.out, ({"id": i, "ref": r, "hyp": h} | x for i, r, h, x
+                                      in zip(out.ids, out.texts, best_hyps, best_extra, strict=True)))
     if args.json:
         atomic_write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "manifest": args.manifest,
-                                                 "results": [r for r, _ in results]}, indent=1) + "\n")
+                                                 "results": [r for r, _, _ in results]}, indent=1) + "\n")
     return 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from speechlab.data.manifests import ctc_min_frames
 from speechlab.data.speech import SpeechDataModule
 from speechlab.score import edit_counts
-from tests.cli.test_bad_input import absolute, run_cli
+from tests.cli.test_bad_input import absolute, one_error_line, run_cli
 from tests.cli.test_checkpoint_cli import _fit
 
 SHORT_TEXT = "seven eight nine"  # 16 characters; 0.2 s is 5 output frames at 25 Hz
@@ -169,6 +169,56 @@ def test_speechlab_decode_batched_search_writes_the_cpu_searchs_hypotheses(check
         assert ("beam 4 batched" in stdout) == (search == "batched")
     assert files["cpu"].read_text() == files["batched"].read_text()
     assert manifest_ids(files["batched"]) == manifest_ids(manifest)
+
+
+def test_speechlab_decode_nbest_and_word_timestamps(checkpoints, eval_set, tmp_path, capsys):
+    """``speechlab decode --nbest N --timestamps --out F``: every line also has ``nbest`` (N
+    hypotheses at most, sorted by score, the first one ``hyp``) and ``words`` (the words of
+    ``hyp``, in seconds: whole frames of ``model.frame_rate``, ordered, within the audio);
+    ``hyp`` is the one written without the flags. The C++ search gives ``--nbest`` too, not
+    ``--timestamps`` (a one-line error), and greedy decoding neither."""
+    from speechlab.tasks import load
+    from speechlab.tasks.gram_ctc import as_gram_ctc
+
+    ckpt, manifest = checkpoints["ctc"], eval_set["manifest"]
+    rate = as_gram_ctc(load(ckpt)).frame_rate
+    duration = {json.loads(line)["id"]: json.loads(line).get("duration")
+                for line in manifest.read_text().splitlines() if line}
+    base = ["decode", "--checkpoint", ckpt, "--manifest", manifest, "--method", "beam",
+            "--beam-size", "4", "--device", "cpu"]
+    files = {name: tmp_path / f"{name}.jsonl" for name in ("plain", "timed", "cpu")}
+    for name, flags in (("plain", ["--search", "batched"]),
+                        ("timed", ["--search", "batched", "--nbest", "3", "--timestamps"]),
+                        ("cpu", ["--search", "cpu", "--nbest", "3"])):
+        rc, _, err = run_cli(capsys, *base, *flags, "--out", files[name])
+        assert rc == 0, err
+    rows = {name: [json.loads(line) for line in f.read_text().splitlines() if line]
+            for name, f in files.items()}
+    assert [r["hyp"] for r in rows["timed"]] == [r["hyp"] for r in rows["plain"]]
+    assert all("nbest" not in r and "words" not in r for r in rows["plain"])
+    for name in ("timed", "cpu"):
+        for r in rows[name]:
+            nbest = r["nbest"]
+            assert 1 <= len(nbest) <= 3 and nbest[0]["hyp"] == r["hyp"]
+            assert [h["score"] for h in nbest] == sorted((h["score"] for h in nbest), reverse=True)
+            assert all(h["score"] == pytest.approx(h["am_score"] + h["lm_score"]) for h in nbest)
+    assert all("words" not in r for r in rows["cpu"])
+    for r in rows["timed"]:
+        words = r["words"]
+        assert [w["word"] for w in words] == r["hyp"].split()
+        bounds = [x for w in words for x in (w["start"], w["end"])]
+        assert bounds == sorted(bounds) and all(w["start"] < w["end"] for w in words)
+        for x in bounds:
+            assert x * rate == pytest.approx(round(x * rate), abs=1e-4)
+        if words and duration[r["id"]] is not None:
+            assert words[-1]["end"] <= duration[r["id"]] + 1 / rate + 1e-6
+    assert any(r["words"] for r in rows["timed"])
+    for flags, message in ((["--method", "beam", "--search", "cpu", "--timestamps"], "--timestamps needs --search batched"),
+                           (["--nbest", "2"], "--timestamps/--nbest need --method beam"),
+                           (["--method", "beam", "--nbest", "0"], "--nbest 0: 1 or more expected")):
+        rc, _, err = run_cli(capsys, "decode", "--checkpoint", ckpt, "--manifest", manifest,
+                             *flags, "--device", "cpu")
+        assert rc == 2 and message in one_error_line(err, "decode")
 
 
 def test_speechlab_decode_computes_the_features_speechlab_test_does(checkpoints, eval_set):
