@@ -133,19 +133,12 @@ def greedy(model: GramCTCTask, out: Outputs) -> list[str]:
 GRID_FIELDS = ("lm_weight", "word_score")
 
 
-def beam_decode(search: PrefixBeamSearch | BatchedPrefixBeamSearch, log_probs: list[torch.Tensor],
-                batch_size: int = 32) -> list[str]:
-    """Best transcript of each ``(T_i, V)`` log-prob matrix: one utterance at a time for the C++
-    search, padded batches of ``batch_size`` on the search's device for the batched one."""
-    return [h[0].text if h else "" for h in beam_hypotheses(search, log_probs, batch_size)]
-
-
 def beam_hypotheses(search: PrefixBeamSearch | BatchedPrefixBeamSearch, log_probs: list[torch.Tensor],
                     batch_size: int = 32, nbest: int = 1,
                     timestamps: bool = False) -> list[list[BeamHypothesis]]:
-    """The ``nbest`` hypotheses (best first) of each ``(T_i, V)`` log-prob matrix, as
-    :func:`beam_decode` runs the search; ``timestamps`` (the batched search only) fills their
-    ``word_times``."""
+    """The ``nbest`` hypotheses (best first) of each ``(T_i, V)`` log-prob matrix: one utterance
+    at a time for the C++ search, padded batches of ``batch_size`` on the search's device for
+    the batched one; ``timestamps`` (the batched search only) fills their ``word_times``."""
     if isinstance(search, PrefixBeamSearch):
         if timestamps:
             raise ValueError("timestamps need the batched search")

@@ -16,18 +16,13 @@ from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch
 
 
-def batched_search_supports(config: GramDecoding) -> bool:
-    """Whether :class:`BatchedPrefixBeamSearch` can run ``config``: no LM or a character LM, no
-    lexicon (no word LM or lexicon yet)."""
-    return config.lexicon is None and (config.lm is None or config.lm_unit == "char")
-
-
 def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
     """Whether ``config.search`` means the batched search on ``device``: ``batched``, or
     ``auto`` on a GPU when the batched search supports the config (otherwise the C++ search
     runs, on the log-probs copied to the host)."""
     if config.search == "auto":
-        return torch.device(device).type == "cuda" and batched_search_supports(config)
+        return (torch.device(device).type == "cuda"
+                and BatchedPrefixBeamSearch.unsupported(config) is None)
     return config.search == "batched"
 
 
@@ -43,4 +38,4 @@ def prefix_beam_search(grams: Any, config: GramDecoding, device: torch.device | 
     return PrefixBeamSearch.from_config(grams, config, lm=lm, lexicon=lexicon)
 
 
-__all__ = ["batched_search_supports", "prefix_beam_search", "uses_batched_search"]
+__all__ = ["prefix_beam_search", "uses_batched_search"]

@@ -269,6 +269,18 @@ class BatchedPrefixBeamSearch:
         vocab = getattr(grams, "vocab", grams)
         return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
 
+    @staticmethod
+    def unsupported(config: GramDecoding) -> str | None:
+        """Why this search cannot run ``config`` (a word LM or a lexicon: not yet), or None."""
+        if config.lexicon is not None:
+            return (f"BatchedPrefixBeamSearch does not support a lexicon yet "
+                    f"(lexicon={config.lexicon!r}); use PrefixBeamSearch")
+        if config.lm is not None and config.lm_unit != "char":
+            return (f"BatchedPrefixBeamSearch does not support a word LM yet "
+                    f"(lm={config.lm!r}, lm_unit={config.lm_unit!r}); a character LM "
+                    f"(lm_unit='char') is supported, or use PrefixBeamSearch")
+        return None
+
     @classmethod
     def from_config(cls, grams: Any, config: GramDecoding, *, lm: TensorNgramLM | None = None,
                     device: torch.device | str | None = None,
@@ -284,13 +296,9 @@ class BatchedPrefixBeamSearch:
             ValueError: the config asks for a word LM (``lm_unit="word"``) or a lexicon: not
                 supported yet here (use :class:`PrefixBeamSearch`).
         """
-        if config.lexicon is not None:
-            raise ValueError(f"BatchedPrefixBeamSearch does not support a lexicon yet "
-                             f"(lexicon={config.lexicon!r}); use PrefixBeamSearch")
-        if config.lm is not None and config.lm_unit != "char":
-            raise ValueError(f"BatchedPrefixBeamSearch does not support a word LM yet "
-                             f"(lm={config.lm!r}, lm_unit={config.lm_unit!r}); a character LM "
-                             f"(lm_unit='char') is supported, or use PrefixBeamSearch")
+        reason = cls.unsupported(config)
+        if reason is not None:
+            raise ValueError(reason)
         if lm is None and config.lm is not None:
             vocab = getattr(grams, "vocab", grams)
             lm = TensorNgramLM.from_arpa(config.lm, vocab=["<blank>", *vocab.chars],
