@@ -19,12 +19,11 @@ import torch
 
 from speechlab.data.manifests import ValidationReport
 from speechlab.data.speech import SpeechDataModule
-from speechlab.decode import prefix_beam_search, uses_batched_search
+from speechlab.decode import load_lm, prefix_beam_search, uses_batched_search
 from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import (
     BeamHypothesis,
     GramDecoding,
-    KenLMScorer,
     PrefixBeamSearch,
     load_lexicon,
 )
@@ -246,13 +245,14 @@ def decode(args: argparse.Namespace) -> int:
         raise InputError(f"--nbest {args.nbest}: 1 or more expected")
     if (args.timestamps or args.nbest > 1) and args.method != "beam":
         raise InputError("--timestamps/--nbest need --method beam")
-    if args.timestamps and not uses_batched_search(
-            config_from_arguments(args, GramDecoding, lm_weight=args.lm_weight[0],
-                                  word_score=args.word_score[0]), device):
+    first = config_from_arguments(args, GramDecoding, lm_weight=args.lm_weight[0],
+                                  word_score=args.word_score[0])
+    if args.timestamps and not uses_batched_search(first, device):
         raise InputError("--timestamps needs --search batched (the C++ search returns no frames)")
-    lm = KenLMScorer(args.lm, args.lm_unit) if args.lm and args.method == "beam" else None
-    lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     model = as_gram_ctc(CTCTask.load(args.checkpoint))
+    # the LM and lexicon are loaded once, for every point of the grid
+    lm = load_lm(model.grams, first, device) if args.method == "beam" else None
+    lexicon = load_lexicon(args.lexicon, args.lm) if args.method == "beam" else None
     out = network_outputs(model, args.manifest, args.sample_rate, args.resample, device=device,
                           features=checkpoint_features(args.checkpoint))
     fps = out.frames / max(out.audio_seconds, 1e-9)
@@ -278,7 +278,7 @@ def decode(args: argparse.Namespace) -> int:
             hyps = [h[0].text if h else "" for h in beams]
             extra = [hypothesis_fields(h, model.frame_rate, args.nbest, args.timestamps) for h in beams]
             label = (f"beam {args.beam_size}" + (" batched" if uses_batched_search(point, device) else "")
-                     + (f" + LM α={alpha:g} β={beta:g}" if lm else ""))
+                     + (f" + LM α={alpha:g} β={beta:g}" if lm is not None else ""))
             label += " + lexicon" if lexicon else ""
         dt = time.perf_counter() - t0
         w = edit_counts(out.texts, hyps, unit="word", normalize=True)

@@ -14,6 +14,7 @@ import torch
 
 from speechlab.decode.batched_prefix_beam import BatchedPrefixBeamSearch
 from speechlab.decode.prefix_beam import GramDecoding, KenLMScorer, PrefixBeamSearch
+from speechlab.lm.tensor_ngram import TensorNgramLM
 
 
 def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
@@ -27,15 +28,30 @@ def uses_batched_search(config: GramDecoding, device: torch.device | str) -> boo
 
 
 def prefix_beam_search(grams: Any, config: GramDecoding, device: torch.device | str = "cpu", *,
-                       lm: KenLMScorer | None = None, lexicon: Iterable[str] | None = None
+                       lm: KenLMScorer | TensorNgramLM | None = None,
+                       lexicon: Iterable[str] | None = None
                        ) -> PrefixBeamSearch | BatchedPrefixBeamSearch:
     """The CTC / Gram-CTC beam search of ``config`` over ``grams`` (a GramSet, or a CharVocab)
     for log-probs on ``device``: :class:`BatchedPrefixBeamSearch` on that device when
-    :func:`uses_batched_search`, else the C++ :class:`PrefixBeamSearch` (``lm`` / ``lexicon``:
-    already loaded ones to share, see :meth:`PrefixBeamSearch.from_config`)."""
+    :func:`uses_batched_search`, else the C++ :class:`PrefixBeamSearch`. ``lm`` / ``lexicon``:
+    ``config.lm`` / ``config.lexicon`` already loaded, to share across several searches (a
+    :class:`KenLMScorer` for the C++ search, a :class:`TensorNgramLM` for the batched one, as
+    :func:`load_lm` gives; see the two ``from_config``)."""
     if uses_batched_search(config, device):
-        return BatchedPrefixBeamSearch.from_config(grams, config, device=device)
-    return PrefixBeamSearch.from_config(grams, config, lm=lm, lexicon=lexicon)
+        return BatchedPrefixBeamSearch.from_config(
+            grams, config, device=device, lm=lm if isinstance(lm, TensorNgramLM) else None)
+    return PrefixBeamSearch.from_config(grams, config, lm=lm if isinstance(lm, KenLMScorer) else None,
+                                        lexicon=lexicon)
 
 
-__all__ = ["prefix_beam_search", "uses_batched_search"]
+def load_lm(grams: Any, config: GramDecoding, device: torch.device | str = "cpu"
+            ) -> KenLMScorer | TensorNgramLM | None:
+    """``config.lm`` loaded once for :func:`prefix_beam_search` on ``device`` (None without one)."""
+    if config.lm is None:
+        return None
+    if uses_batched_search(config, device):
+        return BatchedPrefixBeamSearch.load_lm(grams, config.lm, device=device)
+    return KenLMScorer(config.lm, config.lm_unit)
+
+
+__all__ = ["load_lm", "prefix_beam_search", "uses_batched_search"]

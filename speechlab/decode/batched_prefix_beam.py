@@ -270,6 +270,15 @@ class BatchedPrefixBeamSearch:
         return cls(vocab.chars, list(getattr(grams, "grams", vocab.chars)), **kwargs)
 
     @staticmethod
+    def load_lm(grams: Any, path: str | os.PathLike, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float64) -> TensorNgramLM:
+        """A character ARPA LM (``lm_unit="char"``) as a :class:`TensorNgramLM` over the
+        characters of ``grams`` (a GramSet or a CharVocab: ids ``1..|Σ|``, a space as ``|``)."""
+        vocab = getattr(grams, "vocab", grams)
+        return TensorNgramLM.from_arpa(path, vocab=["<blank>", *vocab.chars],
+                                       device=device if device is not None else "cpu", dtype=dtype)
+
+    @staticmethod
     def unsupported(config: GramDecoding) -> str | None:
         """Why this search cannot run ``config`` (a word LM or a lexicon: not yet), or None."""
         if config.lexicon is not None:
@@ -300,9 +309,7 @@ class BatchedPrefixBeamSearch:
         if reason is not None:
             raise ValueError(reason)
         if lm is None and config.lm is not None:
-            vocab = getattr(grams, "vocab", grams)
-            lm = TensorNgramLM.from_arpa(config.lm, vocab=["<blank>", *vocab.chars],
-                                         device=device if device is not None else "cpu", dtype=dtype)
+            lm = cls.load_lm(grams, config.lm, device=device, dtype=dtype)
         return cls.from_gramset(
             grams, beam_size=config.beam_size, token_beam=config.token_beam,
             token_threshold=config.token_threshold, beam_threshold=config.beam_threshold,
