@@ -18,6 +18,8 @@
 # every model, so the comparison stays equal): batch 128 sentences, 11,000 steps (10 epochs), lr
 # 1.5e-3. Carried (git-ignored): .whl2/ (cp312 wheels: jiwer, lhotse, jsonargparse, ...),
 # .cache/20news/{train,test}.jsonl.gz (gzip copies of ../shared/data/text/20news/*.jsonl).
+# EXTRA: more `speechlab fit` arguments for every model (the same for all, so the comparison
+# stays equal), e.g. EXTRA="--model.init_args.dropout 0.5".
 # Results: $OUT/<recipe>.json (speechlab test's results.json: perplexity, topics, NPMI), logs.
 set -uo pipefail
 START=$(date +%s)
@@ -34,6 +36,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 DATA=(--data.init_args.train .cache/20news/train.jsonl.gz --data.init_args.test .cache/20news/test.jsonl.gz)
 SETTINGS=(--data.init_args.batch_size 128 --model.init_args.total_steps "$STEPS"
           --model.init_args.lr 0.0015 --trainer.max_steps "$STEPS" --trainer.val_check_interval 500)
+read -r -a EXTRA_ARGS <<<"${EXTRA:-}"
+SETTINGS+=("${EXTRA_ARGS[@]}")
 
 if [ -z "${TEST_ONLY:-}" ]; then
   PIDS=()
