@@ -223,15 +223,20 @@ def load_stop_words(stop_words: str) -> frozenset[str]:
 
 def build_topic_vocab(documents: Iterable[Iterable[str]], stop_words: frozenset[str] = frozenset(),
                       top_fraction: float = 0.001, min_count: int = 5,
-                      max_size: int | None = None) -> WordVocab:
+                      max_size: int | None = None, min_word_len: int = 2) -> WordVocab:
     """Topic-model vocabulary from tokenized training documents: drop stop words, ``<num>``,
-    one-letter tokens and contractions (``don't``, ``that's``: absent from most stop-word lists);
-    drop the ``ceil(top_fraction * types)`` most frequent remaining word types;
-    keep words with at least ``min_count`` occurrences (at most ``max_size``, most frequent
-    first). No ``<unk>``: words outside it are ignored by the topic model."""
+    tokens shorter than ``min_word_len`` letters (default 2: one-letter tokens; 3 also drops
+    two-letter ones, e.g. the ``ei``, ``pl``, ``mf`` of uuencoded data in 20 Newsgroups) and
+    contractions (``don't``, ``that's``: absent from most stop-word lists); drop the
+    ``ceil(top_fraction * types)`` most frequent remaining word types; keep words with at least
+    ``min_count`` occurrences (at most ``max_size``, most frequent first). No ``<unk>``: words
+    outside it are ignored by the topic model."""
+    if min_word_len < 1:
+        raise ValueError(f"min_word_len must be >= 1, got {min_word_len}")
     counts = Counter(t for doc in documents for t in doc)
     cand = {w: c for w, c in counts.items()
-            if w not in stop_words and w != NUM and len(w) > 1 and "'" not in w and not w.startswith("<")}
+            if w not in stop_words and w != NUM and len(w) >= min_word_len and "'" not in w
+            and not w.startswith("<")}
     ranked = sorted(cand, key=lambda w: (-cand[w], w))
     n_top = math.ceil(top_fraction * len(ranked)) if top_fraction > 0 else 0
     words = [w for w in ranked[n_top:] if cand[w] >= min_count]
@@ -571,8 +576,9 @@ class DocumentDataModule(pl.LightningDataModule):
         clean: ``"none"`` or ``"usenet"`` (:func:`clean_usenet`).
         max_documents: use only the first N training documents (after the split; quick runs).
         min_freq, max_vocab: LM vocabulary (:func:`build_lm_vocab`).
-        stop_words, topic_top_fraction, topic_min_count, topic_max_size: topic vocabulary
-            (:func:`build_topic_vocab`).
+        stop_words, topic_top_fraction, topic_min_count, topic_max_size, topic_min_word_len:
+            topic vocabulary (:func:`build_topic_vocab`; ``topic_min_word_len`` 2 drops
+            one-letter tokens, 3 also two-letter ones).
         max_sentence_len: words kept per sentence (the rest is cut; ``</s>`` follows).
         min_sentence_len: shorter sentences give no LM example.
         batch_size: sentences per training batch.
@@ -594,7 +600,7 @@ class DocumentDataModule(pl.LightningDataModule):
                  clean: Literal["none", "usenet"] = "none", max_documents: int | None = None,
                  min_freq: int = 2, max_vocab: int | None = None, stop_words: str = "sklearn",
                  topic_top_fraction: float = 0.001, topic_min_count: int = 5,
-                 topic_max_size: int | None = None, max_sentence_len: int = 30,
+                 topic_max_size: int | None = None, topic_min_word_len: int = 2, max_sentence_len: int = 30,
                  min_sentence_len: int = 1, batch_size: int = 64, eval_batch_size: int | None = None,
                  static_length: bool = False, topic_context: TopicContext = "others",
                  stream: bool = False, embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
@@ -649,7 +655,8 @@ class DocumentDataModule(pl.LightningDataModule):
                                        hp.min_freq, hp.max_vocab)
         self.topic_vocab = build_topic_vocab(
             ([t for s in doc for t in s] for doc in tokenized["train"]), load_stop_words(hp.stop_words),
-            hp.topic_top_fraction, hp.topic_min_count, hp.topic_max_size)
+            hp.topic_top_fraction, hp.topic_min_count, hp.topic_max_size,
+            hp.topic_min_word_len)
         self.splits = {k: process_documents(v, [d.label for d in self.documents[k]], self.lm_vocab,
                                             self.topic_vocab, hp.max_sentence_len, hp.min_sentence_len)
                        for k, v in tokenized.items()}
