@@ -711,8 +711,8 @@ class DocumentDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
-# --------------------------------------------------------------------------- LDA baseline
-# (scikit-learn; kept in the library until the LDA comparison moves into recipes/20news)
+# --------------------------------------------------------------------------- LDA
+# (scikit-learn): the baseline of the coherence comparison, and TopicLMTask's topic_init: lda
 
 def doc_word_sparse(docs: ProcessedDocuments, vocab_size: int) -> Any:
     """``scipy.sparse.csr_matrix (D, V)`` of topic-word counts (for scikit-learn)."""
@@ -728,13 +728,29 @@ def doc_word_sparse(docs: ProcessedDocuments, vocab_size: int) -> Any:
     return csr_matrix((data, (rows, cols)), shape=(len(docs), vocab_size))
 
 
-def lda_top_words(doc_word: Any, num_topics: int, top_k: int = 10, max_iter: int = 20, seed: int = 0
-                  ) -> torch.Tensor:
-    """Fit scikit-learn's ``LatentDirichletAllocation`` (batch variational Bayes) on a ``(D, V)``
-    count matrix; ``(K, top_k)`` ids of each topic's top words."""
+def lda_topic_word_logits(doc_word: Any, num_topics: int, max_iter: int = 20, seed: int = 0,
+                          n_jobs: int | None = None) -> torch.Tensor:
+    """Fit scikit-learn's ``LatentDirichletAllocation`` (batch variational Bayes, its default
+    priors ``1 / num_topics``) on a ``(D, V)`` count matrix (:func:`doc_word_sparse`: topic-word
+    counts per document) and return its topic-word distributions as logits.
+
+    Returns ``(K, V)`` float32 ``log beta_k - mean_v log beta_k`` with ``beta_k`` the row-normalized
+    ``components_``: ``softmax`` of a row is LDA's ``beta_k``, so its top words are LDA's. The
+    per-row shift is the only freedom left: neither the product decoder (a per-document constant
+    under its softmax) nor the mixture decoder (``softmax(phi_k)``) sees it, and centring keeps
+    the values near 0 like the random initialization. ``random_state=seed``; ``n_jobs`` as in
+    scikit-learn (``None``: one process)."""
+    import numpy as np
     from sklearn.decomposition import LatentDirichletAllocation
 
     lda = LatentDirichletAllocation(n_components=num_topics, max_iter=max_iter, learning_method="batch",
-                                    random_state=seed)
+                                    random_state=seed, n_jobs=n_jobs)
     lda.fit(doc_word)
-    return torch.from_numpy(lda.components_.argsort(axis=1)[:, ::-1][:, :top_k].copy())
+    log_beta = np.log(lda.components_ / lda.components_.sum(axis=1, keepdims=True))
+    return torch.from_numpy(log_beta - log_beta.mean(axis=1, keepdims=True)).float()
+
+
+def lda_top_words(doc_word: Any, num_topics: int, top_k: int = 10, max_iter: int = 20, seed: int = 0
+                  ) -> torch.Tensor:
+    """``(K, top_k)`` ids of the top words of each topic of :func:`lda_topic_word_logits`."""
+    return lda_topic_word_logits(doc_word, num_topics, max_iter, seed).topk(top_k, dim=-1).indices
