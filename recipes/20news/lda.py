@@ -1,7 +1,9 @@
 """Classic LDA baseline for the TCNLM topic table: scikit-learn's LatentDirichletAllocation
 (batch variational Bayes) on the same training documents and topic vocabulary as the 20
 Newsgroups recipes, scored by the same NPMI (top 10 words, document co-occurrence on the test
-documents) as ``speechlab test`` reports for TCNLM. CPU only.
+documents) as ``speechlab test`` reports for TCNLM. CPU only. The topic vocabulary is the one
+the recipe's data options build (``--recipe recipes/20news/tcnlm_10_lda.yaml``: without
+two-letter tokens, ``topic_min_word_len: 3``).
 
   python recipes/20news/lda.py --topics 10 30 50 --max-iter 20 --json lda.json
 """

@@ -223,15 +223,20 @@ def load_stop_words(stop_words: str) -> frozenset[str]:
 
 def build_topic_vocab(documents: Iterable[Iterable[str]], stop_words: frozenset[str] = frozenset(),
                       top_fraction: float = 0.001, min_count: int = 5,
-                      max_size: int | None = None) -> WordVocab:
+                      max_size: int | None = None, min_word_len: int = 2) -> WordVocab:
     """Topic-model vocabulary from tokenized training documents: drop stop words, ``<num>``,
-    one-letter tokens and contractions (``don't``, ``that's``: absent from most stop-word lists);
-    drop the ``ceil(top_fraction * types)`` most frequent remaining word types;
-    keep words with at least ``min_count`` occurrences (at most ``max_size``, most frequent
-    first). No ``<unk>``: words outside it are ignored by the topic model."""
+    tokens shorter than ``min_word_len`` letters (default 2: one-letter tokens; 3 also drops
+    two-letter ones, e.g. the ``ei``, ``pl``, ``mf`` of uuencoded data in 20 Newsgroups) and
+    contractions (``don't``, ``that's``: absent from most stop-word lists); drop the
+    ``ceil(top_fraction * types)`` most frequent remaining word types; keep words with at least
+    ``min_count`` occurrences (at most ``max_size``, most frequent first). No ``<unk>``: words
+    outside it are ignored by the topic model."""
+    if min_word_len < 1:
+        raise ValueError(f"min_word_len must be >= 1, got {min_word_len}")
     counts = Counter(t for doc in documents for t in doc)
     cand = {w: c for w, c in counts.items()
-            if w not in stop_words and w != NUM and len(w) > 1 and "'" not in w and not w.startswith("<")}
+            if w not in stop_words and w != NUM and len(w) >= min_word_len and "'" not in w
+            and not w.startswith("<")}
     ranked = sorted(cand, key=lambda w: (-cand[w], w))
     n_top = math.ceil(top_fraction * len(ranked)) if top_fraction > 0 else 0
     words = [w for w in ranked[n_top:] if cand[w] >= min_count]
@@ -571,8 +576,9 @@ class DocumentDataModule(pl.LightningDataModule):
         clean: ``"none"`` or ``"usenet"`` (:func:`clean_usenet`).
         max_documents: use only the first N training documents (after the split; quick runs).
         min_freq, max_vocab: LM vocabulary (:func:`build_lm_vocab`).
-        stop_words, topic_top_fraction, topic_min_count, topic_max_size: topic vocabulary
-            (:func:`build_topic_vocab`).
+        stop_words, topic_top_fraction, topic_min_count, topic_max_size, topic_min_word_len:
+            topic vocabulary (:func:`build_topic_vocab`; ``topic_min_word_len`` 2 drops
+            one-letter tokens, 3 also two-letter ones).
         max_sentence_len: words kept per sentence (the rest is cut; ``</s>`` follows).
         min_sentence_len: shorter sentences give no LM example.
         batch_size: sentences per training batch.
@@ -594,7 +600,7 @@ class DocumentDataModule(pl.LightningDataModule):
                  clean: Literal["none", "usenet"] = "none", max_documents: int | None = None,
                  min_freq: int = 2, max_vocab: int | None = None, stop_words: str = "sklearn",
                  topic_top_fraction: float = 0.001, topic_min_count: int = 5,
-                 topic_max_size: int | None = None, max_sentence_len: int = 30,
+                 topic_max_size: int | None = None, topic_min_word_len: int = 2, max_sentence_len: int = 30,
                  min_sentence_len: int = 1, batch_size: int = 64, eval_batch_size: int | None = None,
                  static_length: bool = False, topic_context: TopicContext = "others",
                  stream: bool = False, embedded_documents: int = 400, num_workers: int = 0, seed: int = 0) -> None:
@@ -649,7 +655,8 @@ class DocumentDataModule(pl.LightningDataModule):
                                        hp.min_freq, hp.max_vocab)
         self.topic_vocab = build_topic_vocab(
             ([t for s in doc for t in s] for doc in tokenized["train"]), load_stop_words(hp.stop_words),
-            hp.topic_top_fraction, hp.topic_min_count, hp.topic_max_size)
+            hp.topic_top_fraction, hp.topic_min_count, hp.topic_max_size,
+            hp.topic_min_word_len)
         self.splits = {k: process_documents(v, [d.label for d in self.documents[k]], self.lm_vocab,
                                             self.topic_vocab, hp.max_sentence_len, hp.min_sentence_len)
                        for k, v in tokenized.items()}
@@ -704,8 +711,8 @@ class DocumentDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
-# --------------------------------------------------------------------------- LDA baseline
-# (scikit-learn; kept in the library until the LDA comparison moves into recipes/20news)
+# --------------------------------------------------------------------------- LDA
+# (scikit-learn): the baseline of the coherence comparison, and TopicLMTask's topic_init: lda
 
 def doc_word_sparse(docs: ProcessedDocuments, vocab_size: int) -> Any:
     """``scipy.sparse.csr_matrix (D, V)`` of topic-word counts (for scikit-learn)."""
@@ -721,13 +728,29 @@ def doc_word_sparse(docs: ProcessedDocuments, vocab_size: int) -> Any:
     return csr_matrix((data, (rows, cols)), shape=(len(docs), vocab_size))
 
 
-def lda_top_words(doc_word: Any, num_topics: int, top_k: int = 10, max_iter: int = 20, seed: int = 0
-                  ) -> torch.Tensor:
-    """Fit scikit-learn's ``LatentDirichletAllocation`` (batch variational Bayes) on a ``(D, V)``
-    count matrix; ``(K, top_k)`` ids of each topic's top words."""
+def lda_topic_word_logits(doc_word: Any, num_topics: int, max_iter: int = 20, seed: int = 0,
+                          n_jobs: int | None = None) -> torch.Tensor:
+    """Fit scikit-learn's ``LatentDirichletAllocation`` (batch variational Bayes, its default
+    priors ``1 / num_topics``) on a ``(D, V)`` count matrix (:func:`doc_word_sparse`: topic-word
+    counts per document) and return its topic-word distributions as logits.
+
+    Returns ``(K, V)`` float32 ``log beta_k - mean_v log beta_k`` with ``beta_k`` the row-normalized
+    ``components_``: ``softmax`` of a row is LDA's ``beta_k``, so its top words are LDA's. The
+    per-row shift is the only freedom left: neither the product decoder (a per-document constant
+    under its softmax) nor the mixture decoder (``softmax(phi_k)``) sees it, and centring keeps
+    the values near 0 like the random initialization. ``random_state=seed``; ``n_jobs`` as in
+    scikit-learn (``None``: one process)."""
+    import numpy as np
     from sklearn.decomposition import LatentDirichletAllocation
 
     lda = LatentDirichletAllocation(n_components=num_topics, max_iter=max_iter, learning_method="batch",
-                                    random_state=seed)
+                                    random_state=seed, n_jobs=n_jobs)
     lda.fit(doc_word)
-    return torch.from_numpy(lda.components_.argsort(axis=1)[:, ::-1][:, :top_k].copy())
+    log_beta = np.log(lda.components_ / lda.components_.sum(axis=1, keepdims=True))
+    return torch.from_numpy(log_beta - log_beta.mean(axis=1, keepdims=True)).float()
+
+
+def lda_top_words(doc_word: Any, num_topics: int, top_k: int = 10, max_iter: int = 20, seed: int = 0
+                  ) -> torch.Tensor:
+    """``(K, top_k)`` ids of the top words of each topic of :func:`lda_topic_word_logits`."""
+    return lda_topic_word_logits(doc_word, num_topics, max_iter, seed).topk(top_k, dim=-1).indices

@@ -5,7 +5,8 @@
 - the files ``test`` writes and its refusal to replace earlier ones (:class:`TestOutputs`:
   ``output_dir`` / ``overwrite`` hyper-parameters; checked in :meth:`setup`);
 - the optimizer: AdamW with linear warm-up and cosine decay stepped per batch
-  (:func:`adamw_warmup_cosine`) over :meth:`~SpeechLabTask.optimizer_parameters`;
+  (:func:`adamw_warmup_cosine`) over :meth:`~SpeechLabTask.optimizer_parameters` (parameters,
+  or param groups whose learning rate is the task's times their ``lr_scale``);
 - ``train/grad_norm``: the total gradient norm before clipping (:func:`log_grad_norm`; tasks with
   manual optimization log their own);
 - :class:`~speechlab.callbacks.RNGState`, so that resumed runs draw the same random numbers;
@@ -220,12 +221,28 @@ def log_grad_norm(module: pl.LightningModule, parameters: Any = None,
     return norm
 
 
-def adamw_warmup_cosine(module: pl.LightningModule, parameters: Any) -> dict[str, Any]:
-    """The optimizer set-up every speechlab task uses: AdamW (``hparams.lr``,
-    ``hparams.weight_decay``) with :func:`warmup_cosine` stepped per batch over
-    ``hparams.total_steps`` (default ``trainer.max_steps``; constant after warm-up if neither)."""
+#: what :meth:`SpeechLabTask.optimizer_parameters` returns: parameters (one group), or param
+#: groups: dicts ``{"params": [...], "lr_scale": s}`` (``lr_scale`` optional, default 1)
+OptimizerParameters = list[torch.nn.Parameter] | list[dict[str, Any]]
+
+
+def param_groups(parameters: OptimizerParameters, lr: float) -> OptimizerParameters:
+    """``parameters`` as the optimizer takes them: a list of parameters as it is; param groups
+    with ``lr_scale`` get the peak learning rate ``lr * lr_scale`` (the schedule multiplies every
+    group's by the same factor, so their ratio stays ``lr_scale`` at every step)."""
+    if not parameters or not isinstance(parameters[0], dict):
+        return parameters
+    return [{**{k: v for k, v in group.items() if k != "lr_scale"},
+             "lr": lr * group.get("lr_scale", 1.0)} for group in parameters]
+
+
+def adamw_warmup_cosine(module: pl.LightningModule, parameters: OptimizerParameters) -> dict[str, Any]:
+    """The optimizer set-up every speechlab task uses: AdamW (``hparams.lr``, times a param
+    group's ``lr_scale``; ``hparams.weight_decay``) with :func:`warmup_cosine` stepped per batch
+    over ``hparams.total_steps`` (default ``trainer.max_steps``; constant after warm-up if neither)."""
     hp = module.hparams
-    opt = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    opt = torch.optim.AdamW(param_groups(list(parameters), hp.lr), lr=hp.lr,
+                            weight_decay=hp.weight_decay)
     max_steps = module.trainer.max_steps
     total = hp.get("total_steps") or (max_steps if max_steps > 0 else None)
     if total is None:
@@ -251,9 +268,11 @@ class SpeechLabTask(TestOutputs, pl.LightningModule):
     saved_as_none: ClassVar[tuple[str, ...]] = ()
 
     # -- optimization -----------------------------------------------------------------------
-    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
+    def optimizer_parameters(self) -> OptimizerParameters:
         """Parameters of the AdamW + warm-up/cosine optimizer (all of them by default; a task
-        with a second optimizer, e.g. the robust encoder's critic, leaves its own out)."""
+        with a second optimizer, e.g. the robust encoder's critic, leaves its own out), or param
+        groups with their own ``lr_scale`` (:func:`param_groups`; the TCNLM's topic-word
+        parameters)."""
         return list(self.parameters())
 
     def configure_optimizers(self) -> Any:

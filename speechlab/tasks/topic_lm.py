@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechlab.data.corpus import BOS, EOS, PAD, UNK
+from speechlab.data.corpus import BOS, EOS, PAD, UNK, doc_word_sparse, lda_topic_word_logits
 from speechlab.data.vocab import WordVocab
 from speechlab.functional.topic import topic_npmi
 from speechlab.io import atomic_write_text
@@ -39,7 +40,7 @@ from speechlab.nn import count_parameters
 from speechlab.nn.factorized_lstm import TopicCompositionalLM, compile_steps
 from speechlab.nn.lm import RNNLanguageModel
 from speechlab.nn.topic import NeuralTopicModel
-from speechlab.tasks.base import SpeechLabTask
+from speechlab.tasks.base import OptimizerParameters, SpeechLabTask
 from speechlab.tasks.rnnlm import Perplexity
 
 log = logging.getLogger("speechlab.tasks")
@@ -84,6 +85,26 @@ class TopicLMTask(SpeechLabTask):
         kl_warmup_steps: the KL term of the topic model's ELBO is scaled by
             ``min(1, (step + 1) / kl_warmup_steps)`` in training (KL annealing; 0: always 1).
             Evaluation always uses the full ELBO.
+        topic_init: the topic model's topic-word parameters ``phi (T, V_topic)`` at the start of
+            training: ``"random"`` (``N(0, 0.02^2)``) or ``"lda"``: at ``setup("fit")``,
+            scikit-learn LDA (batch variational Bayes, ``lda_max_iter`` iterations,
+            ``random_state`` = the torch seed, ``torch.initial_seed()``, which
+            ``seed_everything`` sets) is fit on the training documents' topic-word counts (one
+            row per document, not per sentence), and ``phi`` becomes its log topic-word
+            distributions, centred per row (:func:`~speechlab.data.corpus.lda_topic_word_logits`):
+            ``softmax(phi_k)`` is LDA's ``beta_k``, so the topics (and their top words) start as
+            LDA's. Not rescaled: in training the product decoder's batch norm divides each
+            word's logit by its spread over the batch, so a scale factor on ``phi`` would not
+            change the decoder's output (up to BN's eps), only how far one Adam step moves
+            ``phi`` relative to its size; ``topic_word_lr_scale`` is the knob for that. Not
+            applied to a task loaded from a checkpoint, nor again in a second ``fit`` of the
+            same task; resuming (``fit(ckpt_path=...)``) fits LDA at setup, then the
+            checkpoint's weights replace its result (the time of one LDA fit is lost; Lightning
+            restores checkpoints after ``setup``). ``lm_type: tcnlm`` only.
+        lda_max_iter: LDA's passes over the training documents (``topic_init: lda``).
+        topic_word_lr_scale: the learning rate of ``phi`` is ``lr * topic_word_lr_scale`` (its
+            own optimizer param group, same schedule), e.g. small to keep LDA's topics from
+            drifting; 1: one group, as without it. ``lm_type: tcnlm`` only.
         lstm_hidden_size: hidden size of the ``lstm`` baseline (default ``hidden_size``).
         match_params: ``lstm`` only: choose ``lstm_hidden_size`` so that the baseline has as
             many parameters as the TCNLM (LM + topic model) with these settings.
@@ -107,6 +128,8 @@ class TopicLMTask(SpeechLabTask):
                  topic_layers: int = 2, topic_dropout: float = 0.0,
                  topic_decoder: Literal["product", "mixture"] = "product", ntm_weight: float = 1.0,
                  topic_pretrain_steps: int = 0, kl_warmup_steps: int = 0,
+                 topic_init: Literal["random", "lda"] = "random", lda_max_iter: int = 20,
+                 topic_word_lr_scale: float = 1.0,
                  lstm_hidden_size: int | None = None, match_params: bool = False,
                  lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
                  total_steps: int | None = None, compile: bool = False, top_k: int = 10,
@@ -121,6 +144,13 @@ class TopicLMTask(SpeechLabTask):
             raise ValueError("topic_pretrain_steps and kl_warmup_steps must be >= 0")
         if topic_pretrain_steps > 0 and lm_type != "tcnlm":
             raise ValueError("topic_pretrain_steps trains the topic model: it needs lm_type: tcnlm")
+        if topic_init not in ("random", "lda"):
+            raise ValueError(f"topic_init must be 'random' or 'lda', got {topic_init!r}")
+        if lda_max_iter < 1 or topic_word_lr_scale < 0:
+            raise ValueError("lda_max_iter must be >= 1 and topic_word_lr_scale >= 0")
+        if (topic_init != "random" or topic_word_lr_scale != 1.0) and lm_type != "tcnlm":
+            raise ValueError("topic_init and topic_word_lr_scale set the topic model's topic-word "
+                             "parameters: they need lm_type: tcnlm")
         self.save_hyperparameters()
         self.lm: nn.Module | None = None
         self.topic_model: NeuralTopicModel | None = None
@@ -128,6 +158,9 @@ class TopicLMTask(SpeechLabTask):
         self.topic_vocab: WordVocab | None = None
         self.ppl = nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
         self._stream_state: dict[str, Any] = {}  # split -> a document stream's carried LSTM state
+        # topic_word holds trained or initialized values (loaded from a checkpoint, or set from
+        # LDA by an earlier setup): topic_init: lda leaves it alone
+        self._topic_word_set = False
         if lm_vocab_size is not None and (lm_type == "lstm" or topic_vocab_size is not None):
             self.build(lm_vocab_size, topic_vocab_size)
 
@@ -171,14 +204,47 @@ class TopicLMTask(SpeechLabTask):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
+        lda = stage == "fit" and self.hparams.topic_init == "lda" and not self._topic_word_set
         if dm is None or not hasattr(dm, "lm_vocab"):
             if self.lm is None:
                 raise ValueError("TopicLMTask needs a DocumentDataModule (or lm_vocab_size and "
                                  "topic_vocab_size)")
+            if lda:
+                raise ValueError("topic_init: lda fits LDA on the training documents: it needs a "
+                                 "DocumentDataModule")
             return
         if dm.lm_vocab is None:
             dm.setup(stage)
         self.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+        if lda:
+            self.init_topic_word_from_lda(doc_word_sparse(dm.splits["train"], len(dm.topic_vocab)))
+
+    def init_topic_word_from_lda(self, doc_word: Any) -> None:
+        """Set the topic model's ``topic_word (T, V_topic)`` to
+        :func:`~speechlab.data.corpus.lda_topic_word_logits` of ``doc_word`` (``(D, V_topic)``
+        topic-word counts per training document, e.g. ``scipy.sparse``), with ``lda_max_iter``
+        iterations and ``random_state = torch.initial_seed() mod 2^32`` (see ``topic_init``);
+        logs the fit time."""
+        assert self.topic_model is not None
+        hp, seed = self.hparams, torch.initial_seed() % 2**32
+        start = time.perf_counter()
+        logits = lda_topic_word_logits(doc_word, hp.num_topics, hp.lda_max_iter, seed)
+        with torch.no_grad():
+            self.topic_model.topic_word.copy_(logits)
+        self._topic_word_set = True
+        log.info("topic_init lda: %d topics fit on %d documents x %d topic words, %d iterations, "
+                 "seed %d: %.1f s", hp.num_topics, doc_word.shape[0], doc_word.shape[1],
+                 hp.lda_max_iter, seed, time.perf_counter() - start)
+
+    def optimizer_parameters(self) -> OptimizerParameters:
+        """All parameters; with ``topic_word_lr_scale`` other than 1, two param groups: the
+        topic model's ``topic_word`` at ``lr * topic_word_lr_scale`` and the rest at ``lr``."""
+        scale = self.hparams.topic_word_lr_scale
+        if scale == 1.0 or self.topic_model is None:
+            return super().optimizer_parameters()
+        phi = self.topic_model.topic_word
+        return [{"params": [p for p in self.parameters() if p is not phi]},
+                {"params": [phi], "lr_scale": scale}]
 
     def set_vocabularies(self, lm_vocab: WordVocab, topic_vocab: WordVocab) -> None:
         """Adopt the data's vocabularies: build the model, or check that they fit it."""
@@ -348,6 +414,7 @@ class TopicLMTask(SpeechLabTask):
 
     def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().load_extra_checkpoint_state(state)
+        self._topic_word_set = True  # the checkpoint's weights follow: no topic_init over them
         if "lm_vocab" in state:
             self.lm_vocab = WordVocab.from_dict(state["lm_vocab"])
         if "topic_vocab" in state:

@@ -126,6 +126,35 @@ def test_topic_vocab_removes_stop_words_frequent_and_rare():
         build_topic_vocab([["a", "b"]], min_count=5)
 
 
+def test_topic_vocab_min_word_len_drops_exactly_the_shorter_words():
+    docs = [["ei", "pl", "rocket", "x", "ok", "moon", "the"], ["ei", "mf", "rocket", "orbit", "moon", "x"]]
+    kw = dict(stop_words=frozenset({"the"}), top_fraction=0.0, min_count=1)
+    # by count, then alphabetical: ei moon rocket 2; mf ok orbit pl 1 (x: one letter)
+    assert build_topic_vocab(docs, **kw).words == ["ei", "moon", "rocket", "mf", "ok", "orbit", "pl"]
+    assert build_topic_vocab(docs, **kw, min_word_len=2).words == build_topic_vocab(docs, **kw).words
+    assert build_topic_vocab(docs, **kw, min_word_len=3).words == ["moon", "rocket", "orbit"]
+    assert build_topic_vocab(docs, **kw, min_word_len=1).words[:4] == ["ei", "moon", "rocket", "x"]
+    with pytest.raises(ValueError, match="min_word_len"):
+        build_topic_vocab(docs, **kw, min_word_len=0)
+
+
+def test_datamodule_topic_min_word_len_is_a_saved_data_option(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"text": "Ei pl rocket moon. Mf orbit ok today."}] * 6
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(train=str(p), val_fraction=1 / 6, test_fraction=1 / 6, stop_words="none",
+              topic_top_fraction=0.0, topic_min_count=1)
+    default, three = DocumentDataModule(**kw), DocumentDataModule(**kw, topic_min_word_len=3)
+    default.setup()
+    three.setup()
+    assert set(default.topic_vocab.words) == {"ei", "pl", "rocket", "moon", "mf", "orbit", "ok", "today"}
+    assert set(three.topic_vocab.words) == {"rocket", "moon", "orbit", "today"}
+    assert default.hparams.topic_min_word_len == 2 and three.hparams.topic_min_word_len == 3
+    rebuilt = DocumentDataModule(**dict(three.hparams))  # as a checkpoint's data settings rebuild it
+    rebuilt.setup()
+    assert rebuilt.topic_vocab == three.topic_vocab
+
+
 def test_sentence_examples_carry_the_document_minus_that_sentence(tmp_path):
     p = tmp_path / "d.jsonl"
     rows = [{"text": "Rocket moon rocket. Moon orbit today. Cheese bread.", "label": "x"}] * 6

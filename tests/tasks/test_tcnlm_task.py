@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from speechlab.cli import main
-from speechlab.data.corpus import DocumentDataModule
+from speechlab.data.corpus import DocumentDataModule, doc_word_sparse
 from speechlab.tasks.topic_lm import (
     TopicLMTask,
     count_parameters,
@@ -238,3 +238,126 @@ def test_kl_warmup_scales_the_kl_term_in_training_only(dm):
         TopicLMTask(kl_warmup_steps=-1)
     with pytest.raises(ValueError, match="lm_type: tcnlm"):
         TopicLMTask(lm_type="lstm", topic_pretrain_steps=5)
+
+
+def _lda_components(dm: DocumentDataModule, num_topics: int, max_iter: int, seed: int):
+    """scikit-learn LDA's ``components_`` on the training documents' topic-word counts."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    counts = doc_word_sparse(dm.splits["train"], len(dm.topic_vocab))
+    lda = LatentDirichletAllocation(n_components=num_topics, learning_method="batch",
+                                    max_iter=max_iter, random_state=seed)
+    return torch.from_numpy(lda.fit(counts).components_)
+
+
+def _start_topic_word(task: TopicLMTask, dm: DocumentDataModule, tmp_path, steps: int = 1,
+                      **kw) -> torch.Tensor:
+    """``topic_word`` as training starts (after setup, before the first step) in a fit."""
+    snaps = _Snapshots()
+    _trainer(steps, tmp_path, enable_checkpointing=False, callbacks=[snaps]).fit(task, datamodule=dm, **kw)
+    return snaps.start["topic_model.topic_word"]
+
+
+def test_lda_topic_init_starts_from_sklearn_lda_topics(dm, tmp_path, caplog):
+    """``topic_init: lda``: at the first step ``softmax(topic_word)`` is scikit-learn LDA's
+    normalized ``components_`` (fit on the training documents with random_state = the torch
+    seed), rows centred, so each topic's top words are LDA's; the same seed gives the same
+    values, another seed other ones; the fit time is logged; the default stays random."""
+    torch.manual_seed(3)
+    task = TopicLMTask(num_topics=4, topic_init="lda", lda_max_iter=5, total_steps=1, **SMALL)
+    with caplog.at_level("INFO", logger="speechlab.tasks"):
+        phi = _start_topic_word(task, dm, tmp_path)
+    assert any("topic_init lda" in r.getMessage() and r.getMessage().endswith(" s")
+               for r in caplog.records)
+    components = _lda_components(dm, 4, 5, seed=3)
+    beta = components / components.sum(1, keepdim=True)
+    torch.testing.assert_close(phi.softmax(-1), beta.float(), rtol=1e-4, atol=1e-7)
+    assert torch.equal(phi.topk(10, -1).indices, components.topk(10, -1).indices)
+    torch.testing.assert_close(phi.mean(-1), torch.zeros(4), atol=1e-5, rtol=0)
+    assert task.topic_words(3) == [dm.topic_vocab.tokens(r) for r in components.topk(3, -1).indices.tolist()]
+
+    torch.manual_seed(3)
+    again = TopicLMTask(num_topics=4, topic_init="lda", lda_max_iter=5, total_steps=1, **SMALL)
+    assert torch.equal(_start_topic_word(again, dm, tmp_path), phi)
+    torch.manual_seed(4)
+    other = TopicLMTask(num_topics=4, topic_init="lda", lda_max_iter=5, total_steps=1, **SMALL)
+    assert not torch.allclose(_start_topic_word(other, dm, tmp_path), phi, atol=1e-3)
+    torch.manual_seed(3)
+    random_init = TopicLMTask(num_topics=4, total_steps=1, **SMALL)
+    assert _start_topic_word(random_init, dm, tmp_path).std() < 0.05  # N(0, 0.02^2)
+
+
+def test_lda_topic_init_needs_the_tcnlm():
+    """The LSTM baselines have no topic model: the options are errors there, not ignored."""
+    with pytest.raises(ValueError, match="lm_type: tcnlm"):
+        TopicLMTask(lm_type="lstm", topic_init="lda")
+    with pytest.raises(ValueError, match="lm_type: tcnlm"):
+        TopicLMTask(lm_type="lstm", topic_word_lr_scale=0.1)
+    with pytest.raises(ValueError, match="topic_init"):
+        TopicLMTask(topic_init="nmf")
+    assert TopicLMTask(lm_type="lstm").hparams.topic_init == "random"
+
+
+def test_lda_topic_init_leaves_trained_weights_alone(tmp_path, monkeypatch):
+    """LDA is fit once, at the first ``fit``: a second ``fit`` of the task and a task loaded from
+    its checkpoint (``load_from_checkpoint``, then ``fit``) start from the trained
+    ``topic_word`` without fitting LDA again; resuming (``fit(ckpt_path=...)`` on a new task)
+    ends with the checkpoint's weights, not LDA's. The data's ``topic_min_word_len`` is saved
+    with the checkpoint's data settings."""
+    import speechlab.tasks.topic_lm as topic_lm
+
+    fits = []
+    real = topic_lm.lda_topic_word_logits
+    monkeypatch.setattr(topic_lm, "lda_topic_word_logits", lambda *a, **k: fits.append(1) or real(*a, **k))
+    data = DocumentDataModule(embedded_documents=120, batch_size=32, topic_min_word_len=3)
+    torch.manual_seed(0)
+    fast = {**SMALL, "lr": 0.05, "warmup_steps": 1}
+    task = TopicLMTask(num_topics=3, topic_init="lda", lda_max_iter=3, total_steps=4, **fast)
+    lda_phi = _start_topic_word(task, data, tmp_path, steps=4)
+    trained = task.topic_model.topic_word.detach().clone()
+    assert len(fits) == 1 and not torch.allclose(trained, lda_phi, atol=1e-3)  # training moved it
+    ckpt = tmp_path / "lda.ckpt"
+    task.trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=False)["datamodule_hyper_parameters"]["topic_min_word_len"] == 3
+    assert torch.equal(_start_topic_word(task, data, tmp_path), trained) and len(fits) == 1
+
+    loaded = TopicLMTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert loaded.hparams.topic_init == "lda"
+    assert torch.equal(_start_topic_word(loaded, data, tmp_path), trained) and len(fits) == 1
+
+    resumed = TopicLMTask(num_topics=3, topic_init="lda", lda_max_iter=3, total_steps=4, **fast)
+    _trainer(4, tmp_path, enable_checkpointing=False).fit(resumed, datamodule=data, ckpt_path=ckpt)
+    assert resumed.global_step == 4 and torch.equal(resumed.topic_model.topic_word, trained)
+
+
+class _LearningRates(pl.Callback):
+    """Each param group's learning rate at every training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs = getattr(self, "lrs", []) + [[g["lr"] for g in trainer.optimizers[0].param_groups]]
+
+
+def test_topic_word_lr_scale_gives_topic_word_its_own_scaled_learning_rate(dm, tmp_path):
+    """``topic_word_lr_scale`` 0.1: ``topic_word`` alone in a second param group whose
+    learning rate is 0.1 x the first's at every step of the warm-up/cosine schedule; the
+    default keeps one group of every parameter."""
+    from speechlab.tasks.base import warmup_cosine
+
+    torch.manual_seed(0)
+    task = TopicLMTask(num_topics=3, topic_word_lr_scale=0.1, total_steps=5,
+                       **{**SMALL, "warmup_steps": 2})
+    lrs = _LearningRates()
+    _trainer(5, tmp_path, enable_checkpointing=False, callbacks=[lrs]).fit(task, datamodule=dm)
+    groups = task.trainer.optimizers[0].param_groups
+    phi = task.topic_model.topic_word
+    assert [len(g["params"]) for g in groups] == [len(list(task.parameters())) - 1, 1]
+    assert groups[1]["params"][0] is phi and all(p is not phi for p in groups[0]["params"])
+    want = [SMALL["lr"] * warmup_cosine(step, 2, 5) for step in range(5)]
+    assert [lr for lr, _ in lrs.lrs] == pytest.approx(want)
+    assert [lr for _, lr in lrs.lrs] == pytest.approx([0.1 * w for w in want])
+
+    task = TopicLMTask(num_topics=3, **SMALL)
+    task.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+    task.trainer = pl.Trainer(accelerator="cpu", logger=False, max_steps=5, enable_progress_bar=False)
+    (group,) = task.configure_optimizers()["optimizer"].param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in task.parameters()]
