@@ -6,8 +6,10 @@ the search carries ``pb`` (paths whose current frame is the blank) and ``pg[n]``
 current frame repeats the last emitted gram, ℓ's suffix of length ``n``). Here every frame is one
 call of :meth:`BatchedPrefixBeamSearch._step` on fixed-size tensors — ``B`` utterances × ``K``
 beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no branch on tensor
-values and no data-dependent shape, so the frame loop never waits for the device (and can later
-be captured in a CUDA graph). An optional character n-gram LM
+values and no data-dependent shape, so the frame loop never waits for the device. On a CUDA
+device :meth:`~BatchedPrefixBeamSearch.decode` replays the loop as a CUDA graph of a chunk of
+frames (captured once per batch size, the chunk's start frame a device tensor), instead of
+launching every frame's ~110 kernels from Python. An optional character n-gram LM
 (:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`, the CPU search's ``lm_unit="char"``); no
 word LM and no lexicon yet. ``decode(..., timestamps=True)`` also gives every word's first and
 last frames (:attr:`BeamHypothesis.word_times`), from the back-pointers.
@@ -62,7 +64,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -111,6 +116,37 @@ class BeamState(NamedTuple):
     emit: Tensor
 
 
+@dataclass
+class _ChunkLoop:
+    """The static buffers of the chunked frame loop of one batch size (``B`` utterances, room
+    for ``T`` frames, a multiple of the chunk): what a CUDA graph of one chunk reads and writes
+    at fixed addresses, and the graph.
+
+    Attributes:
+        lp: ``(T, B, V)`` the batch's log-probabilities, time-major (rows past its longest
+            utterance: stale, those frames are inactive).
+        lens: ``(B,)`` int64, the frames of each utterance.
+        t0: ``(1,)`` int64, the first frame of the next chunk (advanced by the chunk itself).
+        state: the state before the next chunk.
+        initial: :meth:`BatchedPrefixBeamSearch.initial_state` of ``B`` (copied into ``state``
+            by every decode).
+        parents: ``(T, B, K)`` int32, the back-pointers of every frame (``BeamState.parent``).
+        emits: ``(T, B, K)`` int32, the grams appended at every frame (``BeamState.emit``).
+        graph: the captured chunk, a ``torch.cuda.CUDAGraph`` (``None``: not captured).
+        failed: the capture failed: the chunks run eagerly.
+    """
+
+    lp: Tensor
+    lens: Tensor
+    t0: Tensor
+    state: BeamState
+    initial: BeamState
+    parents: Tensor
+    emits: Tensor
+    graph: Any = None
+    failed: bool = False
+
+
 def _poly_hash(ids: Sequence[int], base: int, mod: int) -> int:
     h = 0
     for c in ids:
@@ -152,6 +188,15 @@ class BatchedPrefixBeamSearch:
         device: where the search runs (default: the CPU).
         dtype: the float type of the log-probabilities (``float64``, like the CPU search;
             ``float32`` is faster on a GPU and agrees to about ``1e-4``).
+        cuda_graph: on a CUDA device, run the frame loop as a CUDA graph of ``graph_chunk``
+            frames replayed ``ceil(T / graph_chunk)`` times (captured once per batch size and
+            kept, see :meth:`decode`); the same results as the per-frame loop. Ignored on the
+            CPU; :meth:`decode` can override it per call.
+        graph_chunk: ``S``, the frames of one captured chunk.
+        compile: ``torch.compile`` the frame step (``fullgraph=True, dynamic=False``: inductor
+            fuses its elementwise kernels; captured in the CUDA graph too). Numerics are
+            inductor's (texts the same, scores to rounding); the first decode of each batch
+            size compiles (tens of seconds). Meant for a GPU.
 
     The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
     Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search. Work
@@ -166,7 +211,8 @@ class BatchedPrefixBeamSearch:
                  word_score: float = GramDecoding.word_score,
                  lm: TensorNgramLM | str | os.PathLike | None = None,
                  lm_weight: float = GramDecoding.lm_weight, lm_unit: str = "char",
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64,
+                 cuda_graph: bool = True, graph_chunk: int = 25, compile: bool = False) -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
         index = {c: i + 1 for i, c in enumerate(self.chars)}
@@ -184,6 +230,15 @@ class BatchedPrefixBeamSearch:
             raise ValueError(f"token_beam must be >= 0, got {token_beam}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a float type, got {dtype}")
+        if graph_chunk < 1:
+            raise ValueError(f"graph_chunk must be >= 1, got {graph_chunk}")
+        self.cuda_graph, self.graph_chunk, self.compile = bool(cuda_graph), graph_chunk, bool(compile)
+        #: CUDA graphs captured so far (one per batch size, again when a longer batch comes)
+        self.graph_captures = 0
+        #: why the last CUDA graph capture failed (that batch size then decodes without one)
+        self.graph_error: str | None = None
+        self._loops: OrderedDict[tuple[Any, ...], _ChunkLoop] = OrderedDict()
+        self._compiled_step: Any = None
         self.beam_size, self.token_beam = beam_size, token_beam
         self.token_threshold, self.beam_threshold = float(token_threshold), float(beam_threshold)
         self.word_score = float(word_score)
@@ -262,6 +317,7 @@ class BatchedPrefixBeamSearch:
         self._izero = torch.zeros((), dtype=torch.long, device=dev)
         self._no_gram = torch.full((), v, dtype=torch.long, device=dev)  # see _suffix_grams
         self._last_cand = torch.full((), mm - 1, dtype=torch.long, device=dev)
+        self._chunk_frames = torch.arange(graph_chunk, device=dev)  # a chunk's frames from its start
         # --- the character LM
         if lm_unit != "char":
             raise ValueError(f"BatchedPrefixBeamSearch supports a character LM only "
@@ -537,7 +593,8 @@ class BatchedPrefixBeamSearch:
 
     # ------------------------------------------------------------------ decoding
     def decode(self, log_probs: Tensor, lengths: Tensor | Sequence[int] | None = None,
-               nbest: int = 1, timestamps: bool = False) -> list[list[BeamHypothesis]]:
+               nbest: int = 1, timestamps: bool = False, cuda_graph: bool | None = None
+               ) -> list[list[BeamHypothesis]]:
         """Decode a batch.
 
         Args:
@@ -549,6 +606,15 @@ class BatchedPrefixBeamSearch:
             timestamps: also fill each hypothesis's ``word_times`` (:class:`BeamHypothesis`):
                 every word with the emission frames of the grams holding its first and last
                 characters, read off the per-frame back-pointers; texts and scores unchanged.
+            cuda_graph: on a CUDA device, replay a CUDA graph of ``graph_chunk`` frames instead
+                of launching every frame's kernels from Python (default: the constructor's).
+                The graph of a batch size is captured on its first decode (warmed up on a side
+                stream first) and kept, with static buffers for up to the longest batch of that
+                size seen so far (in multiples of ``graph_chunk``); a longer batch captures
+                again. The chunk's start frame is a device tensor advanced inside the graph, so
+                one graph serves every chunk; frames past the batch's longest utterance run
+                inactive (nothing changes). A capture that fails warns and runs that batch size
+                eagerly. Not thread-safe (one decode at a time per instance).
 
         Returns:
             Per utterance, up to ``nbest`` hypotheses, ranked by ``score = am_score +
@@ -569,15 +635,159 @@ class BatchedPrefixBeamSearch:
             return []
         t_run = max(lens)
         lp = log_probs.detach()[:, :t_run].float().to(device=self.device, dtype=self.dtype)
+        graph = self.cuda_graph if cuda_graph is None else cuda_graph
+        with torch.no_grad():
+            if graph and self.device.type == "cuda" and t_run > 0:
+                state, parents, emits = self._run_chunked(lp, lens, graph=True)
+            else:
+                state, parents, emits = self._run_frames(lp, lens)
+            return self._finish(state, parents, emits, nbest, timestamps)
+
+    def _step_fn(self) -> Callable[[BeamState, Tensor, Tensor], BeamState]:
+        """The frame step: :meth:`_step`, or with ``compile`` its ``torch.compile`` (made once)."""
+        if not self.compile:
+            return self._step
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False)
+        return self._compiled_step
+
+    def _run_frames(self, lp: Tensor, lens: Sequence[int]) -> tuple[BeamState, Tensor, Tensor]:
+        """The plain frame loop: one :meth:`_step` per frame of ``lp (B, T, V)`` launched from
+        Python (no host sync); the final state and the ``(T, B, K)`` int32 back-pointers and
+        grams appended. (The frames are copied time-major first, so that a compiled step sees
+        the same strides for every ``T``.)"""
+        bsz, t_run = lp.shape[:2]
+        step = self._step_fn()
+        frames = lp.transpose(0, 1).contiguous()  # (T, B, V): every frame alike in memory
         active = torch.arange(t_run)[:, None] < torch.tensor(lens)  # (T, B)
         active = active.to(self.device)
         state = self.initial_state(bsz)
         parents = torch.empty(t_run, bsz, self.beam_size, dtype=torch.int32, device=self.device)
         emits = torch.empty_like(parents)
         for t in range(t_run):  # no host synchronisation in here
-            state = self._step(state, lp[:, t], active[t])
+            state = step(state, frames[t], active[t])
             parents[t], emits[t] = state.parent, state.emit
-        return self._finish(state, parents, emits, nbest, timestamps)
+        return state, parents, emits
+
+    # ------------------------------------------------------------------ the chunked loop
+    def _run_chunked(self, lp: Tensor, lens: Sequence[int], graph: bool
+                     ) -> tuple[BeamState, Tensor, Tensor]:
+        """The frame loop in chunks of ``S = graph_chunk`` frames over static buffers
+        (:class:`_ChunkLoop`), each chunk one replay of a CUDA graph (``graph``, on CUDA) or
+        one eager :meth:`_advance` (the same work, on any device: how its logic is tested on
+        the CPU). The same results as :meth:`_run_frames`: the final state (but ``parent`` and
+        ``emit``, of the last chunk's padding frames) and the back-pointers ``(T, B, K)``, views
+        of the static buffers (read them before the next decode)."""
+        bsz, t_run = lp.shape[:2]
+        s = self.graph_chunk
+        t_pad = -(-t_run // s) * s
+        loop = self._loop(bsz, t_pad)
+        step = self._step_fn()
+        self._load(loop, lp, lens)
+        if graph and loop.graph is None and not loop.failed:
+            self._capture(loop, step)
+        for _ in range(t_pad // s):
+            if loop.graph is not None and graph:
+                loop.graph.replay()
+            else:
+                self._advance(loop, step)
+        return loop.state, loop.parents[:t_run], loop.emits[:t_run]
+
+    #: batch sizes whose chunk loop (buffers and graph) is kept, the least recently used dropped
+    max_graphs = 8
+
+    def _loop(self, batch: int, frames: int) -> _ChunkLoop:
+        """The kept chunk loop of ``batch`` utterances with room for ``frames`` (a multiple of
+        ``graph_chunk``), or a new one (buffers on the device, no graph yet) with room for
+        ``frames``, or twice the old room when that is more (so that ever longer batches
+        capture a few times only)."""
+        key = (batch, self.num_outputs, self.dtype)
+        loop = self._loops.pop(key, None)
+        if loop is None or loop.lp.shape[0] < frames:
+            room = frames if loop is None else max(frames, 2 * loop.lp.shape[0])
+            del loop  # its graph and buffers go before the new ones are made
+            # normal tensors even under inference_mode: a later decode outside it writes them
+            with torch.inference_mode(False):
+                loop = self._new_loop(batch, room)
+        self._loops[key] = loop
+        while len(self._loops) > self.max_graphs:
+            self._loops.popitem(last=False)
+        return loop
+
+    def _new_loop(self, batch: int, frames: int) -> _ChunkLoop:
+        """Zeroed buffers of a chunk loop of ``batch`` utterances and ``frames`` frames."""
+        dev, k = self.device, self.beam_size
+        parents = torch.zeros(frames, batch, k, dtype=torch.int32, device=dev)
+        initial = BeamState(*(x.clone(memory_format=torch.contiguous_format)
+                              for x in self.initial_state(batch)))
+        return _ChunkLoop(lp=torch.zeros(frames, batch, self.num_outputs, dtype=self.dtype, device=dev),
+                          lens=torch.zeros(batch, dtype=torch.long, device=dev),
+                          t0=torch.zeros(1, dtype=torch.long, device=dev),
+                          state=BeamState(*(x.clone() for x in initial)), initial=initial,
+                          parents=parents, emits=torch.zeros_like(parents))
+
+    def _load(self, loop: _ChunkLoop, lp: Tensor, lens: Sequence[int]) -> None:
+        """Copy a batch ``lp (B, T, V)`` with ``lens`` into the loop's buffers and reset its
+        state to :meth:`initial_state` and its chunk start to frame 0 (outside any graph)."""
+        loop.lp[:lp.shape[1]].copy_(lp.transpose(0, 1))
+        loop.lens.copy_(torch.tensor(list(lens), dtype=torch.long))
+        loop.t0.zero_()
+        for dst, src in zip(loop.state, loop.initial, strict=True):
+            dst.copy_(src)
+
+    def _chunk(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]
+               ) -> BeamState:
+        """``S`` frames from the device index ``loop.t0`` on: the state after them, and their
+        back-pointers written into ``loop.parents``/``loop.emits`` at those rows; the loop's
+        state and ``t0`` are not changed. Only device tensors, no host sync, fixed shapes."""
+        ts = loop.t0 + self._chunk_frames  # (S,) the chunk's frames
+        frames = loop.lp.index_select(0, ts)  # (S, B, V)
+        active = loop.lens > ts[:, None]  # (S, B)
+        state, parents, emits = loop.state, [], []
+        for i in range(self.graph_chunk):
+            state = step(state, frames[i], active[i])
+            parents.append(state.parent)
+            emits.append(state.emit)
+        loop.parents.index_copy_(0, ts, torch.stack(parents).to(torch.int32))
+        loop.emits.index_copy_(0, ts, torch.stack(emits).to(torch.int32))
+        return state
+
+    def _advance(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]) -> None:
+        """One chunk in place: :meth:`_chunk`, then its state copied into ``loop.state`` and
+        ``loop.t0`` moved on by ``S`` (the work one CUDA graph replay does)."""
+        state = self._chunk(loop, step)
+        for dst, src in zip(loop.state, state, strict=True):
+            if src is not dst:  # a field no frame changes (no LM: lm_state, lm_score)
+                dst.copy_(src)
+        loop.t0.add_(self.graph_chunk)
+
+    def _capture(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]) -> None:
+        """Capture :meth:`_advance` of ``loop`` as a CUDA graph (``loop.graph``): first one
+        :meth:`_chunk` on a side stream (lazy initialisation, ``torch.compile``'s compilation,
+        kernels loaded; it changes nothing but back-pointer rows that the replays rewrite), then
+        the capture on that stream (capturing runs nothing: ``loop`` is unchanged). A failed
+        capture warns, and the loop's chunks run eagerly."""
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # also restores the current stream if capture fails
+                self._chunk(loop, step)
+                graph = torch.cuda.CUDAGraph()
+                try:
+                    # thread_local: CUDA calls of other threads (a DataLoader pinning memory)
+                    # neither fail nor break this capture
+                    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                        self._advance(loop, step)
+                except Exception as e:  # an op that cannot be captured (torch/CUDA version)
+                    loop.failed = True
+                    self.graph_error = f"{type(e).__name__}: {e}"
+                    warnings.warn(f"BatchedPrefixBeamSearch: CUDA graph capture failed, decoding "
+                                  f"without it ({self.graph_error})", RuntimeWarning, stacklevel=4)
+                    torch.cuda.synchronize()
+                else:
+                    loop.graph = graph
+                    self.graph_captures += 1
+            torch.cuda.current_stream().wait_stream(side)
 
     def decode_batch(self, log_probs: Tensor, lengths: Tensor | Sequence[int]) -> list[str]:
         """Best transcript of each utterance of ``log_probs (B, T, V)`` with ``lengths (B,)``."""
