@@ -6,8 +6,10 @@ the search carries ``pb`` (paths whose current frame is the blank) and ``pg[n]``
 current frame repeats the last emitted gram, ℓ's suffix of length ``n``). Here every frame is one
 call of :meth:`BatchedPrefixBeamSearch._step` on fixed-size tensors — ``B`` utterances × ``K``
 beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no branch on tensor
-values and no data-dependent shape, so the frame loop never waits for the device (and can later
-be captured in a CUDA graph). An optional character n-gram LM
+values and no data-dependent shape, so the frame loop never waits for the device. On a CUDA
+device :meth:`~BatchedPrefixBeamSearch.decode` replays the loop as a CUDA graph of a chunk of
+frames (captured once per batch size, the chunk's start frame a device tensor), instead of
+launching every frame's ~110 kernels from Python. An optional character n-gram LM
 (:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`, the CPU search's ``lm_unit="char"``); no
 word LM and no lexicon yet. ``decode(..., timestamps=True)`` also gives every word's first and
 last frames (:attr:`BeamHypothesis.word_times`), from the back-pointers.
@@ -62,7 +64,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -111,6 +116,37 @@ class BeamState(NamedTuple):
     emit: Tensor
 
 
+@dataclass
+class _ChunkLoop:
+    """The static buffers of the chunked frame loop of one batch size (``B`` utterances, room
+    for ``T`` frames, a multiple of the chunk): what a CUDA graph of one chunk reads and writes
+    at fixed addresses, and the graph.
+
+    Attributes:
+        lp: ``(T, B, V)`` the batch's log-probabilities, time-major (rows past its longest
+            utterance: stale, those frames are inactive).
+        lens: ``(B,)`` int64, the frames of each utterance.
+        t0: ``(1,)`` int64, the first frame of the next chunk (advanced by the chunk itself).
+        state: the state before the next chunk.
+        initial: :meth:`BatchedPrefixBeamSearch.initial_state` of ``B`` (copied into ``state``
+            by every decode).
+        parents: ``(T, B, K)`` int32, the back-pointers of every frame (``BeamState.parent``).
+        emits: ``(T, B, K)`` int32, the grams appended at every frame (``BeamState.emit``).
+        graph: the captured chunk, a ``torch.cuda.CUDAGraph`` (``None``: not captured).
+        failed: the capture failed: the chunks run eagerly.
+    """
+
+    lp: Tensor
+    lens: Tensor
+    t0: Tensor
+    state: BeamState
+    initial: BeamState
+    parents: Tensor
+    emits: Tensor
+    graph: Any = None
+    failed: bool = False
+
+
 def _poly_hash(ids: Sequence[int], base: int, mod: int) -> int:
     h = 0
     for c in ids:
@@ -152,6 +188,15 @@ class BatchedPrefixBeamSearch:
         device: where the search runs (default: the CPU).
         dtype: the float type of the log-probabilities (``float64``, like the CPU search;
             ``float32`` is faster on a GPU and agrees to about ``1e-4``).
+        cuda_graph: on a CUDA device, run the frame loop as a CUDA graph of ``graph_chunk``
+            frames replayed ``ceil(T / graph_chunk)`` times (captured once per batch size and
+            kept, see :meth:`decode`); the same results as the per-frame loop. Ignored on the
+            CPU; :meth:`decode` can override it per call.
+        graph_chunk: ``S``, the frames of one captured chunk.
+        compile: ``torch.compile`` the frame step (``fullgraph=True, dynamic=False``: inductor
+            fuses its elementwise kernels; captured in the CUDA graph too). Numerics are
+            inductor's (texts the same, scores to rounding); the first decode of each batch
+            size compiles (tens of seconds). Meant for a GPU.
 
     The defaults are :class:`GramDecoding`'s; :meth:`from_config` builds the search from one.
     Pass ``token_threshold=beam_threshold=math.inf`` for the exhaustive (unpruned) search. Work
@@ -166,7 +211,8 @@ class BatchedPrefixBeamSearch:
                  word_score: float = GramDecoding.word_score,
                  lm: TensorNgramLM | str | os.PathLike | None = None,
                  lm_weight: float = GramDecoding.lm_weight, lm_unit: str = "char",
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64,
+                 cuda_graph: bool = True, graph_chunk: int = 25, compile: bool = False) -> None:
         self.chars = list(chars)
         self.grams = list(grams) if grams is not None else list(self.chars)
         index = {c: i + 1 for i, c in enumerate(self.chars)}
@@ -184,6 +230,15 @@ class BatchedPrefixBeamSearch:
             raise ValueError(f"token_beam must be >= 0, got {token_beam}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a float type, got {dtype}")
+        if graph_chunk < 1:
+            raise ValueError(f"graph_chunk must be >= 1, got {graph_chunk}")
+        self.cuda_graph, self.graph_chunk, self.compile = bool(cuda_graph), graph_chunk, bool(compile)
+        #: CUDA graphs captured so far (one per batch size, again when a longer batch comes)
+        self.graph_captures = 0
+        #: why the last CUDA graph capture failed (that batch size then decodes without one)
+        self.graph_error: str | None = None
+        self._loops: OrderedDict[tuple[Any, ...], _ChunkLoop] = OrderedDict()
+        self._compiled_step: Any = None
         self.beam_size, self.token_beam = beam_size, token_beam
         self.token_threshold, self.beam_threshold = float(token_threshold), float(beam_threshold)
         self.word_score = float(word_score)
@@ -221,14 +276,17 @@ class BatchedPrefixBeamSearch:
         self._length = length.to(dev)
         self._right = right.to(dev)
         self._tail_idx = tail_idx.to(dev)
-        self._gh1, self._gh2 = gh1.to(dev), gh2.to(dev)
-        self._pow1, self._pow2 = pow1.to(dev), pow2.to(dev)
         self._inner_words = inner_words.to(dev)
         self._first_space = first_space.to(dev)
-        self._skeys, self._sids = skeys.to(dev), (order + 1).to(dev)
-        # base^i for the suffix hashes (i = distance from the end)
-        self._spow1 = torch.tensor([pow(BASE1, i, M1) for i in range(n)], device=dev)
-        self._spow2 = torch.tensor([pow(BASE2, i, M2) for i in range(n)], device=dev)
+        # the grams' hash pairs sorted, then a sentinel above every key whose gram id 0 (length 0)
+        # never matches: a searchsorted position is always a valid index
+        self._skeys = torch.cat([skeys, torch.tensor([torch.iinfo(torch.int64).max])]).to(dev)
+        self._sids = torch.cat([order + 1, torch.zeros(1, dtype=torch.long)]).to(dev)
+        # per gram id, one lookup for a candidate: [|g|, |g| - 1, base1^|g|, base2^|g|, hash1, hash2]
+        self._gram_table = torch.stack([length, length - 1, pow1, pow2, gh1, gh2], -1).to(dev)  # (V, 6)
+        self._mods = torch.tensor([M1, M2], device=dev)
+        # base^i for the suffix hashes (i = distance from the end), (N, 2): both moduli at once
+        self._spow = torch.tensor([[pow(BASE1, i, M1), pow(BASE2, i, M2)] for i in range(n)], device=dev)
         self._suffix_len = torch.arange(1, n + 1, device=dev)
         # positions p of the tail outside the suffix of length n: (n, n), row n - 1
         self._outside = torch.arange(n, device=dev)[None, :] < (n - self._suffix_len)[:, None]
@@ -236,10 +294,30 @@ class BatchedPrefixBeamSearch:
         self._drop = torch.eye(n + 1, dtype=torch.bool, device=dev)[1:]
         self._all_ids = torch.arange(1, v, device=dev)
         k, c = beam_size, self.num_candidates
+        mm = k + k * c
         self._slots = torch.arange(k, device=dev)
         # candidate j: stays j < K come from beam j; extension K + k·C + c from beam k
-        self._cand_parent = torch.cat([self._slots, self._slots.repeat_interleave(c)])
+        self._cand_parent = torch.cat([self._slots, self._slots.repeat_interleave(c)])  # (M,)
+        self._cand_ids = torch.arange(mm, device=dev)
         self._cols = torch.arange(n + 1, device=dev)
+        # the values merged, [stays' N + 1 components (K·(N+1)), extensions (K·C)]: the candidate
+        # each belongs to and (stays) its column of the merge table
+        self._val_cand = torch.cat([self._slots.repeat_interleave(n + 1), torch.arange(k, mm, device=dev)])
+        self._stay_cols = self._cols.repeat(k)
+        # every gram a candidate (token_beam 0 or >= V - 1): the candidates' lookups are constants
+        self._every_gram = c == g_count
+        self._every_look = self._gram_table[1:][None]  # (1, C, 6)
+        self._every_gram_of = torch.cat([torch.zeros_like(self._slots), self._all_ids.repeat(k)])  # (M,)
+        self._every_cols = torch.cat([self._stay_cols, self._length[1:].repeat(k)])
+        # 0-dim constants for torch.where (a Python number there becomes a tensor per call: on a
+        # GPU, one more kernel)
+        self._zero = torch.zeros((), dtype=dtype, device=dev)
+        self._ninf = torch.full((), NEG_INF, dtype=dtype, device=dev)
+        self._ninf_col = torch.full((1, 1), NEG_INF, dtype=dtype, device=dev)
+        self._izero = torch.zeros((), dtype=torch.long, device=dev)
+        self._no_gram = torch.full((), v, dtype=torch.long, device=dev)  # see _suffix_grams
+        self._last_cand = torch.full((), mm - 1, dtype=torch.long, device=dev)
+        self._chunk_frames = torch.arange(graph_chunk, device=dev)  # a chunk's frames from its start
         # --- the character LM
         if lm_unit != "char":
             raise ValueError(f"BatchedPrefixBeamSearch supports a character LM only "
@@ -260,6 +338,8 @@ class BatchedPrefixBeamSearch:
                 gram_chars[i, :len(g)] = torch.tensor(g)
                 spaces[i] = sum(ch == self.space_id for ch in g)
             self._gram_chars, self._gram_spaces = gram_chars.to(dev), spaces.to(dev)
+            # (V, N): the LM ids of each gram's characters (mapped once: scored with lm_ids=True)
+            self._gram_lm_tokens = self.lm.lm_ids(self._lm_tok[self._gram_chars])
             # β·spaces(g) in the search's float type (an int tensor times a float is float32)
             self._gram_beta = (self.word_score * spaces.double()).to(device=dev, dtype=dtype)
 
@@ -335,17 +415,15 @@ class BatchedPrefixBeamSearch:
                          self._slots.expand(batch, k).clone(), zeros.clone())
 
     def _suffix_grams(self, tail: Tensor) -> Tensor:
-        """``(B, K, N)``: the gram id of each suffix ``ℓ[-n:]`` at index ``n - 1``, ``-1`` when it
-        is not a gram (or ℓ is shorter than ``n``). Hash lookup, then an exact check."""
+        """``(B, K, N)``: the gram id of each suffix ``ℓ[-n:]`` at index ``n - 1``, ``V`` (the
+        number of outputs: no gram) when it is not a gram or ℓ is shorter than ``n``. Hash
+        lookup, then an exact check of the characters (which a hash collision fails)."""
         rev = tail.flip(-1)  # rev[..., i]: the char i places from the end
-        h1 = ((rev * self._spow1) % M1).cumsum(-1) % M1
-        h2 = ((rev * self._spow2) % M2).cumsum(-1) % M2
-        key = h1 * M2 + h2
-        pos = torch.searchsorted(self._skeys, key).clamp(max=self._skeys.numel() - 1)
-        gid = self._sids[pos]
-        found = (self._skeys[pos] == key) & (rev != 0) & (self._length[gid] == self._suffix_len)
+        h = ((rev[..., None] * self._spow) % self._mods).cumsum(-2) % self._mods  # (B, K, N, 2)
+        gid = self._sids[torch.searchsorted(self._skeys, h[..., 0] * M2 + h[..., 1])]
         same = (self._right[gid] == tail[..., None, :]) | self._outside  # (B, K, N, N)
-        return torch.where(found & same.all(-1), gid, -1)
+        ok = (self._length[gid] == self._suffix_len) & same.all(-1)
+        return torch.where(ok, gid, self._no_gram)
 
     def _words_after(self, words: Tensor, last: Tensor, gram: Tensor) -> Tensor:
         """Completed words after appending ``gram`` (``0``: nothing) to a string whose last char
@@ -356,26 +434,40 @@ class BatchedPrefixBeamSearch:
     def _token_candidates(self, frame: Tensor) -> tuple[Tensor, Tensor]:
         """The candidate grams of a frame ``(B, V)``: ``(log-probs, gram ids)``, each ``(B, C)``:
         the top ``C`` non-blank tokens (stable: ties to the lower id), those below the frame's
-        best minus ``token_threshold`` (or ``-inf``) at ``-inf``."""
+        best minus ``token_threshold`` (or NaN) at ``-inf``. With every gram a candidate the
+        ids are ``1..V-1`` (a constant, expanded)."""
         b = frame.shape[0]
         c = self.num_candidates
         nonblank = frame[:, 1:]
         best = nonblank.amax(-1, keepdim=True)
-        ok = (nonblank > NEG_INF) & (nonblank >= best - self.token_threshold)
-        masked = nonblank.masked_fill(~ok, NEG_INF)
+        masked = torch.where(nonblank >= best - self.token_threshold, nonblank, self._ninf)
         if c < nonblank.shape[1]:
             cand_lp, order = masked.sort(dim=-1, descending=True, stable=True)
             return cand_lp[:, :c], order[:, :c] + 1
         return masked, self._all_ids.expand(b, c)
 
-    def _candidate_keys(self, s: BeamState, cand: Tensor) -> Tensor:
-        """``(B, M)`` int64, ``M = K + K·C``: the hash pair ``h1·M2 + h2`` of every candidate
-        string, the ``K`` stays (ℓ itself) then the extensions ℓ_k + g_c at ``K + k·C + c``."""
-        h1e = (s.h1[..., None] * self._pow1[cand][:, None, :] + self._gh1[cand][:, None, :]) % M1
-        h2e = (s.h2[..., None] * self._pow2[cand][:, None, :] + self._gh2[cand][:, None, :]) % M2
-        return torch.cat([s.h1 * M2 + s.h2, (h1e * M2 + h2e).flatten(1)], 1)
+    def _gram_lookup(self, cand: Tensor) -> Tensor:
+        """``(B, C, 6)`` (or ``(1, C, 6)``, a constant, with every gram a candidate): per candidate
+        gram ``[|g|, |g| - 1, base1^|g|, base2^|g|, hash1(g), hash2(g)]``, int64."""
+        return self._every_look if self._every_gram else self._gram_table[cand]
 
-    def _candidate_lm(self, s: BeamState, cand: Tensor) -> tuple[Tensor, Tensor]:
+    def _candidate_hashes(self, s: BeamState, cand: Tensor, look: Tensor | None = None) -> Tensor:
+        """``(B, M, 2)`` int64, ``M = K + K·C``: the hash pair ``(h1, h2)`` of every candidate
+        string, the ``K`` stays (ℓ itself) then the extensions ℓ_k + g_c at ``K + k·C + c``
+        (``look``: :meth:`_gram_lookup` of ``cand``, computed when not given)."""
+        look = self._gram_lookup(cand) if look is None else look
+        h = torch.stack([s.h1, s.h2], -1)  # (B, K, 2)
+        ext = (h[:, :, None, :] * look[:, None, :, 2:4] + look[:, None, :, 4:6]) % self._mods
+        return torch.cat([h, ext.flatten(1, 2)], 1)
+
+    def _candidate_keys(self, s: BeamState, cand: Tensor) -> Tensor:
+        """``(B, M)`` int64, ``M = K + K·C``: the hash pair as one key ``h1·M2 + h2`` of every
+        candidate string, in :meth:`_candidate_hashes`' order."""
+        hc = self._candidate_hashes(s, cand)
+        return hc[..., 0] * M2 + hc[..., 1]
+
+    def _candidate_lm(self, s: BeamState, cand: Tensor, look: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
         """The LM part and LM state of every candidate string (with an LM), ``(B, M)`` each in
         :meth:`_candidate_keys`' order: a stay keeps ℓ's; an extension ℓ + g scores g's
         characters in turn from ℓ's state — a fixed loop of ``N = max_n`` rounds of
@@ -384,21 +476,21 @@ class BatchedPrefixBeamSearch:
         assert self.lm is not None
         b, k = s.lm_state.shape
         c = cand.shape[1]
-        tokens = self._lm_tok[self._gram_chars[cand]][:, None]  # (B, 1, C, N)
-        length = self._length[cand][:, None, :]  # (B, 1, C)
-        state = s.lm_state[..., None].expand(b, k, c)
-        logp = torch.zeros(b, k, c, dtype=self.dtype, device=cand.device)
-        for i in range(self.max_n):  # every gram has a first character: no mask at i = 0
-            lp_i, next_i = self.lm.score(state, tokens[..., i])
-            lp_i = lp_i.to(self.dtype)
-            if i == 0:
-                logp, state = lp_i, next_i
-            else:
-                valid = length > i
-                logp = logp + torch.where(valid, lp_i, 0.0)
-                state = torch.where(valid, next_i, state)
-        ext = (s.lm_score[..., None] + self.lm_weight * logp
-               + self._gram_beta[cand][:, None, :])
+        look = self._gram_lookup(cand) if look is None else look
+        if self._every_gram:  # constants: (1, 1, C, N) and (1, 1, C)
+            tokens, beta = self._gram_lm_tokens[1:][None, None], self._gram_beta[1:][None, None]
+        else:
+            tokens, beta = self._gram_lm_tokens[cand][:, None], self._gram_beta[cand][:, None, :]
+        length = look[..., 0][:, None, :]  # (B, 1, C) or (1, 1, C)
+        # every gram has a first character: no mask at i = 0
+        logp, state = self.lm.score(s.lm_state[..., None].expand(b, k, c), tokens[..., 0], lm_ids=True)
+        logp = logp.to(self.dtype)
+        for i in range(1, self.max_n):
+            lp_i, next_i = self.lm.score(state, tokens[..., i], lm_ids=True)
+            valid = length > i
+            logp = logp + torch.where(valid, lp_i.to(self.dtype), self._zero)
+            state = torch.where(valid, next_i, state)
+        ext = s.lm_score[..., None] + self.lm_weight * logp + beta
         return (torch.cat([s.lm_score, ext.flatten(1)], 1),
                 torch.cat([s.lm_state, state.flatten(1)], 1))
 
@@ -407,98 +499,102 @@ class BatchedPrefixBeamSearch:
 
         Args:
             s: the state after the previous frame.
-            frame: ``(B, V)`` log-probabilities of this frame (blank at 0).
+            frame: ``(B, V)`` log-probabilities of this frame (blank at 0), in the search's
+                ``dtype``.
             active: ``(B,)`` bool, whether the frame is within the utterance; an inactive
                 utterance's beams are left unchanged (``parent`` the identity, ``emit`` 0).
 
         Returns:
-            The state after the frame. Fixed shapes, no host synchronisation.
+            The state after the frame. Fixed shapes, no host synchronisation, no tensor made
+            from host data (so it can be captured in a CUDA graph).
         """
         b, k = s.pb.shape
         n, c = self.max_n, self.num_candidates
-        frame = torch.where(active[:, None], frame, 0.0)  # whatever pads the batch
+        mm = k + k * c
+        frame = torch.where(active[:, None], frame, self._zero)  # whatever pads the batch
         # --- token pruning: the top C grams of the frame, those below the threshold at -inf
         cand_lp, cand = self._token_candidates(frame)
-        # --- stays: blank after anything, repeat of the last gram
+        look = self._gram_lookup(cand)
+        m, mi = look[..., 0], look[..., 1][:, None, :].expand(b, k, c)  # |g|, |g| - 1
+        # --- stays: blank after anything, repeat of the last gram (a suffix that is no gram
+        # reads the -inf appended at id V)
         sg = self._suffix_grams(s.tail)  # (B, K, N)
         comps = torch.cat([s.pb[..., None], s.pg], -1)  # (B, K, N + 1)
         tot = comps.logsumexp(-1)
-        rep = frame.gather(1, sg.clamp(min=0).flatten(1)).view(b, k, n)
-        stay = torch.cat([(tot + frame[:, :1])[..., None],
-                          torch.where(sg >= 0, s.pg + rep, NEG_INF)], -1)  # (B, K, N + 1)
+        rep = torch.cat([frame, self._ninf_col.to(frame.dtype).expand(b, 1)], 1).gather(1, sg.flatten(1))
+        stay = torch.cat([(tot + frame[:, :1])[..., None], s.pg + rep.view(b, k, n)], -1)  # (B, K, N + 1)
         # --- extensions ℓ + g: from every path but those whose current frame already emits g
-        m = self._length[cand]  # (B, C)
-        mi = (m - 1)[:, None, :].expand(b, k, c)
         excl = sg.gather(2, mi) == cand[:, None, :]
         loo = comps[..., None, :].masked_fill(self._drop, NEG_INF).logsumexp(-1)  # (B, K, N)
         src = torch.where(excl, loo.gather(2, mi), tot[..., None])
         ext = (src + cand_lp[:, None, :]).flatten(1)  # (B, K·C)
         # --- merge candidates spelling the same string: sort by hash key, segment logsumexp
-        keys = self._candidate_keys(s, cand)  # (B, M)
-        mm = keys.shape[1]
+        hc = self._candidate_hashes(s, cand, look)  # (B, M, 2)
+        keys = hc[..., 0] * M2 + hc[..., 1]
         skeys, order = keys.sort(dim=1, stable=True)
-        head = torch.ones_like(skeys, dtype=torch.bool)
-        head[:, 1:] = skeys[:, 1:] != skeys[:, :-1]
-        seg = torch.empty_like(order).scatter_(1, order, head.long().cumsum(1) - 1)
-        idx = torch.cat([(seg[:, :k, None] * (n + 1) + self._cols).flatten(1),
-                         seg[:, k:] * (n + 1) + m.repeat(1, k)], 1)
+        # segment of each candidate: sorted position 0 opens segment 0, a new key the next one
+        seg = torch.zeros_like(order).scatter_(1, order[:, 1:], (skeys[:, 1:] != skeys[:, :-1]).cumsum(1))
+        cols = (self._every_cols if self._every_gram
+                else torch.cat([self._stay_cols.expand(b, -1), m.repeat(1, k)], 1))
+        idx = seg.index_select(1, self._val_cand) * (n + 1) + cols
         vals = torch.cat([stay.flatten(1), ext], 1)
-        table = torch.full((b, mm * (n + 1)), NEG_INF, dtype=vals.dtype, device=vals.device)
-        top = table.scatter_reduce(1, idx, vals, "amax")
-        shift = torch.where(top > NEG_INF, top, 0.0)
-        total = torch.zeros_like(table).scatter_add(1, idx, (vals - shift.gather(1, idx)).exp())
-        merged = (total.log() + shift).view(b, mm, n + 1)
-        cand_id = torch.arange(mm, device=keys.device).expand(b, mm)
-        first = torch.full_like(keys, mm).scatter_reduce(1, seg, cand_id, "amin")  # (B, M)
-        score = merged.logsumexp(-1)
-        gram_of = torch.cat([torch.zeros_like(s.parent), cand.repeat(1, k)], 1)  # (B, M)
+        top = torch.full((b, mm * (n + 1)), NEG_INF, dtype=vals.dtype,
+                         device=vals.device).scatter_reduce_(1, idx, vals, "amax")
+        shift = torch.where(top > NEG_INF, top, self._zero)
+        total = torch.zeros_like(top).scatter_add_(1, idx, (vals - shift.gather(1, idx)).exp())
+        merged = (total.log() + shift).view(b, mm, n + 1)  # an empty segment: all -inf
+        # a candidate of each segment, the lowest id (an empty segment: M - 1, any valid index)
+        first = torch.full_like(keys, mm - 1).scatter_reduce_(1, seg, self._cand_ids.expand(b, mm), "amin")
+        score = merged.logsumexp(-1)  # -inf for an empty segment, whatever is added below
+        gram_of = (self._every_gram_of.expand(b, mm) if self._every_gram
+                   else torch.cat([torch.zeros_like(s.parent), cand.repeat(1, k)], 1))  # (B, M)
+        cwords = None
         if self.lm is not None:
             # the LM part is a function of the string: every member of a segment has it (up to
             # rounding; tested), so the segment takes its first member's
-            cand_lm, cand_state = self._candidate_lm(s, cand)
-            score = score + cand_lm.gather(1, first.clamp(max=mm - 1))
+            cand_lm, cand_state = self._candidate_lm(s, cand, look)
+            score = score + cand_lm.gather(1, first)
         elif self.word_score != 0.0:
-            last = torch.cat([s.tail[..., -1], s.tail[..., -1].repeat_interleave(c, 1)], 1)
-            words = torch.cat([s.words, s.words.repeat_interleave(c, 1)], 1)
-            cwords = self._words_after(words, last, gram_of)
-            score = score + self.word_score * cwords.gather(1, first.clamp(max=mm - 1))
-        score = torch.where(first < mm, score, NEG_INF)
+            cwords = self._words_after(s.words.index_select(1, self._cand_parent),
+                                       s.tail[..., -1].index_select(1, self._cand_parent), gram_of)
+            score = score + self.word_score * cwords.gather(1, first)
         # the back-pointer of a string: its most probable member (the lowest id of equals), so
         # that the frames read off the back-pointers follow the paths carrying the mass
         member = torch.cat([stay.logsumexp(-1), ext], 1)  # (B, M)
-        seg_best = torch.full_like(score, NEG_INF).scatter_reduce(1, seg, member, "amax")
-        lead_id = torch.where(member >= seg_best.gather(1, seg), cand_id, mm)
-        lead = torch.full_like(keys, mm).scatter_reduce(1, seg, lead_id, "amin")  # (B, M)
+        seg_best = torch.full_like(score, NEG_INF).scatter_reduce_(1, seg, member, "amax")
+        lead_id = torch.where(member >= seg_best.gather(1, seg), self._cand_ids, self._last_cand)
+        lead = torch.full_like(keys, mm - 1).scatter_reduce_(1, seg, lead_id, "amin")  # (B, M)
         # --- keep the best K (by am + LM part), then the beam threshold
         best_k, sel = score.topk(k, dim=1)
         keep = (best_k > NEG_INF) & (best_k >= best_k[:, :1] - self.beam_threshold)
-        new = merged.gather(1, sel[..., None].expand(b, k, n + 1)).masked_fill(~keep[..., None], NEG_INF)
-        j = first.gather(1, sel).clamp(max=mm - 1)  # a candidate of each kept string
-        jl = lead.gather(1, sel).clamp(max=mm - 1)  # its most probable one
+        new = torch.where(keep[..., None], merged.gather(1, sel[..., None].expand(b, k, n + 1)), self._ninf)
+        jl = lead.gather(1, sel)  # the most probable candidate of each kept string
         parent = self._cand_parent[jl]
         gram = gram_of.gather(1, jl)
         ptail = s.tail.gather(1, parent[..., None].expand(b, k, n))
         tail = torch.cat([ptail, self._right[gram]], -1).gather(2, self._tail_idx[gram])
-        h1 = (s.h1.gather(1, parent) * self._pow1[gram] + self._gh1[gram]) % M1
-        h2 = (s.h2.gather(1, parent) * self._pow2[gram] + self._gh2[gram]) % M2
+        h = hc.gather(1, jl[..., None].expand(b, k, 2))  # the string's hash pair
+        a, a3 = active[:, None], active[:, None, None]
         if self.lm is not None:
             words = s.words.gather(1, parent) + self._gram_spaces[gram]
-            lm_state, lm_score = cand_state.gather(1, j), cand_lm.gather(1, j)
+            j = first.gather(1, sel)  # the segment's first candidate, whose LM part it took
+            lm_state = torch.where(a, cand_state.gather(1, j), s.lm_state)
+            lm_score = torch.where(a, cand_lm.gather(1, j), s.lm_score)
         else:
-            words = self._words_after(s.words.gather(1, parent), ptail[..., -1], gram)
-            lm_state, lm_score = s.lm_state, s.lm_score
+            words = (cwords.gather(1, jl) if cwords is not None
+                     else self._words_after(s.words.gather(1, parent), ptail[..., -1], gram))
+            lm_state, lm_score = s.lm_state, s.lm_score  # 0: no LM
         # --- utterances past their length keep their beams
-        a, a3 = active[:, None], active[:, None, None]
         return BeamState(
             torch.where(a, new[..., 0], s.pb), torch.where(a3, new[..., 1:], s.pg),
-            torch.where(a3, tail, s.tail), torch.where(a, h1, s.h1), torch.where(a, h2, s.h2),
-            torch.where(a, words, s.words), torch.where(a, lm_state, s.lm_state),
-            torch.where(a, lm_score, s.lm_score), torch.where(a, parent, self._slots),
-            torch.where(a, gram, 0))
+            torch.where(a3, tail, s.tail), torch.where(a, h[..., 0], s.h1),
+            torch.where(a, h[..., 1], s.h2), torch.where(a, words, s.words), lm_state, lm_score,
+            torch.where(a, parent, self._slots), torch.where(a, gram, self._izero))
 
     # ------------------------------------------------------------------ decoding
     def decode(self, log_probs: Tensor, lengths: Tensor | Sequence[int] | None = None,
-               nbest: int = 1, timestamps: bool = False) -> list[list[BeamHypothesis]]:
+               nbest: int = 1, timestamps: bool = False, cuda_graph: bool | None = None
+               ) -> list[list[BeamHypothesis]]:
         """Decode a batch.
 
         Args:
@@ -510,6 +606,15 @@ class BatchedPrefixBeamSearch:
             timestamps: also fill each hypothesis's ``word_times`` (:class:`BeamHypothesis`):
                 every word with the emission frames of the grams holding its first and last
                 characters, read off the per-frame back-pointers; texts and scores unchanged.
+            cuda_graph: on a CUDA device, replay a CUDA graph of ``graph_chunk`` frames instead
+                of launching every frame's kernels from Python (default: the constructor's).
+                The graph of a batch size is captured on its first decode (warmed up on a side
+                stream first) and kept, with static buffers for up to the longest batch of that
+                size seen so far (in multiples of ``graph_chunk``); a longer batch captures
+                again. The chunk's start frame is a device tensor advanced inside the graph, so
+                one graph serves every chunk; frames past the batch's longest utterance run
+                inactive (nothing changes). A capture that fails warns and runs that batch size
+                eagerly. Not thread-safe (one decode at a time per instance).
 
         Returns:
             Per utterance, up to ``nbest`` hypotheses, ranked by ``score = am_score +
@@ -530,15 +635,159 @@ class BatchedPrefixBeamSearch:
             return []
         t_run = max(lens)
         lp = log_probs.detach()[:, :t_run].float().to(device=self.device, dtype=self.dtype)
+        graph = self.cuda_graph if cuda_graph is None else cuda_graph
+        with torch.no_grad():
+            if graph and self.device.type == "cuda" and t_run > 0:
+                state, parents, emits = self._run_chunked(lp, lens, graph=True)
+            else:
+                state, parents, emits = self._run_frames(lp, lens)
+            return self._finish(state, parents, emits, nbest, timestamps)
+
+    def _step_fn(self) -> Callable[[BeamState, Tensor, Tensor], BeamState]:
+        """The frame step: :meth:`_step`, or with ``compile`` its ``torch.compile`` (made once)."""
+        if not self.compile:
+            return self._step
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False)
+        return self._compiled_step
+
+    def _run_frames(self, lp: Tensor, lens: Sequence[int]) -> tuple[BeamState, Tensor, Tensor]:
+        """The plain frame loop: one :meth:`_step` per frame of ``lp (B, T, V)`` launched from
+        Python (no host sync); the final state and the ``(T, B, K)`` int32 back-pointers and
+        grams appended. (The frames are copied time-major first, so that a compiled step sees
+        the same strides for every ``T``.)"""
+        bsz, t_run = lp.shape[:2]
+        step = self._step_fn()
+        frames = lp.transpose(0, 1).contiguous()  # (T, B, V): every frame alike in memory
         active = torch.arange(t_run)[:, None] < torch.tensor(lens)  # (T, B)
         active = active.to(self.device)
         state = self.initial_state(bsz)
         parents = torch.empty(t_run, bsz, self.beam_size, dtype=torch.int32, device=self.device)
         emits = torch.empty_like(parents)
         for t in range(t_run):  # no host synchronisation in here
-            state = self._step(state, lp[:, t], active[t])
+            state = step(state, frames[t], active[t])
             parents[t], emits[t] = state.parent, state.emit
-        return self._finish(state, parents, emits, nbest, timestamps)
+        return state, parents, emits
+
+    # ------------------------------------------------------------------ the chunked loop
+    def _run_chunked(self, lp: Tensor, lens: Sequence[int], graph: bool
+                     ) -> tuple[BeamState, Tensor, Tensor]:
+        """The frame loop in chunks of ``S = graph_chunk`` frames over static buffers
+        (:class:`_ChunkLoop`), each chunk one replay of a CUDA graph (``graph``, on CUDA) or
+        one eager :meth:`_advance` (the same work, on any device: how its logic is tested on
+        the CPU). The same results as :meth:`_run_frames`: the final state (but ``parent`` and
+        ``emit``, of the last chunk's padding frames) and the back-pointers ``(T, B, K)``, views
+        of the static buffers (read them before the next decode)."""
+        bsz, t_run = lp.shape[:2]
+        s = self.graph_chunk
+        t_pad = -(-t_run // s) * s
+        loop = self._loop(bsz, t_pad)
+        step = self._step_fn()
+        self._load(loop, lp, lens)
+        if graph and loop.graph is None and not loop.failed:
+            self._capture(loop, step)
+        for _ in range(t_pad // s):
+            if loop.graph is not None and graph:
+                loop.graph.replay()
+            else:
+                self._advance(loop, step)
+        return loop.state, loop.parents[:t_run], loop.emits[:t_run]
+
+    #: batch sizes whose chunk loop (buffers and graph) is kept, the least recently used dropped
+    max_graphs = 8
+
+    def _loop(self, batch: int, frames: int) -> _ChunkLoop:
+        """The kept chunk loop of ``batch`` utterances with room for ``frames`` (a multiple of
+        ``graph_chunk``), or a new one (buffers on the device, no graph yet) with room for
+        ``frames``, or twice the old room when that is more (so that ever longer batches
+        capture a few times only)."""
+        key = (batch, self.num_outputs, self.dtype)
+        loop = self._loops.pop(key, None)
+        if loop is None or loop.lp.shape[0] < frames:
+            room = frames if loop is None else max(frames, 2 * loop.lp.shape[0])
+            del loop  # its graph and buffers go before the new ones are made
+            # normal tensors even under inference_mode: a later decode outside it writes them
+            with torch.inference_mode(False):
+                loop = self._new_loop(batch, room)
+        self._loops[key] = loop
+        while len(self._loops) > self.max_graphs:
+            self._loops.popitem(last=False)
+        return loop
+
+    def _new_loop(self, batch: int, frames: int) -> _ChunkLoop:
+        """Zeroed buffers of a chunk loop of ``batch`` utterances and ``frames`` frames."""
+        dev, k = self.device, self.beam_size
+        parents = torch.zeros(frames, batch, k, dtype=torch.int32, device=dev)
+        initial = BeamState(*(x.clone(memory_format=torch.contiguous_format)
+                              for x in self.initial_state(batch)))
+        return _ChunkLoop(lp=torch.zeros(frames, batch, self.num_outputs, dtype=self.dtype, device=dev),
+                          lens=torch.zeros(batch, dtype=torch.long, device=dev),
+                          t0=torch.zeros(1, dtype=torch.long, device=dev),
+                          state=BeamState(*(x.clone() for x in initial)), initial=initial,
+                          parents=parents, emits=torch.zeros_like(parents))
+
+    def _load(self, loop: _ChunkLoop, lp: Tensor, lens: Sequence[int]) -> None:
+        """Copy a batch ``lp (B, T, V)`` with ``lens`` into the loop's buffers and reset its
+        state to :meth:`initial_state` and its chunk start to frame 0 (outside any graph)."""
+        loop.lp[:lp.shape[1]].copy_(lp.transpose(0, 1))
+        loop.lens.copy_(torch.tensor(list(lens), dtype=torch.long))
+        loop.t0.zero_()
+        for dst, src in zip(loop.state, loop.initial, strict=True):
+            dst.copy_(src)
+
+    def _chunk(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]
+               ) -> BeamState:
+        """``S`` frames from the device index ``loop.t0`` on: the state after them, and their
+        back-pointers written into ``loop.parents``/``loop.emits`` at those rows; the loop's
+        state and ``t0`` are not changed. Only device tensors, no host sync, fixed shapes."""
+        ts = loop.t0 + self._chunk_frames  # (S,) the chunk's frames
+        frames = loop.lp.index_select(0, ts)  # (S, B, V)
+        active = loop.lens > ts[:, None]  # (S, B)
+        state, parents, emits = loop.state, [], []
+        for i in range(self.graph_chunk):
+            state = step(state, frames[i], active[i])
+            parents.append(state.parent)
+            emits.append(state.emit)
+        loop.parents.index_copy_(0, ts, torch.stack(parents).to(torch.int32))
+        loop.emits.index_copy_(0, ts, torch.stack(emits).to(torch.int32))
+        return state
+
+    def _advance(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]) -> None:
+        """One chunk in place: :meth:`_chunk`, then its state copied into ``loop.state`` and
+        ``loop.t0`` moved on by ``S`` (the work one CUDA graph replay does)."""
+        state = self._chunk(loop, step)
+        for dst, src in zip(loop.state, state, strict=True):
+            if src is not dst:  # a field no frame changes (no LM: lm_state, lm_score)
+                dst.copy_(src)
+        loop.t0.add_(self.graph_chunk)
+
+    def _capture(self, loop: _ChunkLoop, step: Callable[[BeamState, Tensor, Tensor], BeamState]) -> None:
+        """Capture :meth:`_advance` of ``loop`` as a CUDA graph (``loop.graph``): first one
+        :meth:`_chunk` on a side stream (lazy initialisation, ``torch.compile``'s compilation,
+        kernels loaded; it changes nothing but back-pointer rows that the replays rewrite), then
+        the capture on that stream (capturing runs nothing: ``loop`` is unchanged). A failed
+        capture warns, and the loop's chunks run eagerly."""
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # also restores the current stream if capture fails
+                self._chunk(loop, step)
+                graph = torch.cuda.CUDAGraph()
+                try:
+                    # thread_local: CUDA calls of other threads (a DataLoader pinning memory)
+                    # neither fail nor break this capture
+                    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                        self._advance(loop, step)
+                except Exception as e:  # an op that cannot be captured (torch/CUDA version)
+                    loop.failed = True
+                    self.graph_error = f"{type(e).__name__}: {e}"
+                    warnings.warn(f"BatchedPrefixBeamSearch: CUDA graph capture failed, decoding "
+                                  f"without it ({self.graph_error})", RuntimeWarning, stacklevel=4)
+                    torch.cuda.synchronize()
+                else:
+                    loop.graph = graph
+                    self.graph_captures += 1
+            torch.cuda.current_stream().wait_stream(side)
 
     def decode_batch(self, log_probs: Tensor, lengths: Tensor | Sequence[int]) -> list[str]:
         """Best transcript of each utterance of ``log_probs (B, T, V)`` with ``lengths (B,)``."""

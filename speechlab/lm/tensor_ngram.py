@@ -340,6 +340,10 @@ class TensorNgramLM:
         self.token_map = token_map
         self._bos_state = bos_state
         self._vocab: dict[str, int] | None = None
+        # 0-dim constants for torch.where (a Python number there is a tensor made per call: on a
+        # GPU, one more kernel)
+        self._zero = torch.zeros((), dtype=self.arc_logp.dtype, device=self.arc_key.device)
+        self._izero = torch.zeros((), dtype=torch.int64, device=self.arc_key.device)
 
     # ------------------------------------------------------------------------ building
     @classmethod
@@ -469,34 +473,43 @@ class TensorNgramLM:
             :class:`FullScore` of the broadcast shape: ``logp`` (natural log, ``dtype``),
             ``state`` and ``ngram_length`` (int64). ``order`` rounds of tensor ops; no host sync.
         """
+        logp, arc = self._lookup(states, tokens, lm_ids)
+        return FullScore(logp, self.arc_next[arc], self.arc_order[arc])
+
+    def _lookup(self, states: Tensor, tokens: Tensor, lm_ids: bool) -> tuple[Tensor, Tensor]:
+        """``(ln P, arc index)`` of every (state, token) pair, of the broadcast shape: ``order``
+        rounds of one ``searchsorted`` each (the module docstring's lookup)."""
         if self.token_map is not None and not lm_ids:
             tokens = self.token_map[tokens]
-        states, tokens = torch.broadcast_tensors(states, tokens)
-        shape = states.shape
-        cur, tok = states.reshape(-1), tokens.reshape(-1)
         keys, v = self.arc_key, len(self.lm_tokens)
         last = keys.numel() - 1
-        acc = torch.zeros(cur.shape, dtype=self.dtype, device=cur.device)
-        found = torch.zeros(cur.shape, dtype=torch.int64, device=cur.device)
-        done = torch.zeros(cur.shape, dtype=torch.bool, device=cur.device)
+        cur, acc, arc = states, None, self._izero
         for r in range(self.order):
-            key = cur * v + tok
+            key = cur * v + tokens
             pos = torch.searchsorted(keys, key).clamp_(max=last)
-            hit = (keys[pos] == key) & ~done
-            found = torch.where(hit, pos, found)
-            done = done | hit
-            if r + 1 < self.order:  # the empty context has every token: all found by then
-                acc = acc + torch.where(done, 0.0, self.state_backoff[cur])
-                cur = torch.where(done, cur, self.state_suffix[cur])
-        logp = acc + self.arc_logp[found]
-        return FullScore(logp.reshape(shape), self.arc_next[found].reshape(shape),
-                         self.arc_order[found].reshape(shape))
+            # a pair found in an earlier round kept its state, so it is found again (the same
+            # arc): ``hit`` is "found by now", and the empty context has every token, so every
+            # pair is found by the last round
+            hit = keys[pos] == key
+            arc = torch.where(hit, pos, arc)
+            if r + 1 < self.order:
+                backoff = torch.where(hit, self._zero, self.state_backoff[cur])
+                acc = backoff if acc is None else acc + backoff
+                cur = torch.where(hit, cur, self.state_suffix[cur])
+        logp = self.arc_logp[arc]
+        return (logp if acc is None else acc + logp), arc
 
-    def score(self, states: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def score(self, states: Tensor, tokens: Tensor, lm_ids: bool = False) -> tuple[Tensor, Tensor]:
         """``(logp, next_states)``: ln P(token | state) (natural log) and the state after the
-        token, of the broadcast shape of ``states`` and ``tokens`` (see :meth:`full_score`)."""
-        out = self.full_score(states, tokens)
-        return out.logp, out.state
+        token, of the broadcast shape of ``states`` and ``tokens`` (see :meth:`full_score`;
+        ``lm_ids``: the tokens are LM ids, :meth:`lm_ids` of the vocabulary's)."""
+        logp, arc = self._lookup(states, tokens, lm_ids)
+        return logp, self.arc_next[arc]
+
+    def lm_ids(self, tokens: Tensor) -> Tensor:
+        """The LM ids of vocabulary token ids (the same tensor without a vocabulary): map once,
+        then score with ``lm_ids=True``."""
+        return tokens if self.token_map is None else self.token_map[tokens]
 
     def eos_score(self, states: Tensor) -> Tensor:
         """ln P(``</s>`` | state), of the shape of ``states``."""
