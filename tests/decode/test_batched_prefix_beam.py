@@ -617,7 +617,8 @@ def test_cuda_graph_capture_failure_falls_back():
     ``graph_error`` and decodes that batch size eagerly, with the same results."""
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, "-c", FAILED_CAPTURE], cwd=root, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+                         timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             p for p in [str(root), os.environ.get("PYTHONPATH", "")] if p)})
     assert run.returncode == 0, run.stdout + run.stderr
     print(run.stdout.strip())
 
