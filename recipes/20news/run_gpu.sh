@@ -6,6 +6,8 @@
 #   OUT=/tmp/out MAX_TIME=00:00:08:30 bash recipes/20news/run_gpu.sh        # first call
 #   OUT=/tmp/out MAX_TIME=00:00:17:00 bash recipes/20news/run_gpu.sh        # next call, resumes
 #   OUT=/tmp/out TEST_ONLY=1 bash recipes/20news/run_gpu.sh                 # test best.ckpt only
+#   GENERATE=1 ...: also each TCNLM's topics and topic-conditioned sentences from best.ckpt
+#   ($OUT/topics_<recipe>.json, $OUT/generate_<recipe>.json: 3 sentences per topic, temperature 0.8)
 #
 # The controlled protocol (docs/tcnlm.md; not in the default CONFIGS): the TCNLM that sees only
 # the preceding sentences and the document-stream LSTM, with the same settings:
@@ -20,6 +22,8 @@
 # .cache/20news/{train,test}.jsonl.gz (gzip copies of ../shared/data/text/20news/*.jsonl).
 # EXTRA: more `speechlab fit` arguments for every model (the same for all, so the comparison
 # stays equal), e.g. EXTRA="--model.init_args.dropout 0.5".
+# The recipes stop at 10 epochs (~9,900 steps at batch 128): a longer STEPS schedule needs
+# EXTRA="--trainer.max_epochs 20" (or more), or it is cut there.
 # Results: $OUT/<recipe>.json (speechlab test's results.json: perplexity, topics, NPMI), logs.
 set -uo pipefail
 START=$(date +%s)
@@ -62,6 +66,17 @@ if [ -n "${TEST_ONLY:-}" ] || [ -n "${TEST:-}" ]; then
     PIDS+=($!)
   done
   for p in "${PIDS[@]}"; do wait "$p"; done
+fi
+if [ -n "${GENERATE:-}" ]; then
+  for c in $CONFIGS; do
+    case $c in tcnlm*) ;; *) continue ;; esac
+    best=exp/20news_$c/checkpoints/best.ckpt
+    python3 -m speechlab.cli tcnlm topics --checkpoint "$best" --top-k 10 --out "$OUT/topics_$c.json" --force \
+      >"$OUT/topics_$c.log" 2>&1
+    python3 -m speechlab.cli tcnlm generate --checkpoint "$best" --topic all --num 3 --temperature 0.8 \
+      --seed 0 --device cuda --out "$OUT/generate_$c.json" --force >"$OUT/generate_$c.log" 2>&1
+    el "$c: topics and generations (rc=$?)"
+  done
 fi
 python3 - "$CONFIGS" <<'EOF'
 import glob, json, sys, torch
