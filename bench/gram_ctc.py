@@ -10,9 +10,13 @@ median over repeats, and peak extra memory of forward + backward (CUDA: allocato
 the inputs; CPU: not measured). Every utterance has ``T`` frames and ``U`` random characters;
 reduction is "mean", fp32.
 
-``speechlab`` rows use the public ``gram_ctc_loss`` (which validates lengths and target ids
-with one host synchronisation); ``speechlab (validate=False)`` skips that check. torch's
-``ctc_loss`` also synchronises (it copies the lengths to the host).
+``speechlab`` rows use the public ``gram_ctc_loss`` with its default ``validate=True``, on
+inputs all on the device: the kernels flag bad lengths / target ids and reading the flags is
+one host synchronisation; ``speechlab (validate=False)`` skips the check. On CUDA two more
+rows keep the default: ``(lengths on CPU)`` passes the lengths as CPU tensors (checked on
+the host; the target ids still through the flags: one sync) and ``(lengths+targets on
+CPU)`` the targets too (everything checked on the host, copied through pinned memory: no
+sync). torch's ``ctc_loss`` also synchronises (it copies the lengths to the host).
 """
 
 from __future__ import annotations
@@ -133,6 +137,21 @@ def run(
                     ),
                 ),
             ]
+            if device == "cuda":
+                cands += [
+                    (
+                        "speechlab cuda (lengths on CPU)",
+                        lambda lp=lp, tg=tg, il=il_cpu, tl=tl_cpu, g=grams: gram_ctc_loss(
+                            lp, tg, il, tl, g
+                        ),
+                    ),
+                    (
+                        "speechlab cuda (lengths+targets on CPU)",
+                        lambda lp=lp, tg=tg_cpu, il=il_cpu, tl=tl_cpu, g=grams: gram_ctc_loss(
+                            lp, tg, il, tl, g
+                        ),
+                    ),
+                ]
             if len(grams) == 29:
 
                 def native(lp=lp, tg=tg, il=il, tl=tl):

@@ -71,20 +71,37 @@ def _key_tensors(grams: GramTable, device: torch.device) -> tuple[Tensor, Tensor
 
 
 # ============================================================================ argument handling
-def _as_lengths(x: Tensor | Sequence[int], name: str, n: int, device: torch.device) -> Tensor:
-    if isinstance(x, Tensor) and x.dtype == torch.int64 and x.device == device and x.shape == (n,):
-        return x
+def _as_lengths(x: Tensor | Sequence[int], name: str, n: int) -> Tensor:
+    """``(n,)`` int64 lengths, left on the device they came on (a sequence gives a CPU tensor)."""
     if not isinstance(x, Tensor):
         x = torch.as_tensor(list(x), dtype=torch.int64)
     if x.dim() != 1 or x.numel() != n:
         raise ValueError(f"gram_ctc_loss: {name} must have shape ({n},), got {tuple(x.shape)}")
     if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"gram_ctc_loss: {name} must be an integer tensor, got {x.dtype}")
-    return x.to(device=device, dtype=torch.int64, non_blocking=True)
+    return x.to(torch.int64)
+
+
+def _to_device(xs: Sequence[Tensor], device: torch.device) -> list[Tensor]:
+    """The int64 tensors ``xs`` on ``device``. CPU ones go to CUDA together, through one pinned
+    buffer and ``non_blocking``: from pageable memory a blocking copy synchronises (torch's
+    sync debug mode flags it) and even an asynchronous one may make the driver synchronise
+    with the stream to stage it. During CUDA graph capture each is copied as it is, so torch
+    still rejects pageable memory there."""
+    out = list(xs)
+    host = [i for i, x in enumerate(xs) if x.is_cpu]
+    if device.type == "cuda" and host and not torch.cuda.is_current_stream_capturing():
+        sizes = [xs[i].numel() for i in host]
+        buf = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=True)
+        torch.cat([xs[i].reshape(-1) for i in host], out=buf)
+        for i, part in zip(host, buf.to(device, non_blocking=True).split(sizes), strict=True):
+            out[i] = part.view(xs[i].shape)
+    return [x if x.device == device else x.to(device) for x in out]
 
 
 def _padded_targets(targets: Tensor, target_lengths: Tensor, n: int) -> Tensor:
-    """(N, S) int64 targets from padded 2-D or concatenated 1-D ones."""
+    """(N, S) int64 targets from padded 2-D or concatenated 1-D ones, on ``targets``' device
+    (sized from ``target_lengths``: a host synchronisation only if those are on a GPU)."""
     if targets.dtype != torch.int64:
         if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
             raise TypeError(
@@ -102,56 +119,74 @@ def _padded_targets(targets: Tensor, target_lengths: Tensor, n: int) -> Tensor:
             f"gram_ctc_loss: targets must be (N, S) padded or 1-D concatenated, got "
             f"{tuple(targets.shape)}"
         )
-    lengths = target_lengths.to(targets.device)
-    total = int(lengths.sum())
+    total = int(target_lengths.sum())
     if total != targets.numel():
         raise ValueError(
             f"gram_ctc_loss: 1-D targets hold {targets.numel()} ids but target_lengths sum to "
             f"{total}"
         )
-    max_u = int(lengths.max()) if n else 0
+    max_u = int(target_lengths.max()) if n else 0
     if total == 0 or max_u == 0:
         return targets.new_zeros((n, max(max_u, 0)))
+    lengths = _to_device([target_lengths], targets.device)[0]
     start = torch.cumsum(lengths, 0) - lengths
     pos = torch.arange(max_u, device=targets.device)
     idx = (start[:, None] + pos[None, :]).clamp(max=total - 1)
     return torch.where(pos[None, :] < lengths[:, None], targets[idx], 0)
 
 
-def _validate(
-    log_probs: Tensor,
-    targets: Tensor,
-    input_lengths: Tensor,
-    target_lengths: Tensor,
-    num_chars: int,
-) -> None:
-    """Length and target-id checks; one host synchronisation for CUDA tensors."""
-    t_max, s_max = log_probs.size(0), targets.size(1)
-    valid = torch.arange(s_max, device=targets.device)[None, :] < target_lengths[:, None]
-    bad_ids = valid & ((targets < 1) | (targets > num_chars))
-    flags = torch.stack(
-        [
-            ((input_lengths < 0) | (input_lengths > t_max)).any(),
-            ((target_lengths < 0) | (target_lengths > s_max)).any(),
-            bad_ids.any(),
-        ]
-    ).tolist()
-    if flags[0]:
-        i = int(((input_lengths < 0) | (input_lengths > t_max)).nonzero()[0])
-        raise ValueError(
-            f"gram_ctc_loss: input_lengths[{i}] = {int(input_lengths[i])} is outside [0, {t_max}]"
-        )
-    if flags[1]:
-        i = int(((target_lengths < 0) | (target_lengths > s_max)).nonzero()[0])
-        raise ValueError(
-            f"gram_ctc_loss: target_lengths[{i}] = {int(target_lengths[i])} is outside [0, {s_max}]"
-        )
-    if flags[2]:
-        b, j = (int(v) for v in bad_ids.nonzero()[0])
+def _check_lengths(lengths: Tensor, bound: int, name: str) -> None:
+    values = lengths.tolist()
+    if values and (min(values) < 0 or max(values) > bound):
+        i = next(i for i, v in enumerate(values) if not 0 <= v <= bound)
+        raise ValueError(f"gram_ctc_loss: {name}[{i}] = {values[i]} is outside [0, {bound}]")
+
+
+def _check_ids(targets: Tensor, target_lengths: Tensor, num_chars: int) -> None:
+    if targets.numel() == 0:
+        return
+    pos = torch.arange(targets.size(1), device=targets.device)
+    ids = torch.where(pos.unsqueeze(0) < target_lengths.unsqueeze(1), targets, 1)  # 1: padding
+    lo, hi = torch.aminmax(ids)
+    if int(lo) < 1 or int(hi) > num_chars:
+        b, j = (int(v) for v in ((ids < 1) | (ids > num_chars)).nonzero()[0])
         raise ValueError(
             f"gram_ctc_loss: targets[{b}, {j}] = {int(targets[b, j])} is not a character id "
             f"(expected 1..{num_chars}; targets are character ids, blank excluded)"
         )
+
+
+def _validate(
+    t_max: int,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    num_chars: int,
+    *,
+    host_only: bool = False,
+) -> bool:
+    """Raise ``ValueError`` naming the first length outside ``[0, T]`` / ``[0, S]`` or target
+    id outside ``1..num_chars`` (within its target length); ``targets`` padded ``(N, S)``.
+
+    Pure. On CPU tensors it touches no device; on CUDA tensors each check synchronises (used
+    only once the kernels have flagged an error). ``host_only``: run only the checks whose
+    tensors are all on the CPU. Returns whether every check ran.
+    """
+
+    def wanted(*xs: Tensor) -> bool:
+        return not host_only or all(x.is_cpu for x in xs)
+
+    done = 0
+    if wanted(input_lengths):
+        _check_lengths(input_lengths, t_max, "input_lengths")
+        done += 1
+    if wanted(target_lengths):
+        _check_lengths(target_lengths, targets.size(1), "target_lengths")
+        done += 1
+    if wanted(targets, target_lengths):
+        _check_ids(targets, target_lengths, num_chars)
+        done += 1
+    return done == 3
 
 
 # ============================================================================ public API
@@ -186,10 +221,18 @@ def gram_ctc_loss(
             their gradients by zero.
         backend: ``"auto"``, ``"cuda"``, ``"cpu"`` or ``"reference"`` (see
             :func:`speechlab.ops.available_backends`).
-        validate: raise ``ValueError`` on bad lengths or target ids. The kernels flag them
-            while they run; reading the flags costs one host synchronisation for CUDA
-            tensors (torch's ``ctc_loss`` also synchronises, to copy the lengths). With
-            ``validate=False`` nothing synchronises and a bad utterance gets a NaN loss.
+        validate: raise ``ValueError`` naming the first length outside ``[0, T]`` /
+            ``[0, S]`` or target id outside ``1..|Σ|`` (within its target length). Lengths and
+            targets that arrive on the host (Python sequences, CPU tensors) are checked there,
+            before they are copied to the device (pinned, ``non_blocking``); the kernels flag
+            the rest, and reading their flags is one host synchronisation on CUDA. So a CUDA
+            call with both lengths and ``targets`` on the host (torch's ``ctc_loss`` takes
+            host lengths too) never synchronises; one with a CUDA length, or with host
+            lengths but CUDA ``targets`` (lengths checked on the host, ids through the
+            flags), synchronises once (the reference backend copies CUDA targets to the host
+            anyway). ``validate=False``: no checks and no sync (except for 1-D concatenated
+            ``targets`` with CUDA ``target_lengths``, which need one to size the padding); a
+            bad utterance gets a NaN loss.
 
     Returns:
         The loss in nats: a scalar, or ``(N,)`` for ``reduction="none"``. Its dtype is
@@ -216,22 +259,27 @@ def gram_ctc_loss(
     if not isinstance(targets, Tensor):
         raise TypeError(f"gram_ctc_loss: targets must be a tensor, got {type(targets).__name__}")
     device = log_probs.device
-    n = log_probs.size(1)
-    il = _as_lengths(input_lengths, "input_lengths", n, device)
-    tl = _as_lengths(target_lengths, "target_lengths", n, device)
-    tg = _padded_targets(targets if targets.device == device else targets.to(device), tl, n)
+    t_max, n = log_probs.size(0), log_probs.size(1)
+    il = _as_lengths(input_lengths, "input_lengths", n)
+    tl = _as_lengths(target_lengths, "target_lengths", n)
+    tg = _padded_targets(targets, tl, n)
+    # host checks first; the kernel flags are read only for what arrived on a device
+    checked = validate and _validate(t_max, tg, il, tl, grams.num_chars, host_only=True)
 
     which = ops.resolve_backend(backend, device)
     if which == "reference":
-        if validate:
-            _validate(log_probs, tg, il, tl, grams.num_chars)
+        tg_host, tl_host = tg.cpu(), tl.cpu()  # the reference builds its lattice on the host
+        if validate and not checked:
+            _validate(t_max, tg_host, il.cpu(), tl_host, grams.num_chars)
         if log_probs.dtype not in (torch.float32, torch.float64):
             raise TypeError(
                 f"gram_ctc_loss: the reference backend takes fp32/fp64 log_probs, got "
                 f"{log_probs.dtype}"
             )
-        nll = _reference_nll(log_probs, tg, il, tl, grams, zero_infinity)
+        il, tl = _to_device([il, tl], device)
+        nll = _reference_nll(log_probs, tg_host, il, tl_host, grams, zero_infinity)
     else:
+        tg, il, tl = _to_device([tg, il, tl], device)
         keys, ids = _key_tensors(grams, device)
         # on CUDA, β runs beside α in the forward when a backward will follow
         need_beta = device.type == "cuda" and log_probs.requires_grad and torch.is_grad_enabled()
@@ -239,8 +287,8 @@ def gram_ctc_loss(
             log_probs, tg, il, tl, keys, ids, grams.num_chars, grams.max_n, zero_infinity, need_beta
         )
         # the kernels flag bad lengths and ids (NaN loss); one host sync to raise instead
-        if validate and bool(lattice[:, _ERROR_COLUMN].any()):
-            _validate(log_probs, tg, il, tl, grams.num_chars)  # raises with the details
+        if validate and not checked and bool(lattice[:, _ERROR_COLUMN].any()):
+            _validate(t_max, tg, il, tl, grams.num_chars)  # raises with the details
             raise ValueError("gram_ctc_loss: the kernel flagged invalid lengths or targets")
     if zero_infinity:
         nll = torch.where(torch.isinf(nll), torch.zeros((), dtype=nll.dtype, device=device), nll)

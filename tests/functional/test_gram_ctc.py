@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from speechlab import ops
 from speechlab.data.grams import GramSet
 from speechlab.data.text import CharVocab
+from speechlab.functional import gram_ctc as gc
 from speechlab.functional import gram_ctc_loss
 from speechlab.functional.gram_ctc import gram_ctc_reference_logp
 from speechlab.nn import GramCTCLoss
@@ -509,6 +510,130 @@ def test_kernel_flags_bad_lengths_without_validation():
         lp, targets, torch.tensor([6, 5, 5]), torch.tensor([2, 3, 2]), keys, ids, 3, 2, False, False
     )
     assert lattice[:, 4].tolist() == [4, 2, 0]  # input length, target length, fine
+
+
+# ============================================================================ host validation
+# (change to bad_call's inputs, the message) -- the texts _validate has always given; the CUDA
+# tests check that inputs arriving on the GPU (kernel flags, then _validate) give them too
+_NOT_AN_ID = " is not a character id (expected 1..3; targets are character ids, blank excluded)"
+BAD_INPUTS = [
+    (dict(input_lengths=[5, 6]), "gram_ctc_loss: input_lengths[1] = 6 is outside [0, 5]"),
+    (dict(input_lengths=[-1, 5]), "gram_ctc_loss: input_lengths[0] = -1 is outside [0, 5]"),
+    (dict(target_lengths=[3, 1]), "gram_ctc_loss: target_lengths[0] = 3 is outside [0, 2]"),
+    (dict(target_lengths=[2, -1]), "gram_ctc_loss: target_lengths[1] = -1 is outside [0, 2]"),
+    (dict(targets=[[1, 2], [4, 0]]), "gram_ctc_loss: targets[1, 0] = 4" + _NOT_AN_ID),
+    (dict(targets=[[1, -2], [3, 0]]), "gram_ctc_loss: targets[0, 1] = -2" + _NOT_AN_ID),
+    # concatenated 1-D targets: named by their place in the padded (N, S) form
+    (dict(targets=[1, 2, 0]), "gram_ctc_loss: targets[1, 0] = 0" + _NOT_AN_ID),
+    (dict(targets=[1, 9, 3]), "gram_ctc_loss: targets[0, 1] = 9" + _NOT_AN_ID),
+    (
+        dict(targets=[1, 2], target_lengths=[3, -1]),
+        "gram_ctc_loss: target_lengths[1] = -1 is outside [0, 3]",
+    ),
+]
+BAD_IDS = [
+    ("1-D " if isinstance(c.get("targets", [[]])[0], int) else "")
+    + m.split(": ")[1].split(" is")[0]
+    for c, m in BAD_INPUTS
+]
+
+
+def bad_call(change: dict, form: str) -> dict:
+    """Keyword arguments of gram_ctc_loss on the CPU: T = 5, N = 2, S = 2, ids 1..3, lengths
+    as Python lists (``form="list"``) or CPU tensors of dtype ``form``."""
+    kw = dict(
+        log_probs=torch.zeros((5, 2, 8), dtype=torch.float64),
+        targets=[[1, 2], [3, 0]],
+        input_lengths=[5, 5],
+        target_lengths=[2, 1],
+        grams=BIGRAMS,
+    )
+    kw.update(change)
+    kw["targets"] = torch.tensor(kw["targets"])
+    if form != "list":
+        for key in ("input_lengths", "target_lengths"):
+            kw[key] = torch.tensor(kw[key], dtype=getattr(torch, form))
+    return kw
+
+
+def _kernel_ran(*args):
+    raise AssertionError("a loss kernel ran before the host checks")
+
+
+def _skip_host_checks(monkeypatch) -> None:
+    """Make every input count as not checkable on the host (as CUDA tensors are)."""
+    validate = gc._validate
+
+    def no_host_checks(*args, host_only=False):
+        return False if host_only else validate(*args)
+
+    monkeypatch.setattr(gc, "_validate", no_host_checks)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("form", ["list", "int64", "int32"])
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS, ids=BAD_IDS)
+def test_host_inputs_are_checked_before_any_kernel(monkeypatch, backend, form, change, message):
+    monkeypatch.setattr(gc, "_reference_nll", _kernel_ran)
+    if backend == "cpu":
+        monkeypatch.setattr(torch.ops.speechlab, "gram_ctc_forward", _kernel_ran)
+    with pytest.raises(ValueError) as err:
+        gram_ctc_loss(**bad_call(change, form), backend=backend)
+    assert str(err.value) == message
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS, ids=BAD_IDS)
+def test_kernel_flags_give_the_same_messages(monkeypatch, change, message):
+    """Inputs that arrive on a GPU are checked by the kernel (flags), then by _validate for
+    the message; simulated here by skipping the host checks."""
+    forward, flagged = torch.ops.speechlab.gram_ctc_forward, []
+
+    def spy(*args):
+        out = forward(*args)
+        flagged.append(bool(out[3][:, gc._ERROR_COLUMN].any()))
+        return out
+
+    _skip_host_checks(monkeypatch)
+    monkeypatch.setattr(torch.ops.speechlab, "gram_ctc_forward", spy)
+    with pytest.raises(ValueError) as err:
+        gram_ctc_loss(**bad_call(change, "int64"), backend="cpu")
+    assert str(err.value) == message and flagged == [True]
+
+
+@needs_cpu_kernel
+def test_host_checked_inputs_do_not_read_the_kernel_flags(monkeypatch):
+    """Everything on the host was checked there: the flags (here forged) are not read, which
+    on CUDA is what saves the device->host synchronisation."""
+    forward = torch.ops.speechlab.gram_ctc_forward
+
+    def forged(*args):
+        nll, alpha, beta, lattice = forward(*args)
+        return nll, alpha, beta, lattice.index_fill(1, torch.tensor([gc._ERROR_COLUMN]), 1)
+
+    monkeypatch.setattr(torch.ops.speechlab, "gram_ctc_forward", forged)
+    assert gram_ctc_loss(**bad_call({}, "int64"), backend="cpu").isfinite()
+    # had anything not been checked on the host (a CUDA tensor), the flags would be read
+    _skip_host_checks(monkeypatch)
+    with pytest.raises(ValueError, match="the kernel flagged invalid lengths or targets"):
+        gram_ctc_loss(**bad_call({}, "int64"), backend="cpu")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("form", ["tensors", "lists", "int32", "concatenated"])
+def test_validation_leaves_valid_results_unchanged(backend, form):
+    """Garbage in the padding (beyond each target length) is not an error."""
+    grams = GramSet.from_ngrams(VOCAB, ["th", "he", "e "])
+    logits, targets, il, tl = random_batch(5, 30, 9, grams, seed=14)
+    if form == "lists":
+        il, tl = il.tolist(), tl.tolist()
+    elif form == "int32":
+        targets, il, tl = targets.int(), il.int(), tl.int()
+    elif form == "concatenated":
+        targets = torch.cat([targets[i, : tl[i]] for i in range(len(tl))])
+    a, g_a = loss_and_logit_grad(logits, targets, il, tl, grams, backend, "mean")
+    b, g_b = loss_and_logit_grad(logits, targets, il, tl, grams, backend, "mean", validate=False)
+    assert torch.isfinite(a) and torch.equal(a, b) and torch.equal(g_a, g_b)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ long targets (the generic and global-memory paths), opcheck. Run on a GPU machin
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -18,10 +19,13 @@ from speechlab.data.grams import GramSet
 from speechlab.functional import gram_ctc_loss
 from tests.functional.test_gram_ctc import (  # sibling test module: helpers only
     ABC,
+    BAD_IDS,
+    BAD_INPUTS,
     BIGRAMS,
     TOL,
     TRIGRAMS,
     VOCAB,
+    bad_call,
     encode,
     loss_and_logit_grad,
     random_batch,
@@ -228,6 +232,68 @@ def test_unvalidated_bad_target_gives_nan():
         validate=False,
     )
     assert loss[0].isnan() and loss[1].isfinite()
+
+
+@contextlib.contextmanager
+def no_sync_allowed():
+    """torch raises RuntimeError ("called a synchronizing CUDA operation") on a device->host
+    sync, a blocking host->device copy or a cudaStreamSynchronize inside the block."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("form", ["tensors", "lists", "concatenated int32"])
+def test_host_lengths_and_targets_do_not_synchronise(form):
+    """validate=True with lengths and targets on the host: checked there, copied through
+    pinned memory without blocking, no flag read -- the forward never syncs."""
+    grams = GRAM_SETS["bigrams813"]
+    logits, targets, il, tl = random_batch(8, 120, 30, grams, seed=13, dtype=torch.float32)
+    want_args = on_cuda(targets, il, tl)
+    if form == "lists":
+        il, tl = il.tolist(), tl.tolist()
+    elif form == "concatenated int32":
+        targets = torch.cat([targets[i, : tl[i]] for i in range(len(tl))]).int()
+        il, tl = il.int(), tl.int()
+    lp = logits.cuda().log_softmax(-1).requires_grad_(True)
+    gram_ctc_loss(lp, targets, il, tl, grams)  # first call: gram keys to the GPU, pinned blocks
+    with no_sync_allowed():
+        mean = gram_ctc_loss(lp, targets, il, tl, grams)
+        each = gram_ctc_loss(lp, targets, il, tl, grams, reduction="none", zero_infinity=True)
+    assert torch.equal(mean, gram_ctc_loss(lp, *want_args, grams))
+    want = gram_ctc_loss(lp, *want_args, grams, reduction="none", zero_infinity=True)
+    assert torch.equal(each, want)
+
+
+@pytest.mark.parametrize("where", ["cuda lengths", "cuda targets"])
+def test_device_inputs_still_sync_once_to_validate(where):
+    """What arrives on the GPU is checked through the kernel flags: one sync (which the debug
+    mode catches, so the test above is not vacuous); validate=False never syncs."""
+    grams = GRAM_SETS["abc-bigrams"]
+    logits, targets, il, tl = random_batch(4, 20, 6, grams, seed=14, dtype=torch.float32)
+    args = (targets, il.cuda(), tl.cuda()) if where == "cuda lengths" else (targets.cuda(), il, tl)
+    lp = logits.cuda().log_softmax(-1)
+    gram_ctc_loss(lp, *args, grams)
+    with no_sync_allowed(), pytest.raises(RuntimeError, match="synchronizing"):
+        gram_ctc_loss(lp, *args, grams)
+    with no_sync_allowed():
+        gram_ctc_loss(lp, *args, grams, validate=False)
+
+
+@pytest.mark.parametrize("where", ["all on cuda", "targets on cuda"])
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS, ids=BAD_IDS)
+def test_bad_device_inputs_give_the_host_messages(change, message, where):
+    kw = bad_call(change, "int64")
+    moved = ["log_probs", "targets"]
+    if where == "all on cuda":
+        moved += ["input_lengths", "target_lengths"]
+    kw.update({k: kw[k].cuda() for k in moved})
+    with pytest.raises(ValueError) as err:
+        gram_ctc_loss(**kw)
+    assert str(err.value) == message
 
 
 def test_auto_picks_cuda_and_opcheck():
