@@ -36,6 +36,8 @@ TOOLS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "synth": ("speechlab.cli.data:synth", "synthesize the embedded espeak-ng corpus"),
         "farfield": ("speechlab.cli.data:farfield", "far-field copies of a manifest (RIR + noise)"),
         "validate": ("speechlab.cli.data:validate", "validate a manifest and report its problems"),
+        "prepare": ("speechlab.cli.data:prepare",
+                    "manifests of LibriSpeech, LJ Speech, Common Voice or CMU ARCTIC (lhotse)"),
     },
     "score": ("speechlab.cli.score:score", "WER/CER of hypotheses against references"),
     "grams": {

@@ -1,6 +1,7 @@
-"""``speechlab data synth|farfield|validate``: the data tools' arguments and entry points over
-:mod:`speechlab.data.synth`, :mod:`speechlab.data.farfield` and :mod:`speechlab.data.manifests`;
-the last is imported only when ``validate`` runs (it loads lhotse, and with it torch)."""
+"""``speechlab data synth|farfield|validate|prepare``: the data tools' arguments and entry points
+over :mod:`speechlab.data.synth`, :mod:`speechlab.data.farfield`, :mod:`speechlab.data.manifests`
+and :mod:`speechlab.data.prepare`; the last two load lhotse (and with it torch) only when
+``validate`` or ``prepare`` runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from speechlab.data import prepare as corpus_prep
 from speechlab.data.farfield import (
     NOISE_TYPES,
     FarfieldConfig,
@@ -288,3 +290,102 @@ def validate(args: argparse.Namespace) -> int:
     for issue in report.issues:
         print(f"  {issue}")
     return 1 if report.issues or report.kept == 0 else 0
+
+
+# -------------------------------------------------------------------------------- prepare
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``speechlab data prepare``."""
+    parser.add_argument(
+        "corpus", metavar="CORPUS",
+        help="; ".join(f"{name}: {what}" for name, what in corpus_prep.CORPORA.items()),
+    )
+    parser.add_argument("--corpus-dir", required=True, type=Path,
+                        help="the downloaded, unpacked corpus (layouts below)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder for the manifests (OUT/<split>.jsonl)")
+    parser.add_argument("--parts", nargs="+", default=None,
+                        help="librispeech: parts (default: every part folder found); "
+                        "commonvoice: TSV splits (default: train dev test; also validated, "
+                        "invalidated, other); ljspeech, cmu_arctic: which of train dev test to "
+                        "write (default: all)")
+    parser.add_argument("--num-jobs", type=int, default=1,
+                        help="parallel workers of lhotse's librispeech and commonvoice "
+                        "preparers (default 1)")
+    parser.add_argument("--language", default=None,
+                        help="commonvoice: the language folder under --corpus-dir (default en; "
+                        "not needed when --corpus-dir is the language folder)")
+    parser.add_argument("--dev-fraction", type=float, default=None,
+                        help=f"ljspeech, cmu_arctic: share of utterances in dev "
+                        f"(default {corpus_prep.DEFAULT_DEV_FRACTION})")
+    parser.add_argument("--test-fraction", type=float, default=None,
+                        help=f"ljspeech, cmu_arctic: share of utterances in test "
+                        f"(default {corpus_prep.DEFAULT_TEST_FRACTION})")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="ljspeech, cmu_arctic: seed of the split (default 0)")
+    parser.add_argument("--vocab", default=None,
+                        help="characters a transcript must be spelled in after normalization "
+                        "(default a-z, space, apostrophe), or a CharVocab .json file")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing manifests in --out")
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Manifests of a downloaded corpus, from lhotse's recipe preparers.
+
+    lhotse (lhotse.recipes.prepare_librispeech, prepare_ljspeech, prepare_commonvoice,
+    prepare_cmu_arctic) reads the transcripts and the audio headers; speechlab writes one
+    NeMo-style manifest per split, OUT/<split>.jsonl, with lines
+    {"id", "audio_filepath" (absolute), "duration", "text", "speaker" (not for LJ Speech)},
+    where "text" is the transcript normalized as in training and scoring
+    (speechlab.data.text.normalize_text; LJ Speech: its normalized column). The audio stays
+    where it is, at its own rate (LJ Speech 22.05 kHz, Common Voice 48 kHz MP3): set
+    `resample: true` in a recipe's data section.
+
+    Splits: librispeech, one manifest per part (dev-clean.jsonl, train-clean-100.jsonl, ...);
+    commonvoice, one per TSV (train, dev, test; --parts validated ... for the others);
+    ljspeech and cmu_arctic have no split of their own: train/dev/test by a hash of the text
+    (--dev-fraction, --test-fraction, --seed), so that a text (an ARCTIC prompt that every
+    speaker reads) is in one split only.
+
+    A transcript that normalizes to empty text or has letters/digits outside the vocabulary
+    ("1813") is skipped and logged (split, audio file, reason); so is one whose audio is
+    missing. Each split ends with a line: utterances, hours, skipped by reason. Existing
+    manifests are kept unless --force.
+
+    layouts (--corpus-dir):
+      librispeech  LibriSpeech/  PART/SPEAKER/CHAPTER/{SPEAKER-CHAPTER.trans.txt, *.flac}
+      ljspeech     LJSpeech-1.1/ metadata.csv (ID|text|normalized text), wavs/ID.wav
+      commonvoice  cv-corpus-*/  LANG/{train,dev,test,validated}.tsv, LANG/clips/*.mp3
+                   (or the LANG folder itself)
+      cmu_arctic   a folder of   cmu_us_SPEAKER_arctic/{wav/*.wav, etc/txt.done.data}
+
+    examples:
+      speechlab data prepare librispeech --corpus-dir /data/LibriSpeech --out data/librispeech \\
+          --parts train-clean-100 dev-clean test-clean --num-jobs 8
+      speechlab data prepare ljspeech --corpus-dir /data/LJSpeech-1.1 --out data/ljspeech
+      speechlab data prepare commonvoice --corpus-dir /data/cv-corpus-13.0-2023-03-09 \\
+          --language en --out data/cv_en --num-jobs 8
+      speechlab data prepare cmu_arctic --corpus-dir /data/cmu_arctic --out data/arctic
+    """
+    if args.corpus not in corpus_prep.CORPORA:
+        raise CLIError(f"unknown corpus {args.corpus!r} (known: {', '.join(corpus_prep.CORPORA)})")
+    split_options = [name for name, value in (("--dev-fraction", args.dev_fraction),
+                                              ("--test-fraction", args.test_fraction),
+                                              ("--seed", args.seed)) if value is not None]
+    if split_options and args.corpus not in corpus_prep.UNSPLIT_CORPORA:
+        raise CLIError(f"{', '.join(split_options)}: only for ljspeech and cmu_arctic (corpora "
+                       f"without a split of their own); {args.corpus} keeps its own parts")
+    if args.language is not None and args.corpus != "commonvoice":
+        raise CLIError(f"--language: only for commonvoice, not {args.corpus}")
+    corpus_prep.prepare_corpus(
+        args.corpus, args.corpus_dir, args.out, parts=args.parts, num_jobs=args.num_jobs,
+        force=args.force, vocab=_vocab_arg(args.vocab),
+        dev_fraction=(corpus_prep.DEFAULT_DEV_FRACTION if args.dev_fraction is None
+                      else args.dev_fraction),
+        test_fraction=(corpus_prep.DEFAULT_TEST_FRACTION if args.test_fraction is None
+                       else args.test_fraction),
+        seed=0 if args.seed is None else args.seed,
+        language=args.language or "en",
+    )
+    return 0
