@@ -1,4 +1,4 @@
-# speechlab: `make demo` (install + train/test the CTC baseline on the embedded corpus)
+# speechlab: `make demo` (install + train Gram-CTC on the embedded corpus, greedy vs beam + KenLM word LM)
 #            `make test` (install + run the test suite)
 PY ?= python3
 PIP = $(PY) -m pip
@@ -32,4 +32,4 @@ lint:
 	$(PY) -m ruff check speechlab tests bench recipes scripts
 
 clean-demo:
-	rm -rf exp/tiny_ctc
+	rm -rf exp/tiny_gram_ctc_joint exp/lm/tiny_3gram.arpa
