@@ -1,6 +1,10 @@
 """Fixtures shared by the test folders (``tests/<layer>/``); a fixture that one folder uses
-lives in that folder's ``conftest.py`` (``tests/data/conftest.py``: ``shared_data``). Helpers
-that are not fixtures are in ``tests/helpers.py``."""
+lives in that folder's ``conftest.py``. Helpers that are not fixtures are in ``tests/helpers.py``.
+
+Real data lives in ``../shared/data`` beside the checkout (read-only; ``$SPEECHLAB_SHARED_DATA``
+elsewhere); tests that need it take the ``shared_data`` fixture, which skips them with a reason
+when it is absent (``tests/data``: the corpus preparers, real noise; ``tests/recipes``: the
+LibriSpeech recipes)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPEECHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
 # One OpenMP thread per process: CI has 2 cores, and tests start data workers and subprocesses;
 # two threads each oversubscribe the CPU (steps measured 3x slower under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$SPEECHLAB_SHARED_DATA``); skips the test when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set SPEECHLAB_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def speech_samples(shared_data) -> dict[str, dict]:
+    """The transcribed clips of ``shared/data/speech_samples`` by corpus id
+    (:func:`tests.helpers.read_speech_samples`)."""
+    from tests.helpers import read_speech_samples
+
+    return read_speech_samples(shared_data / "speech_samples")
 
 
 @pytest.fixture(scope="session")

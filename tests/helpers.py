@@ -5,6 +5,9 @@ tests are a package: pytest puts the repository root on ``sys.path``, nothing el
   (``conftest.py``), made once per session;
 - :func:`tone`, :func:`wav`, :func:`entry`, :func:`manifest`: WAV files and JSON-lines manifests
   written by hand (the manifest and bad-input tests);
+- :func:`read_speech_samples`, :func:`build_librispeech`, :func:`to_flac`: a LibriSpeech tree
+  in the corpus's own layout, made from the real clips of ``shared/data/speech_samples``
+  (``tests/data/test_prepare.py``, ``tests/recipes/test_librispeech_recipes.py``);
 - :func:`sync_free_backend`: a ``torch.compile`` backend that fails on a host sync (the batched
   search's frame step, the tensor n-gram LM's query);
 - :class:`HangAtStep`: a callback the resume tests load into ``speechlab fit`` subprocesses by
@@ -14,6 +17,7 @@ tests are a package: pytest puts the repository root on ``sys.path``, nothing el
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +69,71 @@ def manifest(tmp_path: Path, entries: list[dict | str], name: str = "m.jsonl") -
     lines = [e if isinstance(e, str) else json.dumps(e) for e in entries]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def read_speech_samples(folder: Path) -> dict[str, dict]:
+    """The transcribed clips of ``folder/manifest.jsonl`` (``shared/data/speech_samples``) by
+    corpus id (``251-137823-0002``, ``LJ002-0020``, ``aew-arctic_a0001``), with absolute paths
+    in ``"path"``."""
+    out = {}
+    for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        r["path"] = folder / r["audio_filepath"]
+        name = Path(r["audio_filepath"]).stem
+        if name.startswith("librispeech_"):
+            out[name.removeprefix("librispeech_")] = r
+        elif name.startswith("ljspeech_"):
+            out[name.removeprefix("ljspeech_")] = r
+        elif name.startswith("cmu_arctic_us_"):
+            speaker, utt = name.removeprefix("cmu_arctic_us_").split("_")
+            out[f"{speaker}-arctic_{utt}"] = r
+    return out
+
+
+def to_flac(src: Path, dst: Path) -> None:
+    """A clip as FLAC, LibriSpeech's format (lossless: the same samples)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".flac":
+        shutil.copyfile(src, dst)
+        return
+    data, sr = sf.read(str(src), dtype="int16")
+    sf.write(str(dst), data, sr, format="FLAC", subtype="PCM_16")
+
+
+LIBRI_PARTS = {  # all five are dev-clean utterances; three are filed under test-clean here
+    "dev-clean": ["2412-153948-0000", "3536-23268-0010"],
+    "test-clean": ["251-137823-0002", "251-137823-0003", "251-118436-0001"],
+}
+#: planted in test-clean/251/137823: (id, transcript, has audio) -> skip category
+LIBRI_BAD = [("251-137823-9001", "ROOM 101 IS UPSTAIRS", True, "OOV characters"),
+             ("251-137823-9002", "-- ? --", True, "empty text"),
+             ("251-137823-9003", "THERE IS NO AUDIO FOR THIS", False, "audio not found")]
+
+
+def build_librispeech(root: Path, samples: dict[str, dict],
+                      parts: dict[str, list[str]] | None = None) -> Path:
+    """``root/LibriSpeech/PART/SPEAKER/CHAPTER/{SPEAKER-CHAPTER.trans.txt, *.flac}``: the clips
+    ``parts`` names (default :data:`LIBRI_PARTS`), by part, as FLAC with their transcripts in
+    upper case (as the corpus writes them); test-clean also gets the planted
+    :data:`LIBRI_BAD`."""
+    corpus = root / "LibriSpeech"
+    for part, ids in (LIBRI_PARTS if parts is None else parts).items():
+        chapters: dict[Path, list[str]] = {}
+        for utt in ids:
+            speaker, chapter, _ = utt.split("-")
+            folder = corpus / part / speaker / chapter
+            to_flac(samples[utt]["path"], folder / f"{utt}.flac")
+            chapters.setdefault(folder, []).append(f"{utt} {samples[utt]['text'].upper()}")
+        if part == "test-clean":
+            folder = corpus / part / "251" / "137823"
+            for utt, text, has_audio, _ in LIBRI_BAD:
+                if has_audio:
+                    to_flac(samples["251-137823-0002"]["path"], folder / f"{utt}.flac")
+                chapters[folder].append(f"{utt} {text}")
+        for folder, lines in chapters.items():
+            speaker, chapter = folder.parent.name, folder.name
+            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    return corpus
 
 
 class HangAtStep(pl.Callback):

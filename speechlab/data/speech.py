@@ -62,6 +62,12 @@ def _dither_seed(cut: Cut) -> int:
     return (cut.custom or {}).get(DITHER_SEED, zlib.crc32(cut.id.encode()))
 
 
+def _speed_seed(cut: Cut) -> int:
+    """Seed of a training cut's speed-perturbation factor: its dither seed, decorrelated (so
+    it changes every epoch, and a resumed run draws the same factors)."""
+    return zlib.crc32(f"{_dither_seed(cut)}:speed".encode())
+
+
 def _clean_seed(cut: Cut) -> int:
     """Dither seed of the clean view of a (far-field) cut: its own, decorrelated."""
     return zlib.crc32(f"{_dither_seed(cut)}:clean".encode())
@@ -92,21 +98,50 @@ class SpeechBatchDataset(Dataset):
     computed them. Evaluation loaders seed by the cut id (DDP validation equals single-process
     validation); the training loader tags each cut with a seed of (``seed``, epoch, cut id)
     (:data:`DITHER_SEED`), so the noise changes every epoch but a resumed run, and any number
-    of workers, compute the very same features as an uninterrupted run."""
+    of workers, compute the very same features as an uninterrupted run.
+
+    ``speed_perturb``: speed factors (e.g. ``(0.9, 1.0, 1.1)``); each cut's audio is resampled
+    by one of them (torchaudio's ``SpeedPerturbation``: a factor ``f`` makes it ``1/f`` as
+    long, pitch and tempo together), chosen uniformly by a generator seeded like the dither
+    (:func:`_speed_seed`), so it is a function of (seed, epoch, cut id). A paired clean view
+    gets the same factor as its far-field cut. ``None``: no perturbation (evaluation)."""
 
     def __init__(self, vocab: CharVocab, num_mel_bins: int = 80, dither: float = 1.0,
-                 clean_cuts: dict[str, Cut] | None = None, seeded_dither: bool = False) -> None:
+                 clean_cuts: dict[str, Cut] | None = None, seeded_dither: bool = False,
+                 speed_perturb: Sequence[float] | None = None) -> None:
         self.vocab = vocab
         self.num_mel_bins = num_mel_bins
         self.dither = dither
         self.clean_cuts = clean_cuts
         self.seeded_dither = seeded_dither
+        self.speed_perturb = tuple(speed_perturb) if speed_perturb else None
+        self._speeders: dict[int, Any] = {}  # sample rate -> SpeedPerturbation
 
-    def features(self, cut: Cut, seed: int | None = None) -> torch.Tensor:
+    def speed_factor(self, cut: Cut) -> float:
+        """The speed factor of ``cut`` (1.0 without ``speed_perturb``)."""
+        if not self.speed_perturb:
+            return 1.0
+        gen = torch.Generator().manual_seed(_speed_seed(cut))
+        return self.speed_perturb[int(torch.randint(len(self.speed_perturb), (), generator=gen))]
+
+    def _speed(self, audio: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
+        if factor == 1.0:
+            return audio
+        if sample_rate not in self._speeders:
+            from torchaudio.transforms import SpeedPerturbation
+
+            self._speeders[sample_rate] = SpeedPerturbation(sample_rate, self.speed_perturb)
+        # SpeedPerturbation draws its factor from the global RNG; its Speed modules are picked
+        # here by the seeded factor instead (reproducible per cut, worker and resume)
+        speeder = self._speeders[sample_rate].speeders[self.speed_perturb.index(factor)]
+        with torch.no_grad():
+            return speeder(audio)[0]
+
+    def features(self, cut: Cut, seed: int | None = None, speed: float = 1.0) -> torch.Tensor:
         """``(num_frames, num_mel_bins)`` CMVN log-mel features of a cut's first channel
         (dither seeded by ``seed``, else by the cut's :data:`DITHER_SEED` or id when
-        ``seeded_dither``)."""
-        audio = torch.from_numpy(cut.load_audio()[0])
+        ``seeded_dither``), its audio first sped up by ``speed``."""
+        audio = self._speed(torch.from_numpy(cut.load_audio()[0]), cut.sampling_rate, speed)
         dither = self.dither
         if seed is None and self.seeded_dither:
             seed = _dither_seed(cut)
@@ -120,7 +155,8 @@ class SpeechBatchDataset(Dataset):
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
         cuts = list(cuts)
-        feats = [self.features(c) for c in cuts]
+        speeds = [self.speed_factor(c) for c in cuts]
+        feats = [self.features(c, speed=f) for c, f in zip(cuts, speeds, strict=True)]
         texts = [c.supervisions[0].text for c in cuts]
         targets = [torch.tensor(self.vocab.encode(t), dtype=torch.long) for t in texts]
         batch: dict[str, Any] = {
@@ -134,7 +170,8 @@ class SpeechBatchDataset(Dataset):
         }
         if self.clean_cuts is not None:
             clean = [self.features(self.clean_cuts[c.custom["clean_id"]],
-                                   seed=_clean_seed(c) if self.seeded_dither else None) for c in cuts]
+                                   seed=_clean_seed(c) if self.seeded_dither else None, speed=f)
+                     for c, f in zip(cuts, speeds, strict=True)]
             batch["clean_features"] = pad_sequence(clean, batch_first=True)
             batch["clean_feature_lens"] = torch.tensor([f.shape[0] for f in clean])
         return batch
@@ -239,6 +276,16 @@ class SpeechDataModule(pl.LightningDataModule):
         paired_clean_manifest: clean manifest for paired clean/far-field training.
         num_workers: DataLoader worker processes (features are computed in them).
         check_samples: decode every file at set-up to catch corrupt audio and NaN/inf samples.
+        dither: Kaldi dither (16-bit units) of the features; seeded per utterance (and, in
+            training, per epoch): see :class:`SpeechBatchDataset`.
+        speed_perturb: training-only speed perturbation (Ko et al. 2015): speed factors such
+            as ``[0.9, 1.0, 1.1]``, one drawn uniformly per training utterance and epoch,
+            seeded like the dither (a function of ``seed``, epoch and cut id: resumed runs and
+            any number of workers see the same factors); the audio is resampled by
+            torchaudio's ``SpeedPerturbation`` (factor ``f``: ``1/f`` as long). Dev and test
+            audio is never perturbed. Batching (``max_duration``) and the too-short filter
+            (``output_frame_rate``) use the unperturbed durations, so a batch holds up to
+            ``1/min(factors)`` × ``max_duration`` seconds. ``None`` (default): off.
         seed: shuffling seed (the sampler's; the epoch is mixed in by lhotse).
     """
 
@@ -256,6 +303,7 @@ class SpeechDataModule(pl.LightningDataModule):
         paired_clean_manifest: str | None = None,
         num_mel_bins: int = 80,
         dither: float = 1.0,
+        speed_perturb: list[float] | None = None,
         num_workers: int = 1,
         check_samples: bool = True,
         seed: int = 0,
@@ -274,6 +322,10 @@ class SpeechDataModule(pl.LightningDataModule):
                 self.hparams[key] = os.path.abspath(value)
         #: ``{name: manifest}`` when ``test_manifest`` names several test sets, else None
         self.test_sets = named_test_sets(self.hparams.test_manifest)
+        if speed_perturb is not None and (not speed_perturb or any(
+                not (isinstance(f, (int, float)) and f > 0) for f in speed_perturb)):
+            raise InputError(f"data.speed_perturb: a list of positive speed factors (e.g. "
+                             f"[0.9, 1.0, 1.1]) or null, got {speed_perturb!r}")
         self.vocab = CharVocab(list(vocab))
         self._cuts: dict[str, CutSet] = {}
         self._reports: dict[str, ValidationReport] = {}
@@ -336,7 +388,8 @@ class SpeechDataModule(pl.LightningDataModule):
         train = sampler is self._train_sampler
         dataset = SpeechBatchDataset(self.vocab, self.hparams.num_mel_bins, self.hparams.dither,
                                      clean_cuts=self._clean_cuts if train else None,
-                                     seeded_dither=True)
+                                     seeded_dither=True,
+                                     speed_perturb=self.hparams.speed_perturb if train else None)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
                           persistent_workers=workers > 0)

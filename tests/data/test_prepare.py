@@ -30,6 +30,7 @@ from speechlab.data.prepare import (
     unspellable_chars,
 )
 from speechlab.data.text import CharVocab, normalize_text
+from tests.helpers import LIBRI_BAD, LIBRI_PARTS, build_librispeech
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -57,24 +58,10 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def samples(request) -> dict[str, dict]:
+def samples(speech_samples) -> dict[str, dict]:
     """The transcribed clips of ``speech_samples/manifest.jsonl`` by corpus id
     (``251-137823-0002``, ``LJ002-0020``, ``aew-arctic_a0001``), with absolute paths."""
-    shared_data = request.getfixturevalue("shared_data")
-    folder = shared_data / "speech_samples"
-    out = {}
-    for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        r["path"] = folder / r["audio_filepath"]
-        name = Path(r["audio_filepath"]).stem
-        if name.startswith("librispeech_"):
-            out[name.removeprefix("librispeech_")] = r
-        elif name.startswith("ljspeech_"):
-            out[name.removeprefix("ljspeech_")] = r
-        elif name.startswith("cmu_arctic_us_"):
-            speaker, utt = name.removeprefix("cmu_arctic_us_").split("_")
-            out[f"{speaker}-arctic_{utt}"] = r
-    return out
+    return speech_samples
 
 
 def oracle(sample: dict) -> str:
@@ -121,50 +108,6 @@ def skip_lines(caplog) -> list[str]:
     """The per-utterance skip lines: ``CORPUS SPLIT: skipped ID (AUDIO): REASON``."""
     return [r.getMessage() for r in caplog.records if r.name == "speechlab.data.prepare"
             and re.match(r"\S+ \S+: skipped \S+ \(", r.getMessage())]
-
-
-def to_flac(src: Path, dst: Path) -> None:
-    """A clip as FLAC, LibriSpeech's format (lossless: the same samples)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.suffix == ".flac":
-        shutil.copyfile(src, dst)
-        return
-    data, sr = sf.read(str(src), dtype="int16")
-    sf.write(str(dst), data, sr, format="FLAC", subtype="PCM_16")
-
-
-# --------------------------------------------------------------------------- LibriSpeech
-
-LIBRI_PARTS = {  # all five are dev-clean utterances; three are filed under test-clean here
-    "dev-clean": ["2412-153948-0000", "3536-23268-0010"],
-    "test-clean": ["251-137823-0002", "251-137823-0003", "251-118436-0001"],
-}
-#: planted in test-clean/251/137823: (id, transcript, has audio) -> skip category
-LIBRI_BAD = [("251-137823-9001", "ROOM 101 IS UPSTAIRS", True, "OOV characters"),
-             ("251-137823-9002", "-- ? --", True, "empty text"),
-             ("251-137823-9003", "THERE IS NO AUDIO FOR THIS", False, "audio not found")]
-
-
-def build_librispeech(root: Path, samples: dict[str, dict]) -> Path:
-    """``root/LibriSpeech/PART/SPEAKER/CHAPTER/{SPEAKER-CHAPTER.trans.txt, *.flac}``."""
-    corpus = root / "LibriSpeech"
-    for part, ids in LIBRI_PARTS.items():
-        chapters: dict[Path, list[str]] = {}
-        for utt in ids:
-            speaker, chapter, _ = utt.split("-")
-            folder = corpus / part / speaker / chapter
-            to_flac(samples[utt]["path"], folder / f"{utt}.flac")
-            chapters.setdefault(folder, []).append(f"{utt} {samples[utt]['text'].upper()}")
-        if part == "test-clean":
-            folder = corpus / part / "251" / "137823"
-            for utt, text, has_audio, _ in LIBRI_BAD:
-                if has_audio:
-                    to_flac(samples["251-137823-0002"]["path"], folder / f"{utt}.flac")
-                chapters[folder].append(f"{utt} {text}")
-        for folder, lines in chapters.items():
-            speaker, chapter = folder.parent.name, folder.name
-            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-    return corpus
 
 
 @pytest.fixture(scope="module")
