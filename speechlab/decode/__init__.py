@@ -39,7 +39,8 @@ def prefix_beam_search(grams: Any, config: GramDecoding, device: torch.device | 
     :func:`load_lm` gives; see the two ``from_config``)."""
     if uses_batched_search(config, device):
         return BatchedPrefixBeamSearch.from_config(
-            grams, config, device=device, lm=lm if isinstance(lm, TensorNgramLM) else None)
+            grams, config, device=device, lm=lm if isinstance(lm, TensorNgramLM) else None,
+            lexicon=lexicon)
     return PrefixBeamSearch.from_config(grams, config, lm=lm if isinstance(lm, KenLMScorer) else None,
                                         lexicon=lexicon)
 
@@ -50,7 +51,7 @@ def load_lm(grams: Any, config: GramDecoding, device: torch.device | str = "cpu"
     if config.lm is None:
         return None
     if uses_batched_search(config, device):
-        return BatchedPrefixBeamSearch.load_lm(grams, config.lm, device=device)
+        return BatchedPrefixBeamSearch.load_lm(grams, config.lm, device=device, unit=config.lm_unit)
     return KenLMScorer(config.lm, config.lm_unit)
 
 

@@ -9,9 +9,10 @@ beams × ``C`` candidate grams — with ``-inf`` for padding, no ``.item()``, no
 values and no data-dependent shape, so the frame loop never waits for the device. On a CUDA
 device :meth:`~BatchedPrefixBeamSearch.decode` replays the loop as a CUDA graph of a chunk of
 frames (captured once per batch size, the chunk's start frame a device tensor), instead of
-launching every frame's ~110 kernels from Python. An optional character n-gram LM
-(:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`, the CPU search's ``lm_unit="char"``); no
-word LM and no lexicon yet. ``decode(..., timestamps=True)`` also gives every word's first and
+launching every frame's ~110 kernels from Python. An optional n-gram LM
+(:class:`~speechlab.lm.tensor_ngram.TensorNgramLM`): a character LM (the CPU search's
+``lm_unit="char"``) or a word LM (``lm_unit="word"``), the latter with an optional lexicon
+(``lexicon``, ``unk_score``). ``decode(..., timestamps=True)`` also gives every word's first and
 last frames (:attr:`BeamHypothesis.word_times`), from the back-pointers.
 
 State of hypothesis ``(b, k)`` (:class:`BeamState`):
@@ -24,8 +25,11 @@ State of hypothesis ``(b, k)`` (:class:`BeamState`):
   ``h·base^m`` fits ``int64``), updated as ``h' = (h·base^|g| + hash(g)) mod M``;
 - ``words (B, K)``: words completed so far (a space after a non-space), for ``word_score``;
   with the LM, the spaces of ℓ (the CPU search's character-LM count);
-- ``lm_state``, ``lm_score (B, K)`` (with the LM): the LM state after ℓ's characters and ℓ's
-  LM part ``α·ln P_LM(ℓ) + β·words`` (no ``</s>``);
+- ``lm_state``, ``lm_score (B, K)`` (with the LM): the LM state after ℓ's characters (word
+  LM: after ℓ's completed words) and ℓ's LM part ``α·ln P_LM(ℓ) + β·words`` (no ``</s>``;
+  word LM: the completed words only, with the lexicon's ``unk_score`` paid so far);
+- ``wh1, wh2, wlen (B, K)`` (word LM): two polynomial hashes of ℓ's partial word (the
+  characters after its last space) and its length;
 - ``parent``, ``emit (B, K)``: the back-pointer of the last frame (the beam slot it came from and
   the gram it appended, ``0``: none), of the most probable of the candidates merged into the
   string (so the emission frames read off them, the word times, follow the likely paths). The strings are spelled once, after the loop, by walking
@@ -50,6 +54,24 @@ fixed loop of ``N`` rounds of :meth:`TensorNgramLM.score` over the ``(B, K, C)``
 string, so the members of a merged segment (equal hash pair) have the same one and the segment
 takes its first member's LM state and part (that they agree is tested).
 
+**Word LM.** As :class:`~speechlab.decode.prefix_beam.PrefixBeamSearch` with ``lm_unit="word"``
+(``csrc/prefix_beam_search.cpp``): a space after a non-empty partial word — also a space inside
+a gram (``"s "``, ``" t"``, ``"a b"``) — completes the word and adds ``β + α·ln P(word |
+state)`` (KenLM's log10 × ln 10, as the tables hold it); at the end the last partial word is
+scored the same way, then ``α·ln P(</s> | state)``. The completed word's LM id comes from its
+hash: the LM's spellable words are a sorted table of their hash pairs (``h1·M2 + h2`` of the
+char ids, 62 bits), with their lengths; ``torch.searchsorted`` of the partial word's key, found
+when key and length agree, else ``<unk>`` (an OOV word scores as KenLM scores it). An extension
+ℓ + g takes g's characters in turn, a fixed loop of ``N`` rounds over the ``(B, K, C)``
+extensions, each round one table lookup and one :meth:`TensorNgramLM.score` (masked where no
+word ends). **Lexicon** (``lexicon``: the words a hypothesis may spell, e.g. the LM's): a sorted
+table of the hash pairs of all the words' prefixes (with length, is-a-word, look-ahead);
+membership by searchsorted. As in the C++ search, a partial word that leaves the prefixes pays
+``unk_score`` once then, one that ends (space or end) inside them without being a word pays it
+then (``-inf``: only lexicon words survive); the ranking adds the look-ahead of a partial word
+inside the lexicon, ``α·max ln P_unigram`` of the words it can still become (not part of the
+scores returned).
+
 Differences from the CPU search: equal scores are ordered arbitrarily (the CPU search orders
 them by trie node), and strings are identified by a 62-bit hash pair instead of a trie (two
 strings merged by a collision: about ``(K·C)² / 2^62`` per utterance and frame).
@@ -66,7 +88,7 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -74,7 +96,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding, word_times
+from speechlab.decode.prefix_beam import BeamHypothesis, GramDecoding, load_lexicon, word_times
 from speechlab.lm.tensor_ngram import TensorNgramLM
 
 #: the two hash moduli (primes below 2^31) and bases
@@ -102,6 +124,10 @@ class BeamState(NamedTuple):
             (nats, without ``</s>``); ``0`` without an LM.
         parent: ``(B, K)`` int64, the beam slot of the previous frame this one came from.
         emit: ``(B, K)`` int64, the gram id appended at this frame (``0``: none).
+        wh1: ``(B, K)`` int64, with a word LM the hash modulo ``M1`` of the partial word (the
+            characters after the last space; ``0`` otherwise).
+        wh2: ``(B, K)`` int64, the partial word's hash modulo ``M2``.
+        wlen: ``(B, K)`` int64, the partial word's length (``0``: none, e.g. after a space).
     """
 
     pb: Tensor
@@ -114,6 +140,9 @@ class BeamState(NamedTuple):
     lm_score: Tensor
     parent: Tensor
     emit: Tensor
+    wh1: Tensor
+    wh2: Tensor
+    wlen: Tensor
 
 
 @dataclass
@@ -154,6 +183,16 @@ def _poly_hash(ids: Sequence[int], base: int, mod: int) -> int:
     return h
 
 
+def _is_kenlm_binary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a KenLM binary model (False for an ARPA or an unreadable file: that
+    error comes where the LM is loaded)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).startswith(b"mmap lm http://kheafield.com/code")
+    except OSError:
+        return False
+
+
 def _lm_token(lm: TensorNgramLM, char: str) -> int:
     """The id :meth:`TensorNgramLM.score` takes for ``char`` (a space also as ``|``)."""
     for token in (char, "|") if char == " " else (char,):
@@ -175,16 +214,25 @@ class BatchedPrefixBeamSearch:
         token_threshold: skip tokens whose log-prob is below the frame's best minus this.
         beam_threshold: drop hypotheses scoring below the best minus this.
         word_score: β, added per word (words as :class:`PrefixBeamSearch` counts them: without
-            an LM a run of non-space characters, completed words counting during the search and
-            the last one at the end; with the character LM every space, as ``lm_unit="char"``).
-        lm: a character n-gram LM: a :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` (its
-            token ids are looked up per character with ``token_id``; moved to ``device``), or the
-            path of an ARPA file, loaded with the vocabulary ``["<blank>", *chars]`` in
-            ``dtype`` (a space is the LM token ``|``, characters the LM lacks are ``<unk>``).
+            an LM or with a word LM a run of non-space characters, completed words counting
+            during the search and the last one at the end; with the character LM every space,
+            as ``lm_unit="char"``).
+        lm: an n-gram LM: a :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` (moved to
+            ``device``; character LM: its token ids looked up per character with ``token_id``;
+            word LM: its own LM ids, words looked up by hash), or the path of an ARPA file
+            (loaded in ``dtype``; character LM: with the vocabulary ``["<blank>", *chars]``, a
+            space is the LM token ``|``, characters the LM lacks are ``<unk>``; word LM: with
+            the LM's own ids).
             ``None``: no LM.
         lm_weight: α, the weight of the natural-log LM score.
-        lm_unit: the LM's tokens; only ``"char"`` (every character of every gram a token, the
-            CPU search's ``lm_unit="char"``) is supported here so far.
+        lm_unit: the LM's tokens: ``"char"`` (every character of every gram a token) or
+            ``"word"`` (a word scored when a space or the end completes it), as the CPU
+            search's ``lm_unit``.
+        lexicon: with a word LM, the words a hypothesis may spell (e.g. the LM's words,
+            :func:`~speechlab.decode.prefix_beam.arpa_words`); words with characters outside
+            ``chars`` are dropped, as the CPU search does. ``None``/empty: no lexicon.
+        unk_score: the cost of a word outside the lexicon, paid once (``-inf``: lexicon words
+            only).
         device: where the search runs (default: the CPU).
         dtype: the float type of the log-probabilities (``float64``, like the CPU search;
             ``float32`` is faster on a GPU and agrees to about ``1e-4``).
@@ -211,6 +259,7 @@ class BatchedPrefixBeamSearch:
                  word_score: float = GramDecoding.word_score,
                  lm: TensorNgramLM | str | os.PathLike | None = None,
                  lm_weight: float = GramDecoding.lm_weight, lm_unit: str = "char",
+                 lexicon: Iterable[str] | None = None, unk_score: float = GramDecoding.unk_score,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64,
                  cuda_graph: bool = True, graph_chunk: int = 25, compile: bool = False) -> None:
         self.chars = list(chars)
@@ -318,30 +367,117 @@ class BatchedPrefixBeamSearch:
         self._no_gram = torch.full((), v, dtype=torch.long, device=dev)  # see _suffix_grams
         self._last_cand = torch.full((), mm - 1, dtype=torch.long, device=dev)
         self._chunk_frames = torch.arange(graph_chunk, device=dev)  # a chunk's frames from its start
-        # --- the character LM
-        if lm_unit != "char":
-            raise ValueError(f"BatchedPrefixBeamSearch supports a character LM only "
-                             f"(lm_unit='char'), got lm_unit={lm_unit!r}; word LMs are not "
-                             f"supported yet: use PrefixBeamSearch")
+        # --- the LM: characters (every character a token) or words (a word scored when a
+        # space or the end completes it)
+        if lm_unit not in ("char", "word"):
+            raise ValueError(f"lm_unit must be 'char' or 'word', got lm_unit={lm_unit!r}")
+        self.lm_unit = lm_unit
         self.lm_weight = float(lm_weight)
         self.lm: TensorNgramLM | None = None
-        if lm is not None:
+        gram_chars = torch.zeros(v, n, dtype=torch.long)  # (V, N) left-aligned, 0 padded
+        for i, g in enumerate(ids, start=1):
+            gram_chars[i, :len(g)] = torch.tensor(g)
+        self._gram_chars = gram_chars.to(dev)
+        if lm is not None and lm_unit == "char":
             if not isinstance(lm, TensorNgramLM):
                 lm = TensorNgramLM.from_arpa(lm, vocab=["<blank>", *self.chars], device=dev, dtype=dtype)
             self.lm = lm.to(dev)
             tok = [_lm_token(self.lm, ch) for ch in self.chars]
             # char id -> LM token id (id 0, the padding of gram_chars: any valid token)
             self._lm_tok = torch.tensor([tok[0], *tok], dtype=torch.long, device=dev)
-            gram_chars = torch.zeros(v, n, dtype=torch.long)  # (V, N) left-aligned, 0 padded
             spaces = torch.zeros(v, dtype=torch.long)
             for i, g in enumerate(ids, start=1):
-                gram_chars[i, :len(g)] = torch.tensor(g)
                 spaces[i] = sum(ch == self.space_id for ch in g)
-            self._gram_chars, self._gram_spaces = gram_chars.to(dev), spaces.to(dev)
+            self._gram_spaces = spaces.to(dev)
             # (V, N): the LM ids of each gram's characters (mapped once: scored with lm_ids=True)
             self._gram_lm_tokens = self.lm.lm_ids(self._lm_tok[self._gram_chars])
             # β·spaces(g) in the search's float type (an int tensor times a float is float32)
             self._gram_beta = (self.word_score * spaces.double()).to(device=dev, dtype=dtype)
+        elif lm is not None:
+            if not isinstance(lm, TensorNgramLM):
+                lm = TensorNgramLM.from_arpa(lm, device=dev, dtype=dtype)
+            self.lm = lm.to(dev)
+            self._init_word_table(index)
+        # --- the lexicon (with the word LM): the C++ search's filter, words of known characters
+        self.unk_score = float(unk_score)
+        self.lexicon = sorted({w for w in lexicon if w and all(c in index for c in w)}) if lexicon else []
+        if self.lexicon:
+            if not self.word_lm:
+                raise ValueError("BatchedPrefixBeamSearch supports a lexicon with a word LM only "
+                                 "(lm=..., lm_unit='word'); use PrefixBeamSearch")
+            self._init_lexicon_table(index)
+
+    @property
+    def word_lm(self) -> bool:
+        """Whether the search has a word LM (``lm_unit="word"``)."""
+        return self.lm is not None and self.lm_unit == "word"
+
+    def _init_word_table(self, index: dict[str, int]) -> None:
+        """The word LM's vocabulary as a hash table: the LM tokens that are spellable words
+        (every character in the vocabulary, no space), keyed by the hash pair of their char ids
+        ``h1·M2 + h2``, sorted (then a sentinel), with each word's LM id and length. A partial
+        word's id is a ``searchsorted`` of its key, found when key and length agree; else
+        ``<unk>`` (KenLM's id of a word it lacks)."""
+        assert self.lm is not None
+        keys, lm_ids, lens = [], [], []
+        for t, w in enumerate(self.lm.lm_tokens):
+            if not w or any(c not in index or c == " " for c in w):
+                continue  # never spelled
+            cid = [index[c] for c in w]
+            keys.append(_poly_hash(cid, BASE1, M1) * M2 + _poly_hash(cid, BASE2, M2))
+            lm_ids.append(t)
+            lens.append(len(cid))
+        if len(set(keys)) != len(keys):  # two words of one hash pair: not met in practice
+            raise RuntimeError("two LM words have the same hash pair; change BASE1/BASE2")
+        skeys, order = torch.tensor(keys, dtype=torch.long).sort()
+        dev = self.device
+        self._wkeys = torch.cat([skeys, torch.tensor([torch.iinfo(torch.int64).max])]).to(dev)
+        self._wids = torch.cat([torch.tensor(lm_ids, dtype=torch.long)[order],
+                                torch.tensor([self.lm.unk])]).to(dev)
+        self._wlens = torch.cat([torch.tensor(lens, dtype=torch.long)[order], torch.tensor([-1])]).to(dev)
+        self._unk = torch.full((), self.lm.unk, dtype=torch.long, device=dev)
+
+    def _init_lexicon_table(self, index: dict[str, int]) -> None:
+        """The lexicon as a table of its prefixes (every non-empty prefix of every word), keyed
+        by the hash pair ``h1·M2 + h2`` of their char ids, sorted (then a sentinel), with each
+        prefix's length, whether it is a word and its look-ahead ``α·max ln P(w)`` over the
+        words ``w`` it begins (``ln P(w)``: the word's unigram probability from the empty
+        context, ``<unk>``'s for a word the LM lacks: KenLM's ``score(w, bos=False,
+        eos=False)``, as the C++ search's look-ahead)."""
+        assert self.lm is not None
+        lm_index = {t: i for i, t in enumerate(self.lm.lm_tokens)}  # LM ids (even with a vocabulary)
+        ids = torch.tensor([lm_index.get(w, self.lm.unk) for w in self.lexicon], dtype=torch.long,
+                           device=self.device)
+        uni = self.lm.score(torch.zeros_like(ids), ids, lm_ids=True)[0].double().cpu().tolist()
+        prefixes: dict[tuple[int, ...], list[Any]] = {}
+        for w, p in zip(self.lexicon, uni, strict=True):
+            look = self.lm_weight * p
+            cid = tuple(index[c] for c in w)
+            for m in range(1, len(cid) + 1):
+                entry = prefixes.setdefault(cid[:m], [False, look])
+                entry[1] = max(entry[1], look)
+            prefixes[cid][0] = True
+        keys = [_poly_hash(p, BASE1, M1) * M2 + _poly_hash(p, BASE2, M2) for p in prefixes]
+        if len(set(keys)) != len(keys):  # two prefixes of one hash pair: not met in practice
+            raise RuntimeError("two lexicon prefixes have the same hash pair; change BASE1/BASE2")
+        skeys, order = torch.tensor(keys, dtype=torch.long).sort()
+        vals = list(prefixes.values())
+        dev = self.device
+        self._pkeys = torch.cat([skeys, torch.tensor([torch.iinfo(torch.int64).max])]).to(dev)
+        self._plens = torch.cat([torch.tensor([len(p) for p in prefixes])[order], torch.tensor([-1])]).to(dev)
+        self._pword = torch.cat([torch.tensor([v[0] for v in vals])[order], torch.tensor([False])]).to(dev)
+        self._plook = torch.cat([torch.tensor([v[1] for v in vals], dtype=torch.float64)[order],
+                                 torch.zeros(1, dtype=torch.float64)]).to(device=dev, dtype=self.dtype)
+        self._unk_score = torch.full((), self.unk_score, dtype=self.dtype, device=dev)
+
+    def _word_id(self, wh1: Tensor, wh2: Tensor, wlen: Tensor) -> Tensor:
+        """The LM ids of the partial words of hash pairs ``wh1, wh2`` and lengths ``wlen``
+        (``<unk>`` for a word the LM lacks): a searchsorted into the sorted word hashes, the
+        length checked too."""
+        key = wh1 * M2 + wh2
+        pos = torch.searchsorted(self._wkeys, key)
+        ok = (self._wkeys[pos] == key) & (self._wlens[pos] == wlen)
+        return torch.where(ok, self._wids[pos], self._unk)
 
     @classmethod
     def from_gramset(cls, grams: Any, **kwargs: Any) -> BatchedPrefixBeamSearch:
@@ -351,50 +487,64 @@ class BatchedPrefixBeamSearch:
 
     @staticmethod
     def load_lm(grams: Any, path: str | os.PathLike, device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float64) -> TensorNgramLM:
-        """A character ARPA LM (``lm_unit="char"``) as a :class:`TensorNgramLM` over the
-        characters of ``grams`` (a GramSet or a CharVocab: ids ``1..|Σ|``, a space as ``|``)."""
+                dtype: torch.dtype = torch.float64, unit: str = "char") -> TensorNgramLM:
+        """An ARPA LM as a :class:`TensorNgramLM`: with ``unit="char"`` over the characters of
+        ``grams`` (a GramSet or a CharVocab: ids ``1..|Σ|``, a space as ``|``); with
+        ``unit="word"`` with the LM's own token ids (words are looked up by the search)."""
+        dev = device if device is not None else "cpu"
+        if unit == "word":
+            return TensorNgramLM.from_arpa(path, device=dev, dtype=dtype)
         vocab = getattr(grams, "vocab", grams)
-        return TensorNgramLM.from_arpa(path, vocab=["<blank>", *vocab.chars],
-                                       device=device if device is not None else "cpu", dtype=dtype)
+        return TensorNgramLM.from_arpa(path, vocab=["<blank>", *vocab.chars], device=dev, dtype=dtype)
 
     @staticmethod
     def unsupported(config: GramDecoding) -> str | None:
-        """Why this search cannot run ``config`` (a word LM or a lexicon: not yet), or None."""
-        if config.lexicon is not None:
-            return (f"BatchedPrefixBeamSearch does not support a lexicon yet "
-                    f"(lexicon={config.lexicon!r}); use PrefixBeamSearch")
-        if config.lm is not None and config.lm_unit != "char":
-            return (f"BatchedPrefixBeamSearch does not support a word LM yet "
-                    f"(lm={config.lm!r}, lm_unit={config.lm_unit!r}); a character LM "
-                    f"(lm_unit='char') is supported, or use PrefixBeamSearch")
+        """Why this search cannot run ``config``, or None: character and word ARPA LMs
+        (``lm_unit`` ``"char"`` or ``"word"``) are supported, a lexicon with a word LM only; a
+        KenLM binary model is not (its tables cannot be read here)."""
+        if config.lm is not None and _is_kenlm_binary(config.lm):
+            return (f"BatchedPrefixBeamSearch reads ARPA LMs only, {config.lm!r} is a KenLM "
+                    f"binary; use PrefixBeamSearch or the ARPA file")
+        if config.lexicon is not None and (config.lm is None or config.lm_unit != "word"):
+            return (f"BatchedPrefixBeamSearch supports a lexicon with a word LM only "
+                    f"(lexicon={config.lexicon!r}, lm={config.lm!r}, lm_unit={config.lm_unit!r}); "
+                    f"use PrefixBeamSearch")
+        if config.lm is not None and config.lm_unit not in ("char", "word"):
+            return (f"BatchedPrefixBeamSearch: unknown lm_unit={config.lm_unit!r} "
+                    f"(lm={config.lm!r}); 'char' or 'word' expected")
         return None
 
     @classmethod
     def from_config(cls, grams: Any, config: GramDecoding, *, lm: TensorNgramLM | None = None,
-                    device: torch.device | str | None = None,
+                    lexicon: Iterable[str] | None = None, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float64) -> BatchedPrefixBeamSearch:
         """The search ``config`` describes over ``grams`` (a GramSet, or a ``CharVocab``: CTC).
 
-        ``config.lm`` with ``lm_unit="char"`` is an ARPA file loaded as a
-        :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` over the gram set's characters (ids
-        ``1..|Σ|``, a space as ``|``); ``lm``: that LM already loaded, to share one across
-        several searches (e.g. a grid of ``lm_weight``).
+        ``config.lm`` is an ARPA file loaded as a
+        :class:`~speechlab.lm.tensor_ngram.TensorNgramLM` (:meth:`load_lm`): with
+        ``lm_unit="char"`` over the gram set's characters (ids ``1..|Σ|``, a space as ``|``),
+        with ``lm_unit="word"`` with its own ids; ``lm``: that LM already loaded, to share one
+        across several searches (e.g. a grid of ``lm_weight``). ``config.lexicon`` (with a word
+        LM) is read by :func:`~speechlab.decode.prefix_beam.load_lexicon` unless ``lexicon``
+        gives its words.
 
         Raises:
-            ValueError: the config asks for a word LM (``lm_unit="word"``) or a lexicon: not
-                supported yet here (use :class:`PrefixBeamSearch`).
+            ValueError: the config asks for a lexicon without a word LM: not supported here
+                (use :class:`PrefixBeamSearch`).
         """
         reason = cls.unsupported(config)
         if reason is not None:
             raise ValueError(reason)
         if lm is None and config.lm is not None:
-            lm = cls.load_lm(grams, config.lm, device=device, dtype=dtype)
+            lm = cls.load_lm(grams, config.lm, device=device, dtype=dtype, unit=config.lm_unit)
+        if lexicon is None:
+            lexicon = load_lexicon(config.lexicon, config.lm)
         return cls.from_gramset(
             grams, beam_size=config.beam_size, token_beam=config.token_beam,
             token_threshold=config.token_threshold, beam_threshold=config.beam_threshold,
-            word_score=config.word_score, lm=lm,
-            lm_weight=config.lm_weight, device=device, dtype=dtype)
+            word_score=config.word_score, lm=lm, lm_weight=config.lm_weight,
+            lm_unit=config.lm_unit if lm is not None else "char", lexicon=lexicon,
+            unk_score=config.unk_score, device=device, dtype=dtype)
 
     @property
     def num_outputs(self) -> int:
@@ -412,7 +562,8 @@ class BatchedPrefixBeamSearch:
         return BeamState(pb, torch.full((batch, k, n), NEG_INF, dtype=self.dtype, device=dev),
                          torch.zeros(batch, k, n, dtype=torch.long, device=dev), zeros, zeros.clone(),
                          zeros.clone(), lm_state, torch.zeros(batch, k, dtype=self.dtype, device=dev),
-                         self._slots.expand(batch, k).clone(), zeros.clone())
+                         self._slots.expand(batch, k).clone(), zeros.clone(), zeros.clone(),
+                         zeros.clone(), zeros.clone())
 
     def _suffix_grams(self, tail: Tensor) -> Tensor:
         """``(B, K, N)``: the gram id of each suffix ``ℓ[-n:]`` at index ``n - 1``, ``V`` (the
@@ -494,6 +645,82 @@ class BatchedPrefixBeamSearch:
         return (torch.cat([s.lm_score, ext.flatten(1)], 1),
                 torch.cat([s.lm_state, state.flatten(1)], 1))
 
+    def _prefix_info(self, wh1: Tensor, wh2: Tensor, wlen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """With a lexicon: for partial words of hash pairs ``wh1, wh2`` and lengths ``wlen``,
+        ``(inside, is_word, look)``: whether the partial word is a prefix of a lexicon word (the
+        empty one is), whether it is a lexicon word, and its look-ahead (α·max unigram ln P of
+        the lexicon words it can become; ``0`` outside and for the empty word). A searchsorted
+        into the sorted prefix hashes, the length checked too."""
+        key = wh1 * M2 + wh2
+        pos = torch.searchsorted(self._pkeys, key)
+        found = (self._pkeys[pos] == key) & (self._plens[pos] == wlen) & (wlen > 0)
+        inside = found | (wlen == 0)
+        return inside, found & self._pword[pos], torch.where(found, self._plook[pos], self._zero)
+
+    def _word_lm_advance(self, w: tuple[Tensor, ...], lex: tuple[Tensor, Tensor, Tensor] | None,
+                         char: Tensor, valid: Tensor
+                         ) -> tuple[tuple[Tensor, ...], tuple[Tensor, Tensor, Tensor] | None]:
+        """Append ``char`` (char ids, broadcast) where ``valid`` to strings in word-LM state
+        ``w = (lm_score, lm_state, words, wh1, wh2, wlen)`` (and, with a lexicon, ``lex =``
+        :meth:`_prefix_info` of the partial word), as the C++ search does: a space after a
+        non-empty partial word scores the word (with a lexicon first ``unk_score`` if the word
+        is inside the lexicon's prefixes but no word of it; then ``+ β + α·ln P(word | state)``,
+        the LM state advanced, one more word; a word the LM lacks is ``<unk>``) and empties the
+        partial word; any other character extends the partial word's hashes and length (with a
+        lexicon ``unk_score`` once when the word leaves the lexicon's prefixes)."""
+        assert self.lm is not None
+        lm_score, lm_state, words, wh1, wh2, wlen = w
+        space = valid & (char == self.space_id)
+        done = space & (wlen > 0)
+        if lex is not None:
+            inside, is_word, _ = lex
+            lm_score = lm_score + torch.where(done & inside & ~is_word, self._unk_score, self._zero)
+        logp, nxt = self.lm.score(lm_state, self._word_id(wh1, wh2, wlen), lm_ids=True)
+        lm_score = lm_score + torch.where(done, self.lm_weight * logp.to(self.dtype) + self.word_score,
+                                          self._zero)
+        lm_state = torch.where(done, nxt, lm_state)
+        words = words + done.long()
+        grow = valid & ~space
+        wh1 = torch.where(space, self._izero, torch.where(grow, (wh1 * BASE1 + char) % M1, wh1))
+        wh2 = torch.where(space, self._izero, torch.where(grow, (wh2 * BASE2 + char) % M2, wh2))
+        wlen = torch.where(space, self._izero, wlen + grow.long())
+        if lex is not None:
+            inside, is_word, look = lex
+            n_inside, n_word, n_look = self._prefix_info(wh1, wh2, wlen)
+            lm_score = lm_score + torch.where(grow & inside & ~n_inside, self._unk_score, self._zero)
+            # off the lexicon once: off until the word ends (no lookup can bring it back: the
+            # prefixes are prefix-closed)
+            lex = (torch.where(valid, n_inside & (inside | space), inside),
+                   torch.where(valid, n_word, is_word), torch.where(valid, n_look, look))
+        return (lm_score, lm_state, words, wh1, wh2, wlen), lex
+
+    def _candidate_word_lm(self, s: BeamState, cand: Tensor, look: Tensor | None = None
+                           ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """With the word LM: ``(lm_score, lm_state, words, wh1, wh2, wlen)`` of every candidate
+        string, ``(B, M)`` each in :meth:`_candidate_keys`' order, and with a lexicon the
+        look-ahead ``(B, M)`` (ranking only; else None): a stay keeps ℓ's; an extension ℓ + g
+        takes g's characters in turn (:meth:`_word_lm_advance`, a fixed loop of ``N = max_n``
+        rounds over ``(B, K, C)``, positions past ``|g|`` masked), so that every space of g
+        (``"s "``, ``" t"``, ``"a b"``) completes the word before it."""
+        b, k = s.lm_state.shape
+        c = cand.shape[1]
+        look = self._gram_lookup(cand) if look is None else look
+        chars = self._gram_chars[1:][None, None] if self._every_gram else self._gram_chars[cand][:, None]
+        length = look[..., 0][:, None, :]  # (B, 1, C) or (1, 1, C)
+        fields = (s.lm_score, s.lm_state, s.words, s.wh1, s.wh2, s.wlen)
+        ext = tuple(x[..., None].expand(b, k, c) for x in fields)
+        lex0 = self._prefix_info(s.wh1, s.wh2, s.wlen) if self.lexicon else None
+        lex = tuple(x[..., None].expand(b, k, c) for x in lex0) if lex0 is not None else None
+        for i in range(self.max_n):
+            ext, lex = self._word_lm_advance(ext, lex, chars[..., i], length > i)
+        out = tuple(torch.cat([x, e.flatten(1)], 1) for x, e in zip(fields, ext, strict=True))
+        if lex0 is None or lex is None:
+            return out, None
+        # the look-ahead of the partial word while inside the lexicon, else 0
+        stay_look = torch.where(lex0[0], lex0[2], self._zero)
+        ext_look = torch.where(lex[0], lex[2], self._zero)
+        return out, torch.cat([stay_look, ext_look.flatten(1)], 1)
+
     def _step(self, s: BeamState, frame: Tensor, active: Tensor) -> BeamState:
         """One frame for every utterance and beam.
 
@@ -549,7 +776,13 @@ class BatchedPrefixBeamSearch:
         gram_of = (self._every_gram_of.expand(b, mm) if self._every_gram
                    else torch.cat([torch.zeros_like(s.parent), cand.repeat(1, k)], 1))  # (B, M)
         cwords = None
-        if self.lm is not None:
+        if self.word_lm:
+            # as with the character LM below: every field is a function of the string
+            cand_wlm, cand_look = self._candidate_word_lm(s, cand, look)
+            score = score + cand_wlm[0].gather(1, first)
+            if cand_look is not None:  # the lexicon's look-ahead: ranking only
+                score = score + cand_look.gather(1, first)
+        elif self.lm is not None:
             # the LM part is a function of the string: every member of a segment has it (up to
             # rounding; tested), so the segment takes its first member's
             cand_lm, cand_state = self._candidate_lm(s, cand, look)
@@ -575,7 +808,13 @@ class BatchedPrefixBeamSearch:
         tail = torch.cat([ptail, self._right[gram]], -1).gather(2, self._tail_idx[gram])
         h = hc.gather(1, jl[..., None].expand(b, k, 2))  # the string's hash pair
         a, a3 = active[:, None], active[:, None, None]
-        if self.lm is not None:
+        wh1, wh2, wlen = s.wh1, s.wh2, s.wlen  # 0 without a word LM
+        if self.word_lm:
+            j = first.gather(1, sel)  # the segment's first candidate, whose LM part it took
+            lm_score, lm_state, words, wh1, wh2, wlen = (
+                torch.where(a, x.gather(1, j), old) for x, old in
+                zip(cand_wlm, (s.lm_score, s.lm_state, s.words, s.wh1, s.wh2, s.wlen), strict=True))
+        elif self.lm is not None:
             words = s.words.gather(1, parent) + self._gram_spaces[gram]
             j = first.gather(1, sel)  # the segment's first candidate, whose LM part it took
             lm_state = torch.where(a, cand_state.gather(1, j), s.lm_state)
@@ -589,7 +828,7 @@ class BatchedPrefixBeamSearch:
             torch.where(a, new[..., 0], s.pb), torch.where(a3, new[..., 1:], s.pg),
             torch.where(a3, tail, s.tail), torch.where(a, h[..., 0], s.h1),
             torch.where(a, h[..., 1], s.h2), torch.where(a, words, s.words), lm_state, lm_score,
-            torch.where(a, parent, self._slots), torch.where(a, gram, self._izero))
+            torch.where(a, parent, self._slots), torch.where(a, gram, self._izero), wh1, wh2, wlen)
 
     # ------------------------------------------------------------------ decoding
     def decode(self, log_probs: Tensor, lengths: Tensor | Sequence[int] | None = None,
@@ -619,8 +858,9 @@ class BatchedPrefixBeamSearch:
         Returns:
             Per utterance, up to ``nbest`` hypotheses, ranked by ``score = am_score +
             lm_score`` (nats): ``lm_score = word_score·words`` without an LM, with the
-            character LM ``α·ln P_LM(string + </s>) + β·spaces``; the empty string for a
-            length of 0.
+            character LM ``α·ln P_LM(string + </s>) + β·spaces``, with the word LM
+            ``α·ln P_LM(words + </s>) + β·words`` (plus ``unk_score`` per word outside the
+            lexicon); the empty string for a length of 0.
         """
         if log_probs.dim() != 3 or log_probs.shape[2] != self.num_outputs:
             raise ValueError(f"log_probs must be (B, T, {self.num_outputs}), got {tuple(log_probs.shape)}")
@@ -800,7 +1040,14 @@ class BatchedPrefixBeamSearch:
         back-pointers (on the host); with ``timestamps``, each gram's frame (the frame whose
         back-pointer appended it) gives the words' frames (:func:`word_times`)."""
         am = torch.cat([s.pb[..., None], s.pg], -1).logsumexp(-1)
-        if self.lm is not None:  # the LM part so far + α·ln P(</s> | state), once
+        if self.word_lm:  # + the last partial word (a space completes it), + α·ln P(</s> | state)
+            assert self.lm is not None
+            lex = self._prefix_info(s.wh1, s.wh2, s.wlen) if self.lexicon else None
+            (lm, state, words, _, _, _), _ = self._word_lm_advance(
+                (s.lm_score, s.lm_state, s.words, s.wh1, s.wh2, s.wlen), lex,
+                torch.full_like(s.wlen, self.space_id), torch.ones_like(s.wlen, dtype=torch.bool))
+            lm = lm + self.lm_weight * self.lm.eos_score(state).to(lm.dtype)
+        elif self.lm is not None:  # the LM part so far + α·ln P(</s> | state), once
             words = s.words
             lm = s.lm_score + self.lm_weight * self.lm.eos_score(s.lm_state).to(s.lm_score.dtype)
         else:

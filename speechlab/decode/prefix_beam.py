@@ -249,8 +249,9 @@ class GramDecoding:
     Attributes:
         method: greedy (best path) or beam (prefix beam search over grams).
         search: the beam search: cpu (the C++ search, one utterance at a time), batched (all
-            utterances and beams together in torch, on the log-probs' device; no word LM or
-            lexicon yet), or auto (batched on a GPU when it can run the config, cpu otherwise).
+            utterances and beams together in torch, on the log-probs' device; ARPA character
+            or word LMs, a lexicon with a word LM), or auto (batched on a GPU when it can run
+            the config, cpu otherwise).
         beam_size: hypotheses kept per frame.
         token_beam: non-blank tokens tried per frame (0: all).
         token_threshold: skip tokens more than this below the frame's best log-prob (nats).

@@ -50,16 +50,13 @@ is the backed-off one, as KenLM does, so that scores and states stay KenLM's.
 
 **In the batched search.** :class:`~speechlab.decode.batched_prefix_beam.BatchedPrefixBeamSearch`
 uses it as a character LM (``lm=``, ``lm_unit="char"``): each hypothesis carries its LM state,
-and an extension scores its gram's characters in turn (at most ``max_n`` rounds, a fixed loop).
-
-**Not yet** (the next step of issue 18): word LMs over character or gram hypotheses. The plan:
-the LM scores a word when a space (or the end) completes it; the batched search carries, per
-hypothesis, the LM state of the completed words and the partial word's node in a lexicon trie
-(a tensor of child tables like the arcs above), so that a gram's characters extend the node, a
-space (also inside a gram such as ``"b "``) scores the word with :meth:`TensorNgramLM.score`
-and resets the node, and a word outside the lexicon is pruned or scored as ``<unk>``.
-Character and gram LMs need no trie: a character LM scores a gram's characters in turn (done),
-a gram-level LM would score the gram as one token.
+and an extension scores its gram's characters in turn (at most ``max_n`` rounds, a fixed loop);
+or as a word LM (``lm_unit="word"``, the LM's own ids): each hypothesis carries the LM state of
+its completed words and a hash of its partial word; a space (also inside a gram such as
+``"b "``) or the end looks the word's LM id up in a sorted table of the LM words' hashes
+(``torch.searchsorted``; ``<unk>`` when absent) and scores it with :meth:`TensorNgramLM.score`.
+An optional lexicon is a sorted table of its words' prefix hashes (membership by searchsorted).
+A gram-level LM (the gram as one token) is not done.
 
 Usage (a batch of hypotheses, each with its LM state)::
 

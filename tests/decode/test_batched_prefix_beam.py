@@ -27,6 +27,7 @@ from speechlab.decode.prefix_beam import (
     GramDecoding,
     KenLMScorer,
     PrefixBeamSearch,
+    arpa_words,
     native_available,
 )
 from speechlab.lm import ngram
@@ -329,14 +330,234 @@ def test_char_lm_from_a_path_an_object_and_a_config(char_arpa):
     for a, b, c in zip(by_path, by_object, by_config, strict=True):
         assert a == c
         assert_same_hyps(b, a, tol=1e-4)
-    with pytest.raises(ValueError, match="does not support a word LM yet"):
-        BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm=str(char_arpa), lm_unit="word"))
-    with pytest.raises(ValueError, match="does not support a lexicon yet"):
+    with pytest.raises(ValueError, match="lexicon with a word LM only"):
         BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm=str(char_arpa), lm_unit="char", lexicon="lm"))
-    with pytest.raises(ValueError, match="character LM only"):
-        BatchedPrefixBeamSearch(CHARS, lm=char_arpa, lm_unit="word")
+    with pytest.raises(ValueError, match="lexicon with a word LM only"):
+        BatchedPrefixBeamSearch(CHARS, lm=char_arpa, lexicon=["ab"])
+    with pytest.raises(ValueError, match="lm_unit must be 'char' or 'word'"):
+        BatchedPrefixBeamSearch(CHARS, lm=char_arpa, lm_unit="gram")
     with pytest.raises(ValueError, match="no token for the character 'c'"):
         BatchedPrefixBeamSearch(CHARS, lm=TensorNgramLM.from_arpa(char_arpa, vocab=["<blank>", "a", "b"]))
+
+
+# ------------------------------------------------------------------------------- the word LM
+#: a word bigram LM over CHARS' words (with <unk>); "ab", "c", "abc" share prefixes, "'a" has
+#: the apostrophe, and every other spelled word is OOV (scored as <unk>)
+WORD_ARPA = """
+\\data\\
+ngram 1=9
+ngram 2=8
+
+\\1-grams:
+-1.0\t<unk>\t-0.2
+-1.5\t<s>\t-0.4
+-0.9\t</s>
+-0.7\ta\t-0.3
+-0.8\tab\t-0.2
+-1.1\tc\t-0.25
+-1.2\tba\t-0.1
+-1.3\tabc
+-1.6\t'a\t-0.15
+
+\\2-grams:
+-0.2\t<s> a
+-0.35\t<s> ab
+-0.3\ta ab
+-0.25\tab c
+-0.4\tc </s>
+-0.5\tba a
+-0.45\t<unk> c
+-0.6\t'a ba
+
+\\end\\
+"""
+#: a trigram LM over the same words without <unk> (KenLM substitutes log10 prob -100)
+WORD_TRIGRAM_ARPA = """
+\\data\\
+ngram 1=7
+ngram 2=4
+ngram 3=2
+
+\\1-grams:
+-1.5\t<s>\t-0.3
+-0.9\t</s>
+-0.7\ta\t-0.2
+-0.8\tab\t-0.25
+-1.1\tc\t-0.1
+-1.2\tba
+-1.3\tabc
+
+\\2-grams:
+-0.3\t<s> a\t-0.1
+-0.4\ta ab\t-0.15
+-0.2\tab c
+-0.5\tc a
+
+\\3-grams:
+-0.1\t<s> a ab
+-0.15\ta ab c
+
+\\end\\
+"""
+#: texts the emissions spell (plus noise): LM words, OOV words (bb, cab, 'c), leading,
+#: trailing and repeated spaces, a partial last word
+WORD_TEXTS = ["a ab c", "ab c ba a", "abc 'a ba", " c cab ab", "bb a  c ", "'c ab abc"]
+#: (α, β): β ≠ 0 both ways
+WORD_LM_WEIGHTS = [(0.5, 0.0), (2.0, 1.0), (1.0, -2.0), (1.5, 0.7)]
+
+
+@pytest.fixture()
+def word_arpa(tmp_path):
+    path = tmp_path / "word2.arpa"
+    path.write_text(WORD_ARPA.lstrip())
+    return path
+
+
+@pytest.fixture(scope="module")
+def kenlm_word():
+    """kenlm word-mode scorers by path (loaded once per module), for the C++ search."""
+    pytest.importorskip("kenlm", reason="the kenlm Python module is not installed (pip install kenlm)")
+    cache: dict[str, KenLMScorer] = {}
+
+    def get(path) -> KenLMScorer:
+        if str(path) not in cache:
+            cache[str(path)] = KenLMScorer(path, unit="word")
+        return cache[str(path)]
+    return get
+
+
+def lm_kwargs(kind: str | None, char_arpa, word_arpa, lm_weight: float) -> dict:
+    """The LM arguments of BatchedPrefixBeamSearch for ``kind``: None, "char", "word" or
+    "word_lexicon" (with a lexicon)."""
+    if kind is None:
+        return {}
+    if kind == "char":
+        return dict(lm=char_arpa, lm_weight=lm_weight)
+    lexicon = dict(lexicon=["a", "ab", "c", "cab"], unk_score=-2.0) if kind == "word_lexicon" else {}
+    return dict(lm=word_arpa, lm_unit="word", lm_weight=lm_weight, **lexicon)
+
+
+@pytest.mark.parametrize("arpa", ["bigram", "trigram_no_unk"])
+@pytest.mark.parametrize("grams", [UNIGRAMS, BIGRAMS], ids=["unigrams", "bigrams"])
+@pytest.mark.parametrize("beam_size", [1, 4, 8])
+def test_with_word_lm_equals_cpu_search(tmp_path, kenlm_word, arpa, grams, beam_size):
+    """The word LM (lm_unit="word"): the same choices as PrefixBeamSearch(lm=<the same ARPA>,
+    lm_unit="word") — a word scored when a space completes it (also a space inside a gram:
+    "c ", " a"), the last partial word and </s> at the end, β per word, OOV words as <unk> —
+    for several α/β and pruning options, on noisy emissions spelling texts of LM and OOV words
+    and on random ones, a batch of unequal lengths (0 and 1 frame included): the same best
+    text, total / am / LM scores within 1e-4 and the same word count."""
+    path = tmp_path / f"word_{arpa}.arpa"
+    path.write_text((WORD_ARPA if arpa == "bigram" else WORD_TRIGRAM_ARPA).lstrip())
+    lm = kenlm_word(path)
+    tlm = TensorNgramLM.from_arpa(path, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(beam_size * 100 + len(grams) + (arpa == "bigram"))
+    worst, spelled_best = 0.0, 0
+    for lm_weight, word_score in WORD_LM_WEIGHTS:
+        for kw in LM_PRUNING[1:3] + [dict(**EXHAUSTIVE)]:
+            spelled, lengths = spelled_emissions(gen, WORD_TEXTS, grams, boost=5.0, noise=1.0)
+            t = spelled.shape[1]  # and random emissions of 1, 0 and t frames
+            lp = torch.cat([spelled, random_batch(gen, [1, 0, t], len(grams) + 1)])
+            lengths = lengths + [1, 0, t]
+            dec = BatchedPrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=tlm, lm_unit="word",
+                                          lm_weight=lm_weight, word_score=word_score, **kw)
+            got = dec.decode(lp, lengths, nbest=4)
+            cpu = PrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=lm, lm_weight=lm_weight,
+                                   word_score=word_score, **kw)
+            for b, n in enumerate(lengths):
+                ref = cpu.decode(lp[b, :n], nbest=4)
+                worst = max(worst, assert_same_with_lm(got[b], ref))
+                spelled_best += b < len(WORD_TEXTS) and ref[0].text == WORD_TEXTS[b]
+    assert spelled_best > 0  # the emissions do spell the texts (LM and OOV words) at times
+    print(f"max |batched - PrefixBeamSearch| of the best's scores (word LM): {worst:.2e}")
+
+
+def test_word_lm_scores_and_config(word_arpa, kenlm_word):
+    """Every n-best hypothesis' LM part is α·ln P(words + </s>) + β·words with the sentence
+    scored whole by kenlm (OOV words as <unk>); from_config(lm_unit="word") loads the ARPA with
+    the LM's own ids and gives the same hypotheses; unsupported() accepts word LMs and a
+    lexicon with one (not a lexicon without a word LM), and decoding.search auto then picks the
+    batched search on a GPU."""
+    from speechlab.decode import uses_batched_search
+
+    lm = kenlm_word(word_arpa)
+    vocab = CharVocab(CHARS)
+    gs = GramSet(vocab, BIGRAMS)
+    gen = torch.Generator().manual_seed(21)
+    lp, lengths = spelled_emissions(gen, WORD_TEXTS, BIGRAMS, boost=3.0, noise=1.5)
+    dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, beam_size=8, lm=word_arpa, lm_unit="word",
+                                  lm_weight=1.3, word_score=0.6)
+    hyps = dec.decode(lp, lengths, nbest=8)
+    for hs in hyps:
+        for h in hs:
+            words = h.text.split()
+            assert h.words == len(words)
+            ref = 1.3 * lm.sentence_score(" ".join(words)) + 0.6 * len(words)
+            assert h.lm_score == pytest.approx(ref, abs=1e-6)
+    config = GramDecoding(method="beam", beam_size=8, lm=str(word_arpa), lm_unit="word",
+                          lm_weight=1.3, word_score=0.6)
+    assert BatchedPrefixBeamSearch.unsupported(config) is None
+    assert uses_batched_search(config, "cuda") and not uses_batched_search(config, "cpu")
+    binary = word_arpa.parent / "word2.bin"  # a KenLM binary (its header): the C++ search's
+    binary.write_bytes(b"mmap lm http://kheafield.com/code" + bytes(64))
+    assert "binary" in (BatchedPrefixBeamSearch.unsupported(GramDecoding(lm=str(binary))) or "")
+    with_lexicon = GramDecoding(method="beam", lm=str(word_arpa), lm_unit="word", lexicon="lm")
+    assert BatchedPrefixBeamSearch.unsupported(with_lexicon) is None
+    assert uses_batched_search(with_lexicon, "cuda")
+    lex = BatchedPrefixBeamSearch.from_config(gs, with_lexicon)
+    assert lex.lexicon == sorted(arpa_words(word_arpa))
+    for bad in (GramDecoding(lexicon="lm"), GramDecoding(lm=str(word_arpa), lm_unit="char", lexicon="lm")):
+        assert "word LM only" in (BatchedPrefixBeamSearch.unsupported(bad) or "")
+        assert not uses_batched_search(bad, "cuda")
+    by_config = BatchedPrefixBeamSearch.from_config(gs, config)
+    assert by_config.word_lm and by_config.lm is not None and by_config.lm.dtype == torch.float64
+    assert by_config.decode(lp, lengths, nbest=8) == hyps
+
+
+#: lexicons: the LM's words (decoding.lexicon: lm), and a word list with words the LM lacks
+#: ("bb", "cab": <unk> to the LM) and without some of its words ("ba", "abc", "'a")
+LEXICONS = {"lm": None, "list": ["a", "ab", "bb", "cab", "c", "abca"]}
+
+
+@pytest.mark.parametrize("lexicon", ["lm", "list"])
+@pytest.mark.parametrize("unk_score", [-math.inf, -3.0, 1.0], ids=["strict", "unk-3", "unk+1"])
+@pytest.mark.parametrize("grams", [UNIGRAMS, BIGRAMS], ids=["unigrams", "bigrams"])
+def test_with_word_lm_and_lexicon_equals_cpu_search(word_arpa, kenlm_word, lexicon, unk_score, grams):
+    """The lexicon (with the word LM): the same choices as PrefixBeamSearch with the same
+    lexicon and unk_score — a word that leaves the lexicon's prefixes pays unk_score once, one
+    that ends (a space or the end) inside them but is no word pays it then, -inf keeps only
+    lexicon words, and the look-ahead (α·max unigram ln P of the words a partial word can
+    become) ranks partial words — for beams 1/4/8 and several α/β: the same best text and
+    scores within 1e-4 (an utterance whose every hypothesis ends outside a strict lexicon:
+    -inf in both)."""
+    words = arpa_words(word_arpa) if lexicon == "lm" else LEXICONS[lexicon]
+    lm = kenlm_word(word_arpa)
+    tlm = TensorNgramLM.from_arpa(word_arpa, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(len(grams) + int(unk_score if math.isfinite(unk_score) else 7))
+    worst, checked = 0.0, 0
+    for beam_size in (1, 4, 8):
+        for lm_weight, word_score in WORD_LM_WEIGHTS[1:]:
+            spelled, lengths = spelled_emissions(gen, WORD_TEXTS, grams, boost=5.0, noise=1.0)
+            t = spelled.shape[1]
+            lp = torch.cat([spelled, random_batch(gen, [1, 0, t], len(grams) + 1)])
+            lengths = lengths + [1, 0, t]
+            dec = BatchedPrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=tlm, lm_unit="word",
+                                          lm_weight=lm_weight, word_score=word_score, lexicon=words,
+                                          unk_score=unk_score)
+            got = dec.decode(lp, lengths, nbest=4)
+            cpu = PrefixBeamSearch(CHARS, grams, beam_size=beam_size, lm=lm, lm_weight=lm_weight,
+                                   word_score=word_score, lexicon=words, unk_score=unk_score)
+            for b, n in enumerate(lengths):
+                ref = cpu.decode(lp[b, :n], nbest=4)
+                if not ref or ref[0].score == -math.inf:
+                    assert not got[b] or got[b][0].score == -math.inf, (got[b], ref)
+                    continue
+                worst = max(worst, assert_same_with_lm(got[b], ref))
+                checked += 1
+                if unk_score == -math.inf:
+                    assert all(w in words for w in got[b][0].text.split())
+    assert checked > 50
+    print(f"max |batched - PrefixBeamSearch| of the best's scores (word LM + lexicon): {worst:.2e}")
 
 
 def test_merged_candidates_have_equal_lm_parts(char_arpa):
@@ -379,8 +600,9 @@ def test_merged_candidates_have_equal_lm_parts(char_arpa):
 
 
 # ------------------------------------------------------------------------------- the frame step
-@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
-def test_step_is_one_sync_free_graph(char_arpa, with_lm):
+@pytest.mark.parametrize("with_lm", [None, "char", "word", "word_lexicon"],
+                         ids=["no_lm", "char_lm", "word_lm", "word_lm_lexicon"])
+def test_step_is_one_sync_free_graph(char_arpa, word_arpa, with_lm):
     """The frame step (with the character LM too) is captured whole (torch.compile fullgraph: a
     branch on a tensor value fails to trace) and the graph holds no host sync or data-dependent
     shape (the backend above). The controls show that such code is caught. (Tracing only, no
@@ -390,7 +612,7 @@ def test_step_is_one_sync_free_graph(char_arpa, with_lm):
         with pytest.raises(Exception, match="host sync|data-dependent|Data-dependent"):
             torch.compile(bad, fullgraph=True, backend=sync_free_backend)(torch.rand(3))
     torch._dynamo.reset()
-    lm = dict(lm=char_arpa, lm_weight=1.3) if with_lm else {}
+    lm = lm_kwargs(with_lm, char_arpa, word_arpa, lm_weight=1.3)
     dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, beam_size=4, token_beam=3, word_score=0.5, **lm)
     step = torch.compile(dec._step, fullgraph=True, backend=sync_free_backend)
     gen = torch.Generator().manual_seed(4)
@@ -404,17 +626,18 @@ def test_step_is_one_sync_free_graph(char_arpa, with_lm):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
+@pytest.mark.parametrize("with_lm", [None, "char", "word", "word_lexicon"],
+                         ids=["no_lm", "char_lm", "word_lm", "word_lm_lexicon"])
 @pytest.mark.parametrize("grams,token_beam", [(UNIGRAMS, 0), (BIGRAMS, 0), (BIGRAMS, 4)],
                          ids=["unigrams", "bigrams", "bigrams-token_beam"])
-def test_chunked_loop_equals_frame_loop(char_arpa, grams, token_beam, with_lm):
+def test_chunked_loop_equals_frame_loop(char_arpa, word_arpa, grams, token_beam, with_lm):
     """The chunked loop that decode() captures as a CUDA graph, run eagerly (on the CPU here):
     chunks of S = 8 frames from a device start index over kept static buffers (log-probs,
     lengths, state, back-pointers written at device-indexed rows), equals the per-frame loop
     bit for bit — state, back-pointers, n-best with word times — for ragged lengths, T not a
     multiple of S, and batches of other sizes and lengths in between (buffers reused, grown,
     reset)."""
-    lm = dict(lm=char_arpa, lm_weight=1.2) if with_lm else {}
+    lm = lm_kwargs(with_lm, char_arpa, word_arpa, lm_weight=1.2)
     dec = BatchedPrefixBeamSearch(CHARS, grams, beam_size=8, token_beam=token_beam, word_score=0.5,
                                   graph_chunk=8, **lm)
     gen = torch.Generator().manual_seed(12)
@@ -445,9 +668,7 @@ def test_from_config_and_defaults():
     d = GramDecoding()
     assert (ctc.beam_size, ctc.token_beam, ctc.token_threshold, ctc.beam_threshold, ctc.word_score) == (
         d.beam_size, d.token_beam, d.token_threshold, d.beam_threshold, d.word_score)
-    with pytest.raises(ValueError, match="does not support a word LM yet"):
-        BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lm="x.arpa"))
-    with pytest.raises(ValueError, match="does not support a lexicon"):
+    with pytest.raises(ValueError, match="lexicon with a word LM only"):
         BatchedPrefixBeamSearch.from_config(gs, GramDecoding(lexicon="words.txt"))
 
 
