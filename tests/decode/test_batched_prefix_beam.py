@@ -9,6 +9,7 @@ LM parts of merged candidates, the step with the LM traced sync-free, CUDA again
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -476,8 +477,8 @@ def test_word_lm_scores_and_config(word_arpa, kenlm_word):
     """Every n-best hypothesis' LM part is α·ln P(words + </s>) + β·words with the sentence
     scored whole by kenlm (OOV words as <unk>); from_config(lm_unit="word") loads the ARPA with
     the LM's own ids and gives the same hypotheses; unsupported() accepts word LMs and a
-    lexicon with one (not a lexicon without a word LM), and decoding.search auto then picks the
-    batched search on a GPU."""
+    lexicon with one (not a lexicon without a word LM); decoding.search auto keeps word LMs on
+    the C++ search until the CUDA path is tested, search batched picks the batched one."""
     from speechlab.decode import uses_batched_search
 
     lm = kenlm_word(word_arpa)
@@ -497,13 +498,15 @@ def test_word_lm_scores_and_config(word_arpa, kenlm_word):
     config = GramDecoding(method="beam", beam_size=8, lm=str(word_arpa), lm_unit="word",
                           lm_weight=1.3, word_score=0.6)
     assert BatchedPrefixBeamSearch.unsupported(config) is None
-    assert uses_batched_search(config, "cuda") and not uses_batched_search(config, "cpu")
+    assert not uses_batched_search(config, "cuda")  # auto: a word LM stays on the C++ search
+    batched = dataclasses.replace(config, search="batched")
+    assert uses_batched_search(batched, "cuda") and uses_batched_search(batched, "cpu")
     binary = word_arpa.parent / "word2.bin"  # a KenLM binary (its header): the C++ search's
     binary.write_bytes(b"mmap lm http://kheafield.com/code" + bytes(64))
     assert "binary" in (BatchedPrefixBeamSearch.unsupported(GramDecoding(lm=str(binary))) or "")
     with_lexicon = GramDecoding(method="beam", lm=str(word_arpa), lm_unit="word", lexicon="lm")
     assert BatchedPrefixBeamSearch.unsupported(with_lexicon) is None
-    assert uses_batched_search(with_lexicon, "cuda")
+    assert uses_batched_search(dataclasses.replace(with_lexicon, search="batched"), "cuda")
     lex = BatchedPrefixBeamSearch.from_config(gs, with_lexicon)
     assert lex.lexicon == sorted(arpa_words(word_arpa))
     for bad in (GramDecoding(lexicon="lm"), GramDecoding(lm=str(word_arpa), lm_unit="char", lexicon="lm")):
