@@ -32,6 +32,19 @@ if TYPE_CHECKING:
 SR = 16000
 
 
+def run_cli(capsys, *argv: object) -> tuple[int, str, str]:
+    """``speechlab ARGV`` in-process: (exit status, stdout, stderr). argparse/jsonargparse
+    usage errors exit through ``SystemExit``; its code is the status."""
+    from speechlab.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def synth_tiny_corpus(out: Path, utterances: int = 12, seed: int = 0) -> dict[str, Path]:
     """Synthesize ``utterances`` with ``speechlab data synth`` into ``out``; return the
     manifests by split, plus ``"all"``: every utterance in one manifest."""

@@ -39,7 +39,7 @@ from speechlab.nn.encoders import SpeechEncoderConfig
 from speechlab.score import TranscriptError, edit_counts, read_transcripts
 from speechlab.tasks.ctc import CTCTask
 from speechlab.tasks.gram_ctc import GramCTCTask
-from tests.helpers import entry, manifest, tone, wav
+from tests.helpers import entry, manifest, run_cli, tone, wav
 
 REPO = Path(__file__).resolve().parents[2]
 CTC_RECIPE = REPO / "recipes" / "tiny" / "ctc.yaml"
@@ -48,16 +48,6 @@ CONFORMER_RECIPE = REPO / "recipes" / "tiny" / "ctc_conformer.yaml"
 VOCAB = CharVocab()
 SR = 16000
 
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``speechlab ARGV`` in-process: (exit status, stdout, stderr). argparse/jsonargparse
-    usage errors exit through ``SystemExit``; its code is the status."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_error_line(err: str, command: str) -> str:

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechlab.cli import main
 from speechlab.data.prepare import (
     SplitReport,
     manifest_rows,
@@ -30,19 +29,10 @@ from speechlab.data.prepare import (
     unspellable_chars,
 )
 from speechlab.data.text import CharVocab, normalize_text
-from tests.helpers import LIBRI_BAD, LIBRI_PARTS, build_librispeech
+from tests.helpers import LIBRI_BAD, LIBRI_PARTS, build_librispeech, run_cli
 
 # ---------------------------------------------------------------------------- helpers
 
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    """``speechlab ARGV`` in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -217,19 +217,25 @@ def char_arpa(tmp_path):
     return path
 
 
-@pytest.fixture(scope="module")
-def kenlm_char():
-    """kenlm char-mode scorers by path (loaded once per module), the oracle of the LM tests;
-    skips the test with the reason when the kenlm module cannot be imported (the GPU machine
-    lacks it)."""
+def kenlm_scorers(unit: str):
+    """A getter of kenlm scorers in ``unit`` mode by path, each loaded once; skips the test with
+    the reason when the kenlm module cannot be imported (the GPU machine lacks it)."""
     pytest.importorskip("kenlm", reason="the kenlm Python module is not installed (pip install kenlm)")
     cache: dict[str, KenLMScorer] = {}
 
     def get(path) -> KenLMScorer:
         if str(path) not in cache:
-            cache[str(path)] = KenLMScorer(path, unit="char")
+            cache[str(path)] = KenLMScorer(path, unit=unit)
         return cache[str(path)]
     return get
+
+
+@pytest.fixture(scope="module")
+def kenlm_char():
+    """kenlm char-mode scorers by path (loaded once per module), the oracle of the LM tests;
+    skips the test with the reason when the kenlm module cannot be imported (the GPU machine
+    lacks it)."""
+    return kenlm_scorers("char")
 
 
 def char_lm_total(lm: KenLMScorer, text: str, alpha: float, beta: float) -> float:
@@ -417,14 +423,7 @@ def word_arpa(tmp_path):
 @pytest.fixture(scope="module")
 def kenlm_word():
     """kenlm word-mode scorers by path (loaded once per module), for the C++ search."""
-    pytest.importorskip("kenlm", reason="the kenlm Python module is not installed (pip install kenlm)")
-    cache: dict[str, KenLMScorer] = {}
-
-    def get(path) -> KenLMScorer:
-        if str(path) not in cache:
-            cache[str(path)] = KenLMScorer(path, unit="word")
-        return cache[str(path)]
-    return get
+    return kenlm_scorers("word")
 
 
 def lm_kwargs(kind: str | None, char_arpa, word_arpa, lm_weight: float) -> dict:
