@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
-import hashlib
 import logging
 import math
 import os
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from speechlab.data.text import CharVocab, normalize_text
+from speechlab.data.text import CharVocab, normalize_text, split_by_text
 from speechlab.errors import InputError
 from speechlab.io import check_overwrite
 
@@ -213,30 +212,12 @@ def split_rows(rows: Sequence[dict[str, Any]], dev_fraction: float = DEFAULT_DEV
                test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
                ) -> dict[str, list[dict[str, Any]]]:
     """Deterministic train/dev/test split of a corpus that has none, keeping every text in one
-    split (the rule of ``speechlab data synth``: CMU ARCTIC's speakers read the same prompts, and
-    a test prompt should be new to the model).
-
-    Distinct texts are visited in an order fixed by a hash of (seed, text); a text's rows go to
-    test while test holds fewer than ``round(test_fraction * N)`` rows and the whole group
-    fits, then likewise to dev, else to train. Rows keep their input order within a split. The
-    assignment of a text depends only on the texts ahead of it in the hash order, so it is the
-    same on every machine and for every order of ``rows``.
-    """
-    if dev_fraction < 0 or test_fraction < 0 or dev_fraction + test_fraction >= 1:
-        raise InputError(f"split fractions must be >= 0 and sum to < 1 (dev {dev_fraction}, "
-                         f"test {test_fraction})")
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row["text"], []).append(i)
-    order = sorted(groups, key=lambda t: hashlib.sha1(f"{seed}\n{t}".encode()).digest())
-    targets = {"test": round(test_fraction * len(rows)), "dev": round(dev_fraction * len(rows))}
-    members: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for text in order:
-        group = groups[text]
-        split = next((s for s in ("test", "dev") if len(members[s]) + len(group) <= targets[s]),
-                     "train")
-        members[split].extend(group)
-    return {s: [rows[i] for i in sorted(idx)] for s, idx in members.items()}
+    split (:func:`~speechlab.data.text.split_by_text`, the rule of ``speechlab data synth``:
+    CMU ARCTIC's speakers read the same prompts, and a test prompt should be new to the model).
+    Rows keep their input order within a split; a text's split is the same on every machine and
+    for every order of ``rows``."""
+    splits = split_by_text([row["text"] for row in rows], seed, dev_fraction, test_fraction)
+    return {s: [rows[i] for i in idx] for s, idx in splits.items()}
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from speechlab.data.sentences import Sentence
-from speechlab.data.text import normalize_text
+from speechlab.data.text import normalize_text, split_by_text
 from speechlab.errors import CLIError
 from speechlab.io import atomic_write_jsonl, read_text
 from speechlab.parallel import run_parallel
@@ -188,30 +188,11 @@ def read_sentences(path: str | Path) -> tuple[list[Sentence], list[int]]:
 def split_corpus(
     specs: Sequence[UtteranceSpec], seed: int, dev_fraction: float = 0.1, test_fraction: float = 0.1
 ) -> dict[str, list[UtteranceSpec]]:
-    """Deterministic train/dev/test split that keeps every text in one split.
-
-    Distinct texts are visited in an order fixed by a hash of (seed, text); a text's
-    utterances go to test while test holds fewer than ``round(test_fraction * N)`` utterances
-    and the whole group fits, then likewise to dev, else to train. Within a split utterances
-    keep their index order.
-    """
-    if dev_fraction < 0 or test_fraction < 0 or dev_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"split fractions must be >= 0 and sum to < 1 (dev {dev_fraction}, test {test_fraction})"
-        )
-    groups: dict[str, list[UtteranceSpec]] = {}
-    for spec in specs:
-        groups.setdefault(spec.text, []).append(spec)
-    order = sorted(groups, key=lambda t: hashlib.sha1(f"{seed}\n{t}".encode()).digest())
-    targets = {"test": round(test_fraction * len(specs)), "dev": round(dev_fraction * len(specs))}
-    out: dict[str, list[UtteranceSpec]] = {s: [] for s in SPLITS}
-    for text in order:
-        group = groups[text]
-        split = next(
-            (s for s in ("test", "dev") if len(out[s]) + len(group) <= targets[s]), "train"
-        )
-        out[split].extend(group)
-    return {s: sorted(v, key=lambda u: u.index) for s, v in out.items()}
+    """Deterministic train/dev/test split that keeps every text in one split
+    (:func:`~speechlab.data.text.split_by_text`); within a split utterances keep their index
+    order."""
+    splits = split_by_text([spec.text for spec in specs], seed, dev_fraction, test_fraction)
+    return {s: sorted((specs[i] for i in idx), key=lambda u: u.index) for s, idx in splits.items()}
 
 
 def _resolve_voices(

@@ -6,12 +6,14 @@ numbers a model is trained on and the numbers it is scored on mean the same thin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from speechlab.errors import InputError
 from speechlab.io import atomic_write_text, read_text
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
@@ -119,3 +121,35 @@ class CharVocab:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharVocab:
         return cls.from_dict(json.loads(read_text(path)))
+
+
+def split_by_text(texts: Sequence[str], seed: int = 0, dev_fraction: float = 0.1,
+                  test_fraction: float = 0.1) -> dict[str, list[int]]:
+    """Deterministic train/dev/test split of items by their ``texts``, keeping every text in one
+    split: ``{"train" | "dev" | "test": ascending item indices}``.
+
+    Distinct texts are visited in an order fixed by a hash of (seed, text); a text's items go to
+    test while test holds fewer than ``round(test_fraction * N)`` items and the whole group
+    fits, then likewise to dev, else to train. The assignment of a text depends only on the
+    texts ahead of it in the hash order, so it is the same on every machine. Used by
+    ``speechlab data synth`` and ``speechlab data prepare`` (corpora without a split).
+
+    Raises:
+        InputError: a fraction below 0, or fractions that sum to 1 or more.
+    """
+    if dev_fraction < 0 or test_fraction < 0 or dev_fraction + test_fraction >= 1:
+        raise InputError(f"split fractions must be >= 0 and sum to < 1 (dev {dev_fraction}, "
+                         f"test {test_fraction})")
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(text, []).append(i)
+    order = sorted(groups, key=lambda t: hashlib.sha1(f"{seed}\n{t}".encode()).digest())
+    n = len(texts)
+    targets = {"test": round(test_fraction * n), "dev": round(dev_fraction * n)}
+    members: dict[str, list[int]] = {"train": [], "dev": [], "test": []}
+    for text in order:
+        group = groups[text]
+        split = next((s for s in ("test", "dev") if len(members[s]) + len(group) <= targets[s]),
+                     "train")
+        members[split].extend(group)
+    return {s: sorted(idx) for s, idx in members.items()}
