@@ -18,7 +18,8 @@ CUDA-graph loop (chunks of ``--graph-chunk`` frames replayed; the default of ``d
 that with the frame step ``torch.compile``-d (on CUDA unless ``--no-compile``: one compilation
 per output set, tens of seconds); with a character 3-gram LM (an ARPA written here from 2,000
 generated sentences: maximum-likelihood probabilities and a constant backoff, for timing only;
-``--lm-order 0``: none). A search's first decode (graph capture, compilation) is the untimed
+``--lm-order 0``: none), and with a word 3-gram LM of the same sentences (``--word-lm-order``),
+without and with its words as the lexicon. A search's first decode (graph capture, compilation) is the untimed
 warm-up run.
 
 End to end (the NGPU-LM reading of "beam ≤ 1.15× greedy"): the BiLSTM CTC encoder of
@@ -145,16 +146,20 @@ def flashlight_decoder(chars: list[str], beam: int) -> Callable[[torch.Tensor, t
     return decode
 
 
-def write_char_arpa(path: Path, order: int = 3, sentences: int = 2000) -> Path:
-    """A character ``order``-gram ARPA (space written ``|``) of generated sentences, every
-    character of ``DEFAULT_CHARS`` a 1-gram: maximum-likelihood log10 probabilities (of the
-    n-gram given its first ``n - 1`` tokens) and a backoff of -0.5; not normalised (timing only)."""
+def write_arpa(path: Path, unit: str = "char", order: int = 3, sentences: int = 2000) -> list[str]:
+    """A character (``unit="char"``, space written ``|``, every character of ``DEFAULT_CHARS``
+    a 1-gram) or word (``unit="word"``) ``order``-gram ARPA of generated sentences, ``<unk>``
+    a 1-gram: maximum-likelihood log10 probabilities (of the n-gram given its first ``n - 1``
+    tokens) and a backoff of -0.5; not normalised (timing only). Returns the 1-gram tokens
+    other than ``<s>``, ``</s>``, ``<unk>`` (for a word LM: its lexicon)."""
     counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order + 1)]
     for s in generate_sentences(sentences, seed=0):
-        toks = ["<s>", *("|" if c == " " else c for c in s.text), "</s>"]
+        units = s.text.split() if unit == "word" else ["|" if c == " " else c for c in s.text]
+        toks = ["<s>", *units, "</s>"]
         for n in range(1, order + 1):
             counts[n].update(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
-    counts[1].update(("|" if c == " " else c,) for c in [*DEFAULT_CHARS, "<unk>"])
+    extra = ["<unk>"] if unit == "word" else ["|" if c == " " else c for c in [*DEFAULT_CHARS, "<unk>"]]
+    counts[1].update((t,) for t in extra)
     total = sum(counts[1].values())
     lines = ["\\data\\", *(f"ngram {n}={len(counts[n])}" for n in range(1, order + 1)), ""]
     for n in range(1, order + 1):
@@ -166,7 +171,15 @@ def write_char_arpa(path: Path, order: int = 3, sentences: int = 2000) -> Path:
             lines.append(f"{logp:.6f}\t{' '.join(gram)}{backoff}")
         lines.append("")
     path.write_text("\n".join([*lines, "\\end\\", ""]))
-    return path
+    return sorted(g[0] for g in counts[1] if g[0] not in ("<s>", "</s>", "<unk>"))
+
+
+class WordLM(NamedTuple):
+    """The word LM rows' ARPA, its order and lexicon (the LM's words)."""
+
+    path: Path
+    order: int
+    lexicon: list[str]
 
 
 def acoustic_model(grams: list[str], device: torch.device) -> torch.nn.Module:
@@ -186,7 +199,8 @@ def acoustic_model(grams: list[str], device: torch.device) -> torch.nn.Module:
 
 
 def beam_searches(grams: list[str], args: argparse.Namespace, device: torch.device,
-                  lm: TensorNgramLM | None) -> list[tuple[str, BatchedPrefixBeamSearch | str]]:
+                  lm: TensorNgramLM | None, word_lm: WordLM | None
+                  ) -> list[tuple[str, BatchedPrefixBeamSearch | str]]:
     """The batched beam searches of the table by row name, float32 (made once per output set:
     the decoder and end-to-end rows share their graphs and compiled steps); a search that
     cannot be made is the reason, a string."""
@@ -201,6 +215,13 @@ def beam_searches(grams: list[str], args: argparse.Namespace, device: torch.devi
     if lm is not None:
         how = "CUDA graph" if device.type == "cuda" else "per-frame loop"
         rows.append((f"batched beam + char {lm.order}-gram LM, {how}", dict(lm=lm, lm_weight=0.5, word_score=1.0)))
+    if word_lm is not None:
+        how = "CUDA graph" if device.type == "cuda" else "per-frame loop"
+        rows.append((f"batched beam + word {word_lm.order}-gram LM, {how}",
+                     dict(lm=word_lm.path, lm_unit="word", lm_weight=0.5, word_score=1.0)))
+        rows.append((f"batched beam + word {word_lm.order}-gram LM + lexicon, {how}",
+                     dict(lm=word_lm.path, lm_unit="word", lexicon=word_lm.lexicon, lm_weight=0.5,
+                          word_score=1.0)))
     out: list[tuple[str, BatchedPrefixBeamSearch | str]] = []
     for name, kw in rows:
         try:
@@ -318,6 +339,8 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also the CUDA-graph rows with the frame step torch.compile-d (CUDA only)")
     p.add_argument("--lm-order", type=int, default=3, help="order of the char LM rows (0: none)")
+    p.add_argument("--word-lm-order", type=int, default=3,
+                   help="order of the word LM rows, without and with the lexicon (0: none)")
     p.add_argument("--no-end-to-end", dest="end_to_end", action="store_false",
                    help="skip the acoustic model rows")
     p.add_argument("--repeat", type=int, default=5)
@@ -330,18 +353,23 @@ def main() -> None:
     print(f"device {name}; batch {args.batch} x {args.frames} frames; beam {args.beam}, "
           f"token_beam {args.token_beam}; CUDA graph chunk {args.graph_chunk}; median of "
           f"{args.repeat}; torch {torch.__version__}")
-    lm = None
+    lm, word_lm = None, None
     with tempfile.TemporaryDirectory() as tmp:
         if args.lm_order > 0:
             try:
-                arpa = write_char_arpa(Path(tmp) / "char.arpa", order=args.lm_order)
+                arpa = Path(tmp) / "char.arpa"
+                write_arpa(arpa, "char", order=args.lm_order)
                 lm = TensorNgramLM.from_arpa(arpa, vocab=["<blank>", *DEFAULT_CHARS], device=device,
                                              dtype=torch.float32)
             except Exception as e:
-                print(f"(no LM rows: {type(e).__name__}: {e})")
+                print(f"(no char LM rows: {type(e).__name__}: {e})")
+        if args.word_lm_order > 0:
+            arpa = Path(tmp) / "word.arpa"
+            word_lm = WordLM(arpa, args.word_lm_order, write_arpa(arpa, "word", order=args.word_lm_order))
+        # made here: the word LM rows load the ARPA from the temporary folder
+        searches = {label: beam_searches(grams, args, device, lm, word_lm) for label, grams in gram_sets().items()}
     print("\n| output set | decoder | ms per batch | utterances/s | ÷ batched greedy | same best text |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    searches = {label: beam_searches(grams, args, device, lm) for label, grams in gram_sets().items()}
     for label, grams in gram_sets().items():
         print_rows(label, decoder_rows(grams, args, device, searches[label]), args.batch)
     if args.end_to_end:

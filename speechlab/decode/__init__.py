@@ -19,15 +19,10 @@ from speechlab.lm.tensor_ngram import TensorNgramLM
 
 def uses_batched_search(config: GramDecoding, device: torch.device | str) -> bool:
     """Whether ``config.search`` means the batched search on ``device``: ``batched``, or
-    ``auto`` on a GPU when the batched search supports the config and it has no word LM
-    (otherwise the C++ search runs, on the log-probs copied to the host)."""
+    ``auto`` on a GPU when the batched search supports the config (otherwise the C++ search
+    runs, on the log-probs copied to the host)."""
     if config.search == "auto":
-        # a word LM (and its lexicon) runs in the batched search on request only
-        # (``search="batched"``) until its CUDA path has been tested on a GPU; equal to the C++
-        # search on the CPU (tests/decode/test_batched_prefix_beam.py)
-        word_lm = config.lm is not None and config.lm_unit == "word"
-        return (torch.device(device).type == "cuda" and not word_lm
-                and BatchedPrefixBeamSearch.unsupported(config) is None)
+        return torch.device(device).type == "cuda" and BatchedPrefixBeamSearch.unsupported(config) is None
     return config.search == "batched"
 
 

@@ -251,7 +251,7 @@ class GramDecoding:
         search: the beam search: cpu (the C++ search, one utterance at a time), batched (all
             utterances and beams together in torch, on the log-probs' device; ARPA character
             or word LMs, a lexicon with a word LM), or auto (batched on a GPU when it can run
-            the config and it has no word LM, cpu otherwise).
+            the config, cpu otherwise).
         beam_size: hypotheses kept per frame.
         token_beam: non-blank tokens tried per frame (0: all).
         token_threshold: skip tokens more than this below the frame's best log-prob (nats).

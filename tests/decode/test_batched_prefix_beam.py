@@ -476,8 +476,8 @@ def test_word_lm_scores_and_config(word_arpa, kenlm_word):
     """Every n-best hypothesis' LM part is α·ln P(words + </s>) + β·words with the sentence
     scored whole by kenlm (OOV words as <unk>); from_config(lm_unit="word") loads the ARPA with
     the LM's own ids and gives the same hypotheses; unsupported() accepts word LMs and a
-    lexicon with one (not a lexicon without a word LM); decoding.search auto keeps word LMs on
-    the C++ search until the CUDA path is tested, search batched picks the batched one."""
+    lexicon with one (not a lexicon without a word LM); decoding.search auto picks the batched
+    search for a word LM on a GPU (the C++ one on the CPU), search batched on either."""
     from speechlab.decode import uses_batched_search
 
     lm = kenlm_word(word_arpa)
@@ -497,7 +497,7 @@ def test_word_lm_scores_and_config(word_arpa, kenlm_word):
     config = GramDecoding(method="beam", beam_size=8, lm=str(word_arpa), lm_unit="word",
                           lm_weight=1.3, word_score=0.6)
     assert BatchedPrefixBeamSearch.unsupported(config) is None
-    assert not uses_batched_search(config, "cuda")  # auto: a word LM stays on the C++ search
+    assert uses_batched_search(config, "cuda") and not uses_batched_search(config, "cpu")  # auto
     batched = dataclasses.replace(config, search="batched")
     assert uses_batched_search(batched, "cuda") and uses_batched_search(batched, "cpu")
     binary = word_arpa.parent / "word2.bin"  # a KenLM binary (its header): the C++ search's
@@ -505,7 +505,8 @@ def test_word_lm_scores_and_config(word_arpa, kenlm_word):
     assert "binary" in (BatchedPrefixBeamSearch.unsupported(GramDecoding(lm=str(binary))) or "")
     with_lexicon = GramDecoding(method="beam", lm=str(word_arpa), lm_unit="word", lexicon="lm")
     assert BatchedPrefixBeamSearch.unsupported(with_lexicon) is None
-    assert uses_batched_search(dataclasses.replace(with_lexicon, search="batched"), "cuda")
+    assert uses_batched_search(with_lexicon, "cuda")
+    assert uses_batched_search(dataclasses.replace(with_lexicon, search="batched"), "cpu")
     lex = BatchedPrefixBeamSearch.from_config(gs, with_lexicon)
     assert lex.lexicon == sorted(arpa_words(word_arpa))
     for bad in (GramDecoding(lexicon="lm"), GramDecoding(lm=str(word_arpa), lm_unit="char", lexicon="lm")):
@@ -693,17 +694,18 @@ def test_bad_arguments_and_empty_inputs():
 # ------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
+@pytest.mark.parametrize("with_lm", [None, "char", "word", "word_lexicon"],
+                         ids=["no_lm", "char_lm", "word_lm", "word_lm_lexicon"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_equals_cpu(char_arpa, dtype, with_lm):
+def test_cuda_equals_cpu(char_arpa, word_arpa, dtype, with_lm):
     """The same hypotheses on the GPU as on the CPU (B = 32 utterances of unequal lengths),
-    with and without the character LM."""
+    without an LM, with the character LM, the word LM and the word LM with a lexicon (the CPU
+    batched search equals the C++ search: the tests above)."""
     gen = torch.Generator().manual_seed(5)
     lengths = torch.randint(1, 60, (32,), generator=gen).tolist()
     lp = random_batch(gen, lengths, len(BIGRAMS) + 1)
-    kw = dict(beam_size=16, token_beam=6, dtype=dtype)
-    if with_lm:
-        kw.update(lm=char_arpa, lm_weight=0.9, word_score=0.6)
+    kw = dict(beam_size=16, token_beam=6, dtype=dtype, word_score=0.6,
+              **lm_kwargs(with_lm, char_arpa, word_arpa, lm_weight=0.9))
     cpu = BatchedPrefixBeamSearch(CHARS, BIGRAMS, **kw).decode(lp, lengths, nbest=4)
     gpu = BatchedPrefixBeamSearch(CHARS, BIGRAMS, device="cuda", **kw).decode(lp.cuda(), lengths, nbest=4)
     tol = 1e-9 if dtype == torch.float64 else 1e-4
@@ -713,11 +715,12 @@ def test_cuda_equals_cpu(char_arpa, dtype, with_lm):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
-def test_cuda_step_never_syncs_and_captures_in_a_graph(char_arpa, with_lm):
-    """The frame step (with the character LM too) runs with CUDA's sync debug mode set to
-    error, and a step captured in a CUDA graph and replayed gives the eager step's state."""
-    lm = dict(lm=char_arpa, lm_weight=1.1) if with_lm else {}
+@pytest.mark.parametrize("with_lm", [None, "char", "word", "word_lexicon"],
+                         ids=["no_lm", "char_lm", "word_lm", "word_lm_lexicon"])
+def test_cuda_step_never_syncs_and_captures_in_a_graph(char_arpa, word_arpa, with_lm):
+    """The frame step (with the character or word LM too) runs with CUDA's sync debug mode set
+    to error, and a step captured in a CUDA graph and replayed gives the eager step's state."""
+    lm = lm_kwargs(with_lm, char_arpa, word_arpa, lm_weight=1.1)
     dec = BatchedPrefixBeamSearch(CHARS, BIGRAMS, device="cuda", beam_size=8, token_beam=4, word_score=0.3,
                                   **lm)
     gen = torch.Generator().manual_seed(6)
@@ -763,18 +766,18 @@ def assert_same_decode(got: list[list[BeamHypothesis]], ref: list[list[BeamHypot
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-@pytest.mark.parametrize("with_lm", [False, True], ids=["no_lm", "char_lm"])
+@pytest.mark.parametrize("with_lm", [None, "char", "word", "word_lexicon"],
+                         ids=["no_lm", "char_lm", "word_lm", "word_lm_lexicon"])
 @pytest.mark.parametrize("grams,token_beam", [(UNIGRAMS, 0), (BIGRAMS, 0), (BIGRAMS, 4)],
                          ids=["unigrams", "bigrams", "bigrams-token_beam"])
-def test_cuda_graph_decode_equals_eager(char_arpa, grams, token_beam, with_lm):
+def test_cuda_graph_decode_equals_eager(char_arpa, word_arpa, grams, token_beam, with_lm):
     """decode() on the GPU replaying CUDA graphs of S = 8 frames gives the per-frame loop's
     hypotheses (texts, n-best, word times; float64 scores within 1e-6) for ragged lengths, T
     not a multiple of S, and batches of other shapes in a row: one capture per batch size,
     none for a batch of a size already seen that fits the kept buffers, one more for a longer
     batch."""
-    kw = dict(beam_size=8, token_beam=token_beam, word_score=0.4, graph_chunk=8, device="cuda")
-    if with_lm:
-        kw.update(lm=char_arpa, lm_weight=0.9)
+    kw = dict(beam_size=8, token_beam=token_beam, word_score=0.4, graph_chunk=8, device="cuda",
+              **lm_kwargs(with_lm, char_arpa, word_arpa, lm_weight=0.9))
     graphed = BatchedPrefixBeamSearch(CHARS, grams, **kw)
     eager = BatchedPrefixBeamSearch(CHARS, grams, cuda_graph=False, **kw)
     gen = torch.Generator().manual_seed(13)

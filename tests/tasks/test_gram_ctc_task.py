@@ -280,7 +280,7 @@ def test_the_batched_search_decodes_the_test_set_as_the_cpu_search_does(overfit,
     assert not uses_batched_search(GramDecoding(), "cpu")
     assert uses_batched_search(GramDecoding(), "cuda")
     assert not uses_batched_search(GramDecoding(search="cpu"), "cuda")
-    assert not uses_batched_search(GramDecoding(lm="word.arpa"), "cuda")  # word LM: on request
+    assert uses_batched_search(GramDecoding(lm="word.arpa"), "cuda")  # a word LM too
     assert uses_batched_search(GramDecoding(lm="word.arpa", search="batched"), "cuda")
     assert uses_batched_search(GramDecoding(lm="char.arpa", lm_unit="char"), "cuda")
     hyps = {}
