@@ -105,6 +105,9 @@ class GramCTCFunction : public torch::autograd::Function<GramCTCFunction> {
     ctx->saved_data["max_gram_len"] = max_gram_len;
     ctx->saved_data["zero_infinity"] = zero_infinity;
     ctx->mark_non_differentiable({log_alpha, beta, lattice});
+    // only nll's gradient is used (an undefined one is zeros below): without this the engine
+    // fills a zero tensor for each of the three other outputs on every backward
+    ctx->set_materialize_grads(false);
     return {nll, log_alpha, beta, lattice};
   }
 

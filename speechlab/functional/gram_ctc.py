@@ -34,7 +34,7 @@ is used through the small :class:`GramTable` protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -82,21 +82,36 @@ def _as_lengths(x: Tensor | Sequence[int], name: str, n: int) -> Tensor:
     return x.to(torch.int64)
 
 
-def _to_device(xs: Sequence[Tensor], device: torch.device) -> list[Tensor]:
-    """The int64 tensors ``xs`` on ``device``. CPU ones go to CUDA together, through one pinned
-    buffer and ``non_blocking``: from pageable memory a blocking copy synchronises (torch's
-    sync debug mode flags it) and even an asynchronous one may make the driver synchronise
-    with the stream to stage it. During CUDA graph capture each is copied as it is, so torch
-    still rejects pageable memory there."""
+def _to_device(xs: Sequence[Tensor | None], device: torch.device) -> list[Any]:
+    """The tensors ``xs`` on ``device`` (a None stays None). CPU ones go to CUDA together, as the bytes of one
+    pinned buffer copied ``non_blocking``: from pageable memory a blocking copy synchronises
+    (torch's sync debug mode flags it) and even an asynchronous one may make the driver
+    synchronise with the stream to stage it. Their dtypes may differ; each starts at a byte
+    offset that is a multiple of its element size when the larger elements come first (the
+    callers pass int64 tensors, then at most one float tensor). During CUDA graph capture each
+    is copied as it is, so torch still rejects pageable memory there."""
     out = list(xs)
-    host = [i for i, x in enumerate(xs) if x.is_cpu]
+    host = [i for i, x in enumerate(xs) if x is not None and x.is_cpu]
     if device.type == "cuda" and host and not torch.cuda.is_current_stream_capturing():
-        sizes = [xs[i].numel() for i in host]
-        buf = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=True)
-        torch.cat([xs[i].reshape(-1) for i in host], out=buf)
-        for i, part in zip(host, buf.to(device, non_blocking=True).split(sizes), strict=True):
-            out[i] = part.view(xs[i].shape)
-    return [x if x.device == device else x.to(device) for x in out]
+        like = [xs[i] for i in host]
+        buf = _pack_bytes(like, pin_memory=True).to(device, non_blocking=True)
+        for i, x in zip(host, _unpack_bytes(buf, like), strict=True):
+            out[i] = x
+    return [x if x is None or x.device == device else x.to(device) for x in out]
+
+
+def _pack_bytes(xs: Sequence[Tensor], pin_memory: bool = False) -> Tensor:
+    """The bytes of the CPU tensors ``xs`` one after the other in one uint8 tensor."""
+    parts = [x.contiguous().view(-1).view(torch.uint8) for x in xs]
+    buf = torch.empty(sum(p.numel() for p in parts), dtype=torch.uint8, pin_memory=pin_memory)
+    return torch.cat(parts, out=buf)
+
+
+def _unpack_bytes(buf: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of ``buf`` (from :func:`_pack_bytes`, on any device) with the dtypes and shapes of
+    ``like``."""
+    sizes = [x.numel() * x.element_size() for x in like]
+    return [part.view(x.dtype).view(x.shape) for part, x in zip(buf.split(sizes), like, strict=True)]
 
 
 def _padded_targets(targets: Tensor, target_lengths: Tensor, n: int) -> Tensor:
@@ -266,6 +281,10 @@ def gram_ctc_loss(
     # host checks first; the kernel flags are read only for what arrived on a device
     checked = validate and _validate(t_max, tg, il, tl, grams.num_chars, host_only=True)
 
+    out_dtype = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
+    # the mean's weights are made where the target lengths are, so host lengths cost no launch
+    weights = _mean_weights(tl, out_dtype) if reduction == "mean" else None
+
     which = ops.resolve_backend(backend, device)
     if which == "reference":
         tg_host, tl_host = tg.cpu(), tl.cpu()  # the reference builds its lattice on the host
@@ -276,10 +295,10 @@ def gram_ctc_loss(
                 f"gram_ctc_loss: the reference backend takes fp32/fp64 log_probs, got "
                 f"{log_probs.dtype}"
             )
-        il, tl = _to_device([il, tl], device)
+        il, tl, weights = _to_device([il, tl, weights], device)
         nll = _reference_nll(log_probs, tg_host, il, tl_host, grams, zero_infinity)
     else:
-        tg, il, tl = _to_device([tg, il, tl], device)
+        tg, il, tl, weights = _to_device([tg, il, tl, weights], device)
         keys, ids = _key_tensors(grams, device)
         # on CUDA, β runs beside α in the forward when a backward will follow
         need_beta = device.type == "cuda" and log_probs.requires_grad and torch.is_grad_enabled()
@@ -291,12 +310,23 @@ def gram_ctc_loss(
             _validate(t_max, tg, il, tl, grams.num_chars)  # raises with the details
             raise ValueError("gram_ctc_loss: the kernel flagged invalid lengths or targets")
     if zero_infinity:
-        nll = torch.where(torch.isinf(nll), torch.zeros((), dtype=nll.dtype, device=device), nll)
+        nll = torch.where(torch.isinf(nll), 0.0, nll)
     if reduction == "none":
         return nll
     if reduction == "sum":
         return nll.sum()
-    return (nll / tl.clamp(min=1)).mean()
+    if n == 0:
+        return nll.sum() / 0  # NaN, as the mean of nothing
+    # mean(nll / max(U, 1)) as one dot product: 1 kernel forward and 1 backward instead of
+    # clamp, div, mean and their backward ops (at speech shapes the loss is host-bound)
+    return torch.dot(nll, weights)
+
+
+def _mean_weights(target_lengths: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(N,)`` weights ``1 / (N · max(U_n, 1))`` of the "mean" reduction, on
+    ``target_lengths``' device: the mean is ``nll · weights``."""
+    n = target_lengths.numel()
+    return (target_lengths.clamp(min=1) * max(n, 1)).to(dtype).reciprocal_()
 
 
 # ============================================================================ reference backend

@@ -151,6 +151,45 @@ def test_reductions_equal_torch(backend, reduction):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_is_the_mean_of_per_target_length_losses(backend, dtype):
+    """reduction="mean" (a dot product with weights 1 / (N·max(U, 1))) is
+    mean(nll / max(U, 1)) of reduction="none", value and gradient, also with an empty target
+    and with zero_infinity; an empty batch gives NaN, as torch's mean of nothing."""
+    grams = GramSet.from_ngrams(VOCAB, ["th", "he", "e "])
+    logits, targets, il, tl = random_batch(5, 30, 9, grams, seed=8)
+    tl[2] = 0
+    il[4] = 2  # too short for its target: infinite, zeroed by zero_infinity
+    for zero_infinity in (False, True):
+        x = logits.to(dtype).requires_grad_()
+        kw = dict(backend=backend, zero_infinity=zero_infinity)
+        got = gram_ctc_loss(x.log_softmax(-1), targets, il, tl, grams, **kw)
+        (g_got,) = torch.autograd.grad(got, x)
+        y = logits.to(dtype).requires_grad_()
+        nll = gram_ctc_loss(y.log_softmax(-1), targets, il, tl, grams, reduction="none", **kw)
+        want = (nll / tl.clamp(min=1)).mean()
+        if zero_infinity:  # the gradient is only defined where the loss is finite
+            (g_want,) = torch.autograd.grad(want, y)
+            torch.testing.assert_close(g_got, g_want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want.to(dtype), rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    empty = gram_ctc_loss(logits[:, :0].log_softmax(-1), targets[:0], il[:0], tl[:0], grams, backend=backend)
+    assert empty.shape == () and torch.isnan(empty)
+
+
+def test_bytes_of_tensors_pack_and_unpack():
+    """The host tensors that gram_ctc_loss copies to a GPU together travel as the bytes of one
+    buffer: int64 (also non-contiguous, also empty) then float parts come back equal, with
+    their dtypes and shapes."""
+    xs = [torch.arange(12).view(3, 4)[:, ::2], torch.tensor([], dtype=torch.int64),
+          torch.tensor([5, -7]), torch.tensor([0.25, 1 / 3], dtype=torch.float32)]
+    buf = gc._pack_bytes(xs)
+    assert buf.dtype == torch.uint8 and buf.numel() == 8 * 6 + 8 * 2 + 4 * 2
+    for got, x in zip(gc._unpack_bytes(buf, xs), xs, strict=True):
+        assert got.dtype == x.dtype and torch.equal(got, x)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_concatenated_targets_equal_padded(backend):
     grams = GramSet.from_ngrams(VOCAB, ["th", "he", "e "])
     logits, targets, il, tl = random_batch(5, 30, 9, grams, seed=3)
