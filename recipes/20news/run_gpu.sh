@@ -24,7 +24,11 @@
 # stays equal), e.g. EXTRA="--model.init_args.dropout 0.5".
 # The recipes stop at 10 epochs (~9,900 steps at batch 128): a longer STEPS schedule needs
 # EXTRA="--trainer.max_epochs 20" (or more), or it is cut there.
-# Results: $OUT/<recipe>.json (speechlab test's results.json: perplexity, topics, NPMI), logs.
+# SEEDS="0 1 2": each recipe once per seed (--seed_everything s, runs named <recipe>_seed<s> in
+# exp/20news_<recipe>_seed<s>), all at once; `python recipes/20news/seeds_report.py $OUT` then
+# prints each recipe's mean ± std over the seeds and the paired per-seed differences. Without
+# SEEDS: one run per recipe at the recipes' seed (0), named <recipe>.
+# Results: $OUT/<run>.json (speechlab test's results.json: perplexity, topics, NPMI), logs.
 set -uo pipefail
 START=$(date +%s)
 el() { echo "[$(($(date +%s) - START)) s] $*"; }
@@ -42,33 +46,47 @@ SETTINGS=(--data.init_args.batch_size 128 --model.init_args.total_steps "$STEPS"
           --model.init_args.lr 0.0015 --trainer.max_steps "$STEPS" --trainer.val_check_interval 500)
 read -r -a EXTRA_ARGS <<<"${EXTRA:-}"
 SETTINGS+=("${EXTRA_ARGS[@]}")
+# runs as recipe:seed:name (seed "-": the recipe's own)
+RUNS=()
+for c in $CONFIGS; do
+  if [ -z "${SEEDS:-}" ]; then RUNS+=("$c:-:$c"); else for s in $SEEDS; do RUNS+=("$c:$s:${c}_seed$s"); done; fi
+done
+seed_args() {  # the fit arguments of run $1 (recipe:seed:name) beyond the shared ones
+  local c s name; IFS=: read -r c s name <<<"$1"
+  [ "$s" = - ] || echo "--seed_everything $s --trainer.default_root_dir exp/20news_$name"
+}
 
 if [ -z "${TEST_ONLY:-}" ]; then
   PIDS=()
-  for c in $CONFIGS; do
-    ckpt=exp/20news_$c/checkpoints/last.ckpt
+  for r in "${RUNS[@]}"; do
+    IFS=: read -r c _ name <<<"$r"
+    read -r -a SEED_ARGS <<<"$(seed_args "$r")"
+    ckpt=exp/20news_$name/checkpoints/last.ckpt
     resume=(); [ -f "$ckpt" ] && resume=(--ckpt_path "$ckpt")
-    el "$c: fit ${resume[*]:-from scratch} until $MAX_TIME"
+    el "$name: fit ${resume[*]:-from scratch} until $MAX_TIME"
     (python3 -m speechlab.cli fit --config "recipes/20news/$c.yaml" "${DATA[@]}" "${SETTINGS[@]}" \
-       --trainer.max_time "$MAX_TIME" "${resume[@]}" \
-       >>"$OUT/fit_$c.log" 2>&1; echo "fit rc=$?" >>"$OUT/fit_$c.log") &
+       "${SEED_ARGS[@]}" --trainer.max_time "$MAX_TIME" "${resume[@]}" \
+       >>"$OUT/fit_$name.log" 2>&1; echo "fit rc=$?" >>"$OUT/fit_$name.log") &
     PIDS+=($!)
   done
   for p in "${PIDS[@]}"; do wait "$p"; done
-  for c in $CONFIGS; do grep -E "Epoch|val/ppl|rc=" "$OUT/fit_$c.log" | tail -2; done
+  for r in "${RUNS[@]}"; do name=${r##*:}; grep -E "Epoch|val/ppl|rc=" "$OUT/fit_$name.log" | tail -2; done
 fi
 if [ -n "${TEST_ONLY:-}" ] || [ -n "${TEST:-}" ]; then
   PIDS=()
-  for c in $CONFIGS; do
-    (python3 -m speechlab.cli test --ckpt_path "exp/20news_$c/checkpoints/best.ckpt" "${DATA[@]}" \
-       --model.init_args.overwrite true >"$OUT/test_$c.log" 2>&1
-     cp "exp/20news_$c/results.json" "$OUT/$c.json") &
+  for r in "${RUNS[@]}"; do
+    name=${r##*:}
+    (python3 -m speechlab.cli test --ckpt_path "exp/20news_$name/checkpoints/best.ckpt" "${DATA[@]}" \
+       --model.init_args.output_dir "exp/20news_$name" --model.init_args.overwrite true \
+       >"$OUT/test_$name.log" 2>&1
+     cp "exp/20news_$name/results.json" "$OUT/$name.json") &
     PIDS+=($!)
   done
   for p in "${PIDS[@]}"; do wait "$p"; done
 fi
 if [ -n "${GENERATE:-}" ]; then
-  for c in $CONFIGS; do
+  for r in "${RUNS[@]}"; do
+    c=${r##*:}
     case $c in tcnlm*) ;; *) continue ;; esac
     best=exp/20news_$c/checkpoints/best.ckpt
     python3 -m speechlab.cli tcnlm topics --checkpoint "$best" --top-k 10 --out "$OUT/topics_$c.json" --force \
@@ -78,9 +96,9 @@ if [ -n "${GENERATE:-}" ]; then
     el "$c: topics and generations (rc=$?)"
   done
 fi
-python3 - "$CONFIGS" <<'EOF'
-import glob, json, sys, torch
-for c in sys.argv[1].split():
+python3 - "${RUNS[@]##*:}" <<'EOF'
+import json, sys, torch
+for c in sys.argv[1:]:
     d = f"exp/20news_{c}/checkpoints"
     row = {"recipe": c}
     for name in ("last", "best"):
