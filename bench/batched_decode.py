@@ -130,15 +130,23 @@ def greedy(lp: torch.Tensor, grams: list[str]) -> list[str]:
     return ["".join(grams[i - 1] for i, k in zip(row, ks, strict=True) if k) for row, ks in zip(ids, keep, strict=True)]
 
 
-def flashlight_decoder(chars: list[str], beam: int) -> Callable[[torch.Tensor, torch.Tensor], list[str]] | None:
-    """torchaudio's lexicon-free flashlight decoder (None when flashlight-text is missing)."""
+def flashlight_decoder(chars: list[str], beam: int, word_lm: WordLM | None = None
+                       ) -> Callable[[torch.Tensor, torch.Tensor], list[str]] | None:
+    """torchaudio's flashlight decoder (None when flashlight-text is missing): lexicon-free, or
+    with ``word_lm`` its KenLM word LM and the LM's words as the lexicon (spelled ``w o r d |``,
+    written beside the ARPA), at the batched rows' LM weight 0.5 and word score 1.0."""
     try:
         from torchaudio.models.decoder import ctc_decoder
     except (ImportError, RuntimeError):  # torchaudio raises RuntimeError without flashlight-text
         return None
     tokens = ["-", *["|" if c == " " else c for c in chars]]
-    fl = ctc_decoder(lexicon=None, tokens=tokens, lm=None, beam_size=beam, beam_threshold=math.inf,
-                     blank_token="-", sil_token="|", log_add=True)
+    lm: dict = dict(lexicon=None, lm=None)
+    if word_lm is not None:
+        lexicon = word_lm.path.with_suffix(".lexicon")
+        lexicon.write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in word_lm.lexicon))
+        lm = dict(lexicon=str(lexicon), lm=str(word_lm.path), lm_weight=0.5, word_score=1.0)
+    fl = ctc_decoder(tokens=tokens, beam_size=beam, beam_threshold=math.inf, blank_token="-",
+                     sil_token="|", log_add=True, **lm)
 
     def decode(lp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         return [" ".join("".join(tokens[i] for i in h[0].tokens.tolist() if i != 0)
@@ -232,9 +240,11 @@ def beam_searches(grams: list[str], args: argparse.Namespace, device: torch.devi
 
 
 def decoder_rows(grams: list[str], args: argparse.Namespace, device: torch.device,
-                 searches: list[tuple[str, BatchedPrefixBeamSearch | str]]) -> Iterator[Row]:
+                 searches: list[tuple[str, BatchedPrefixBeamSearch | str]], word_lm: WordLM | None
+                 ) -> Iterator[Row]:
     """Decoder-only rows for one output set: batched greedy first, each batched beam search
-    (a failed graph capture noted), the C++ search, flashlight."""
+    (a failed graph capture noted), the C++ search, flashlight (unigrams; with ``word_lm`` also
+    flashlight with that LM and its lexicon)."""
     chars = list(DEFAULT_CHARS)
     lp_cpu = emissions(args.batch, args.frames, len(grams) + 1)
     lp = lp_cpu.to(device)
@@ -265,9 +275,22 @@ def decoder_rows(grams: list[str], args: argparse.Namespace, device: torch.devic
                 return list(pool.map(utterance, range(args.batch)))
         yield row(f"C++ search, {args.threads} threads", all_cores, cpu, cpu_repeat)
         torch.set_num_threads(args.torch_threads)
-    fl = flashlight_decoder(chars, args.beam) if len(grams) == len(chars) else None
-    if fl is not None:
-        yield row("flashlight ctc_decoder (CPU)", lambda: fl(lp_cpu, lengths), cpu, cpu_repeat)
+    if len(grams) != len(chars):
+        return
+    fl = flashlight_decoder(chars, args.beam)
+    if fl is None:
+        yield Row("flashlight ctc_decoder (CPU)", None, note="flashlight-text is not installed")
+        return
+    yield row("flashlight ctc_decoder (CPU)", lambda: fl(lp_cpu, lengths), cpu, cpu_repeat)
+    if word_lm is not None:
+        try:
+            fl_lm = flashlight_decoder(chars, args.beam, word_lm)
+        except Exception as e:  # e.g. flashlight-text built without KenLM
+            yield Row(f"flashlight + word {word_lm.order}-gram LM + lexicon (CPU)", None,
+                      note=f"failed: {type(e).__name__}: {e}")
+            return
+        yield row(f"flashlight + word {word_lm.order}-gram LM + lexicon (CPU)",
+                  lambda: fl_lm(lp_cpu, lengths), cpu, cpu_repeat, compare=False)
 
 
 def end_to_end_rows(grams: list[str], args: argparse.Namespace, device: torch.device,
@@ -366,19 +389,18 @@ def main() -> None:
         if args.word_lm_order > 0:
             arpa = Path(tmp) / "word.arpa"
             word_lm = WordLM(arpa, args.word_lm_order, write_arpa(arpa, "word", order=args.word_lm_order))
-        # made here: the word LM rows load the ARPA from the temporary folder
+        # the whole table inside: the word LM rows load the ARPA from the temporary folder
         searches = {label: beam_searches(grams, args, device, lm, word_lm) for label, grams in gram_sets().items()}
-    print("\n| output set | decoder | ms per batch | utterances/s | ÷ batched greedy | same best text |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for label, grams in gram_sets().items():
-        print_rows(label, decoder_rows(grams, args, device, searches[label]), args.batch)
-    if args.end_to_end:
-        print("\nEnd to end (÷ column: relative to forward + batched greedy):\n")
-        print("| output set | model + decoder | ms per batch | utterances/s | ÷ forward + greedy | note |")
-        print("| --- | --- | ---: | ---: | ---: | --- |")
+        print("\n| output set | decoder | ms per batch | utterances/s | ÷ batched greedy | same best text |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
         for label, grams in gram_sets().items():
-            print_rows(label, end_to_end_rows(grams, args, device, searches[label]), args.batch)
-
+            print_rows(label, decoder_rows(grams, args, device, searches[label], word_lm), args.batch)
+        if args.end_to_end:
+            print("\nEnd to end (÷ column: relative to forward + batched greedy):\n")
+            print("| output set | model + decoder | ms per batch | utterances/s | ÷ forward + greedy | note |")
+            print("| --- | --- | ---: | ---: | ---: | --- |")
+            for label, grams in gram_sets().items():
+                print_rows(label, end_to_end_rows(grams, args, device, searches[label]), args.batch)
 
 if __name__ == "__main__":
     main()

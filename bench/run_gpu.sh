@@ -2,7 +2,9 @@
 # Build the CUDA Gram-CTC kernel, run its tests and the benchmark on a GPU machine.
 #   OUT=/some/dir bash bench/run_gpu.sh        (logs and tables go to $OUT, default ./gpu_out)
 # Writes build.log, tests.log, bench_gpu.{md,json}, profile.txt.
-# Optional: wheels in .whl/ (e.g. pytest) are installed to /tmp/site when pytest is missing.
+# Optional: wheels in .whl/ (e.g. pytest) are installed to /tmp/site when pytest is missing;
+# with .whl2/ carried (scripts/gpu_bundle.sh) its wheels too (flashlight-text for the decoding
+# bench's flashlight row, lhotse, jiwer, ...).
 set -u -o pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -12,6 +14,10 @@ export MAX_JOBS=${MAX_JOBS:-8}
 if ! python3 -c "import pytest" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -d .whl2 ]; then
+  # shellcheck source=scripts/gpu_env.sh
+  source scripts/gpu_env.sh || exit 1
 fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"

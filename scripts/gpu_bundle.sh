@@ -2,7 +2,8 @@
 # Build the git-ignored files that the GPU recipes carry to the device machine (Python 3.12,
 # torch + Lightning, no network, no lhotse/soundfile/jiwer/jsonargparse, no espeak-ng):
 #   .whl2/               cp312 wheels of what that image lacks (pip download, no install here;
-#                        pyroomacoustics for the far-field rooms of recipes/robust/)
+#                        pyroomacoustics for the far-field rooms of recipes/robust/;
+#                        flashlight-text for bench/batched_decode.py's flashlight row)
 #   .gpu/espeak.tar.gz   espeak-ng + the shared libraries it loads (not glibc) + its English data,
 #                        with the wrapper espeak/bin/espeak-ng (sets LD_LIBRARY_PATH and
 #                        ESPEAK_DATA_PATH); unpack with `tar xzf .gpu/espeak.tar.gz -C /tmp`
@@ -13,8 +14,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 WHEELS=(lhotse==1.33.0 lilcom intervaltree sortedcontainers cytoolz toolz audioread tabulate
         "jsonargparse==4.53.0" docstring-parser typeshed-client soundfile cffi pycparser
-        jiwer==4.0.0 rapidfuzz==3.14.6 pyroomacoustics==0.10.1)
-if ! ls .whl2/lhotse-*.whl .whl2/pyroomacoustics-*.whl >/dev/null 2>&1; then
+        jiwer==4.0.0 rapidfuzz==3.14.6 pyroomacoustics==0.10.1 flashlight-text==0.0.7)
+if ! ls .whl2/lhotse-*.whl .whl2/pyroomacoustics-*.whl .whl2/flashlight_text-*.whl >/dev/null 2>&1; then
   mkdir -p .whl2
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
