@@ -405,17 +405,21 @@ TopicContext = Literal["others", "preceding"]
 
 class SentenceDataset(Dataset):
     """One item per LM sentence: ``{"tokens": <s> w_1..w_n, "targets": w_1..w_n </s>,
-    "bow": topic-word counts, "doc": document index}``. ``bow`` (a ``Counter`` of topic ids) is
-    the document without this sentence (``topic_context="others"``) or the document's preceding
-    sentences (``"preceding"``; empty for the first sentence)."""
+    "bow": topic-word counts, "doc": document index, "label": label id}``. ``bow`` (a
+    ``Counter`` of topic ids) is the document without this sentence (``topic_context="others"``)
+    or the document's preceding sentences (``"preceding"``; empty for the first sentence).
+    ``label_ids``: each document's label id (``-1``: none); without them every label is -1."""
 
     def __init__(self, docs: ProcessedDocuments, bos_id: int, eos_id: int,
-                 topic_context: TopicContext = "others") -> None:
+                 topic_context: TopicContext = "others", label_ids: Sequence[int] | None = None) -> None:
         if topic_context not in ("others", "preceding"):
             raise ValueError(f"topic_context must be 'others' or 'preceding', got {topic_context!r}")
         self.docs = docs
         self.bos_id, self.eos_id = bos_id, eos_id
         self.topic_context = topic_context
+        self.label_ids = list(label_ids) if label_ids is not None else [-1] * len(docs.lm_sentences)
+        if len(self.label_ids) != len(docs.lm_sentences):
+            raise ValueError(f"{len(self.label_ids)} label ids for {len(docs.lm_sentences)} documents")
         self.index = [(d, s) for d, sents in enumerate(docs.lm_sentences)
                       for s, ids in enumerate(sents) if ids]
         self.doc_counts = [Counter(w for s in sents for w in s) for sents in docs.topic_sentences]
@@ -437,14 +441,16 @@ class SentenceDataset(Dataset):
         d, s = self.index[i]
         ids = self.docs.lm_sentences[d][s]
         bow = self.bow_without(d, s) if self.topic_context == "others" else self.bow_preceding(d, s)
-        return {"tokens": [self.bos_id, *ids], "targets": [*ids, self.eos_id], "bow": bow, "doc": d}
+        return {"tokens": [self.bos_id, *ids], "targets": [*ids, self.eos_id], "bow": bow, "doc": d,
+                "label": self.label_ids[d]}
 
 
 def collate_sentences(items: Sequence[dict[str, Any]], topic_vocab_size: int, pad_id: int = 0,
                       pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Batch of :class:`SentenceDataset` items: ``tokens (B, L)`` (``pad_id``-padded),
     ``targets (B, L)`` (``-100`` where padded), ``lengths (B,)``, ``bow (B, V_topic)`` float
-    counts, ``doc (B,)``. ``pad_to`` fixes ``L`` (static shapes for compiled models)."""
+    counts, ``doc (B,)``, ``label (B,)`` (``-1``: none). ``pad_to`` fixes ``L`` (static shapes
+    for compiled models)."""
     lengths = [len(it["tokens"]) for it in items]
     L = max(lengths) if pad_to is None else pad_to
     if max(lengths) > L:
@@ -459,7 +465,8 @@ def collate_sentences(items: Sequence[dict[str, Any]], topic_vocab_size: int, pa
         if it["bow"]:
             bow[b, list(it["bow"])] = torch.tensor(list(it["bow"].values()), dtype=torch.float)
     return {"tokens": tokens, "targets": targets, "lengths": torch.tensor(lengths), "bow": bow,
-            "doc": torch.tensor([it["doc"] for it in items])}
+            "doc": torch.tensor([it["doc"] for it in items]),
+            "label": torch.tensor([it.get("label", -1) for it in items], dtype=torch.long)}
 
 
 # --------------------------------------------------------------------------- document streams
@@ -617,6 +624,8 @@ class DocumentDataModule(pl.LightningDataModule):
             self.hparams.stop_words = os.path.abspath(stop_words)
         self.lm_vocab: WordVocab | None = None
         self.topic_vocab: WordVocab | None = None
+        #: the training documents' labels, sorted (label id = index; TopicLMTask's topic_source: label)
+        self.label_names: list[str] = []
         self.splits: dict[str, ProcessedDocuments] = {}
         self.documents: dict[str, list[Document]] = {}
 
@@ -663,6 +672,17 @@ class DocumentDataModule(pl.LightningDataModule):
         log.info("documents train/val/test %d/%d/%d; LM vocabulary %d; topic vocabulary %d",
                  *(len(self.splits[k]) for k in ("train", "val", "test")), len(self.lm_vocab),
                  len(self.topic_vocab))
+        self.label_names = sorted({d.label for d in self.documents["train"] if d.label is not None})
+        for k in ("val", "test"):
+            unseen = sum(d.label is not None and d.label not in self.label_names for d in self.documents[k])
+            if self.label_names and unseen:
+                log.warning("%d %s documents have a label no training document has (label id -1)", unseen, k)
+
+    def label_ids(self, split: str) -> list[int]:
+        """Each document's label id in ``split``: its index in :attr:`label_names`, ``-1`` for
+        no label or one no training document has."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return [index.get(label, -1) if label is not None else -1 for label in self.splits[split].labels]
 
     # -- loaders ---------------------------------------------------------------------------
     def dataset(self, split: str) -> SentenceDataset:
@@ -670,7 +690,7 @@ class DocumentDataModule(pl.LightningDataModule):
             self.setup()
         assert self.lm_vocab is not None
         return SentenceDataset(self.splits[split], self.lm_vocab.id_of(BOS), self.lm_vocab.id_of(EOS),
-                               self.hparams.topic_context)
+                               self.hparams.topic_context, self.label_ids(split))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams

@@ -102,6 +102,13 @@ class TopicLMTask(SpeechLabTask):
             checkpoint's weights replace its result (the time of one LDA fit is lost; Lightning
             restores checkpoints after ``setup``). ``lm_type: tcnlm`` only.
         lda_max_iter: LDA's passes over the training documents (``topic_init: lda``).
+        topic_source: where the TC-LSTM's topic mixture comes from: ``"model"`` (the neural
+            topic model, trained jointly: the TCNLM) or ``"label"`` (an oracle: the document's
+            class label one-hot, e.g. its newsgroup; uniform for a document without a known
+            label; no topic model, the loss is the LM's). With ``"label"`` the topics are the
+            training documents' labels (:attr:`DocumentDataModule.label_names`): ``num_topics``
+            is set from the data at ``setup`` and the topic-model settings are unused. It bounds
+            what a document-level topic signal of that granularity can give the LM.
         topic_word_lr_scale: the learning rate of ``phi`` is ``lr * topic_word_lr_scale`` (its
             own optimizer param group, same schedule), e.g. small to keep LDA's topics from
             drifting; 1: one group, as without it. ``lm_type: tcnlm`` only.
@@ -129,7 +136,7 @@ class TopicLMTask(SpeechLabTask):
                  topic_decoder: Literal["product", "mixture"] = "product", ntm_weight: float = 1.0,
                  topic_pretrain_steps: int = 0, kl_warmup_steps: int = 0,
                  topic_init: Literal["random", "lda"] = "random", lda_max_iter: int = 20,
-                 topic_word_lr_scale: float = 1.0,
+                 topic_word_lr_scale: float = 1.0, topic_source: Literal["model", "label"] = "model",
                  lstm_hidden_size: int | None = None, match_params: bool = False,
                  lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
                  total_steps: int | None = None, compile: bool = False, top_k: int = 10,
@@ -151,11 +158,19 @@ class TopicLMTask(SpeechLabTask):
         if (topic_init != "random" or topic_word_lr_scale != 1.0) and lm_type != "tcnlm":
             raise ValueError("topic_init and topic_word_lr_scale set the topic model's topic-word "
                              "parameters: they need lm_type: tcnlm")
+        if topic_source not in ("model", "label"):
+            raise ValueError(f"topic_source must be 'model' or 'label', got {topic_source!r}")
+        if topic_source == "label" and (lm_type != "tcnlm" or topic_init != "random"
+                                        or topic_pretrain_steps or topic_word_lr_scale != 1.0):
+            raise ValueError("topic_source: label feeds the TC-LSTM the document's label (lm_type: "
+                             "tcnlm) and has no topic model to initialise, pre-train or give a "
+                             "learning rate (topic_init, topic_pretrain_steps, topic_word_lr_scale)")
         self.save_hyperparameters()
         self.lm: nn.Module | None = None
         self.topic_model: NeuralTopicModel | None = None
         self.lm_vocab: WordVocab | None = None
         self.topic_vocab: WordVocab | None = None
+        self.label_names: list[str] | None = None  # topic_source: label
         self.ppl = nn.ModuleDict({s: Perplexity() for s in ("val", "test")})
         self._stream_state: dict[str, Any] = {}  # split -> a document stream's carried LSTM state
         # topic_word holds trained or initialized values (loaded from a checkpoint, or set from
@@ -168,6 +183,11 @@ class TopicLMTask(SpeechLabTask):
     @property
     def is_tcnlm(self) -> bool:
         return self.hparams.lm_type == "tcnlm"
+
+    @property
+    def label_topics(self) -> bool:
+        """Whether the topic mixture is the document's label (``topic_source: label``)."""
+        return self.hparams.get("topic_source", "model") == "label"
 
     def _tcnlm_modules(self, lm_vocab_size: int, topic_vocab_size: int
                        ) -> tuple[TopicCompositionalLM, NeuralTopicModel]:
@@ -185,6 +205,8 @@ class TopicLMTask(SpeechLabTask):
             if topic_vocab_size is None:
                 raise ValueError("TCNLM needs topic_vocab_size")
             self.lm, self.topic_model = self._tcnlm_modules(lm_vocab_size, topic_vocab_size)
+            if self.label_topics:
+                self.topic_model = None  # the label is the mixture
             return
         if hp.lstm_hidden_size is None:
             if hp.match_params:
@@ -215,6 +237,8 @@ class TopicLMTask(SpeechLabTask):
             return
         if dm.lm_vocab is None:
             dm.setup(stage)
+        if self.label_topics:
+            self.set_labels(list(getattr(dm, "label_names", [])))
         self.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
         if lda:
             self.init_topic_word_from_lda(doc_word_sparse(dm.splits["train"], len(dm.topic_vocab)))
@@ -245,6 +269,25 @@ class TopicLMTask(SpeechLabTask):
         phi = self.topic_model.topic_word
         return [{"params": [p for p in self.parameters() if p is not phi]},
                 {"params": [phi], "lr_scale": scale}]
+
+    def set_labels(self, names: list[str]) -> None:
+        """``topic_source: label``: the topics are these labels (``num_topics = len(names)``,
+        before the model is built; a built model must have as many)."""
+        if not names:
+            raise ValueError("topic_source: label needs labelled training documents (a JSONL "
+                             "'label' field or a folder per label); these have none")
+        if self.label_names is not None and self.label_names != names:
+            raise ValueError(f"data/model mismatch: the model's labels are {self.label_names}, the "
+                             f"data's {names}")
+        if self.lm is None:
+            if self.hparams.num_topics != len(names):
+                log.info("topic_source label: %d topics, one per training label (not num_topics=%d)",
+                         len(names), self.hparams.num_topics)
+            self.hparams.num_topics = len(names)
+        elif self.hparams.num_topics != len(names):
+            raise ValueError(f"data/model mismatch: the model has {self.hparams.num_topics} topics, "
+                             f"the data {len(names)} labels")
+        self.label_names = names
 
     def set_vocabularies(self, lm_vocab: WordVocab, topic_vocab: WordVocab) -> None:
         """Adopt the data's vocabularies: build the model, or check that they fit it."""
@@ -287,6 +330,9 @@ class TopicLMTask(SpeechLabTask):
             if "first" in batch:
                 raise ValueError("a document stream (data stream: true) is for lm_type: lstm; the "
                                  "TCNLM reads sentences (topic_context: preceding keeps out the future)")
+            if self.label_topics:
+                logits, _, _ = self.lm(tokens, label_topic_mixture(batch["label"], self.hparams.num_topics))
+                return self._lm_loss(out, logits, targets)
             assert self.topic_model is not None
             ntm = self.topic_model(batch["bow"])
             out["ntm_nll"], out["kl"] = ntm.nll.sum(), ntm.kl.sum()
@@ -302,13 +348,18 @@ class TopicLMTask(SpeechLabTask):
             logits, _, out["state"] = self.lm(tokens, state, lengths=batch["lengths"])
         else:
             logits, _, _ = self.lm(tokens)
+        return self._lm_loss(out, logits, targets, self.hparams.ntm_weight * neg_elbo if self.is_tcnlm else None)
+
+    @staticmethod
+    def _lm_loss(out: dict[str, Any], logits: torch.Tensor, targets: torch.Tensor,
+                 extra: torch.Tensor | None = None) -> dict[str, Any]:
+        """``out`` with the LM's summed NLL, per-sentence NLL and target tokens, and ``loss``
+        = (LM NLL + ``extra``, e.g. the weighted topic-model ELBO) per target token."""
         n_tokens = (targets != -100).sum()
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                               ignore_index=-100, reduction="none").view(targets.shape).sum(1)
         lm_nll = nll.sum()
-        loss = lm_nll
-        if self.is_tcnlm:
-            loss = loss + self.hparams.ntm_weight * neg_elbo
+        loss = lm_nll if extra is None else lm_nll + extra
         out.update(lm_nll=lm_nll, sentence_nll=nll, tokens=n_tokens, loss=loss / n_tokens.clamp(min=1))
         return out
 
@@ -349,7 +400,7 @@ class TopicLMTask(SpeechLabTask):
         if "lm_nll" in out:  # not while the topic model trains alone
             self.log("train/ppl", torch.exp(out["lm_nll"].detach() / out["tokens"].clamp(min=1)),
                      prog_bar=True, batch_size=n)
-        if self.is_tcnlm:
+        if "kl" in out:  # the topic model's terms
             self.log("train/kl", out["kl"].detach() / n, batch_size=n)
             self.log("train/bow_nll", out["ntm_nll"].detach() / n, batch_size=n)
         return out["loss"]
@@ -377,7 +428,10 @@ class TopicLMTask(SpeechLabTask):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "hparams") and "stream" in dm.hparams:
             results["protocol"] = {"topic_context": dm.hparams.topic_context, "stream": dm.hparams.stream}
-        if self.is_tcnlm:
+        if self.label_topics:
+            results["topic_source"] = "label"
+            results["labels"] = self.label_names
+        elif self.is_tcnlm:
             results["topics"] = self.topic_words(self.hparams.top_k)
             if dm is not None and getattr(dm, "splits", None):
                 npmi = self.npmi(dm.splits["test"].doc_term_matrix(len(self.topic_vocab), binary=True))
@@ -410,6 +464,8 @@ class TopicLMTask(SpeechLabTask):
             state["lm_vocab"] = self.lm_vocab.to_dict()
         if self.topic_vocab is not None:
             state["topic_vocab"] = self.topic_vocab.to_dict()
+        if self.label_names is not None:
+            state["label_names"] = list(self.label_names)
         return state
 
     def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -419,6 +475,16 @@ class TopicLMTask(SpeechLabTask):
             self.lm_vocab = WordVocab.from_dict(state["lm_vocab"])
         if "topic_vocab" in state:
             self.topic_vocab = WordVocab.from_dict(state["topic_vocab"])
+        if "label_names" in state:
+            self.label_names = list(state["label_names"])
+
+
+def label_topic_mixture(labels: torch.Tensor, num_topics: int) -> torch.Tensor:
+    """``labels (B,)`` label ids → ``(B, num_topics)`` topic mixtures: one-hot, uniform for a
+    label id outside ``[0, num_topics)`` (``-1``: no known label)."""
+    known = (labels >= 0) & (labels < num_topics)
+    onehot = F.one_hot(labels.clamp(0, num_topics - 1), num_topics).float()
+    return torch.where(known[:, None], onehot, torch.full_like(onehot, 1.0 / num_topics))
 
 
 def parse_topic_mixture(spec: str, num_topics: int) -> torch.Tensor:

@@ -192,8 +192,33 @@ def test_splits_are_by_document_and_deterministic():
     assert ids == {k: [d.id for d in docs] for k, docs in b.documents.items()}
     assert a.lm_vocab == b.lm_vocab and a.topic_vocab == b.topic_vocab
     batch = next(iter(a.train_dataloader()))
-    assert set(batch) == {"tokens", "targets", "lengths", "bow", "doc"}
+    assert set(batch) == {"tokens", "targets", "lengths", "bow", "doc", "label"}
     assert batch["tokens"].shape[0] == 64 or batch["tokens"].shape[0] == len(a.dataset("train"))
+
+
+def test_batches_carry_each_documents_label_id(tmp_path, caplog):
+    """label (B,): the index of the sentence's document's label in the training documents'
+    sorted labels; -1 for a document without a label or with one no training document has
+    (counted in a warning)."""
+    rows = [{"text": f"The {w} runs fast. A {w} sat down.", "label": lab}
+            for w, lab in [("dog", "pets"), ("cat", "pets"), ("car", "autos"), ("bus", "autos"),
+                           ("cow", None), ("owl", "birds")]]
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows[:5]))
+    test.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows[4:]))
+    dm = DocumentDataModule(train=str(train), val=str(test), test=str(test), min_freq=1, topic_min_count=1,
+                            stop_words="none", batch_size=64)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert dm.label_names == ["autos", "pets"]
+    assert dm.label_ids("train") == [1, 1, 0, 0, -1] and dm.label_ids("test") == [-1, -1]
+    assert "1 test documents have a label no training document has" in caplog.text
+    ds = dm.dataset("train")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["label"].tolist() == [-1] * len(batch["label"])
+    for i in range(len(ds)):
+        d, _ = ds.index[i]
+        assert ds[i]["label"] == dm.label_ids("train")[d]
 
 
 def test_embedded_generator_is_deterministic_and_prefix_stable():

@@ -81,6 +81,78 @@ def test_training_lowers_perplexity(lm_type, dm, tmp_path):
         torch.testing.assert_close(loaded.compute(batch)["lm_nll"], task.compute(batch)["lm_nll"])
 
 
+def test_label_topics_feed_the_documents_label_to_the_tc_lstm(dm, tmp_path, monkeypatch):
+    """topic_source: label — no topic model; num_topics from the data's labels (the embedded
+    corpus' 5 topic pools); the TC-LSTM gets each sentence's document label one-hot (uniform
+    for -1); training lowers perplexity; results.json names the labels (no topics, no NPMI);
+    the checkpoint keeps the labels and gives the same outputs."""
+    from speechlab.tasks.topic_lm import label_topic_mixture
+
+    mix = label_topic_mixture(torch.tensor([2, -1, 0]), 4)
+    assert mix.tolist() == [[0, 0, 1, 0], [0.25] * 4, [1, 0, 0, 0]]
+    torch.manual_seed(0)
+    task = TopicLMTask(topic_source="label", num_topics=50, total_steps=120, output_dir=str(tmp_path), **SMALL)
+    task.set_labels(dm.label_names)
+    task.set_vocabularies(dm.lm_vocab, dm.topic_vocab)
+    before = _perplexity(task, dm)
+    task.train()
+    trainer = _trainer(120, tmp_path, enable_checkpointing=True)
+    seen = []
+    forward = type(task).compute
+
+    def spy(self, batch, state=None):
+        seen.append(batch["label"].clone())
+        return forward(self, batch, state)
+    monkeypatch.setattr(type(task), "compute", spy)
+    got = []
+    trainer.fit(task, datamodule=dm)
+    monkeypatch.setattr(type(task), "compute", forward)
+    assert task.topic_model is None and task.hparams.num_topics == 5
+    assert task.label_names == dm.label_names == ["computers", "cooking", "medicine", "space", "sport"]
+    assert all(((lab >= 0) & (lab < 5)).all() for lab in seen)  # embedded documents all have one
+    # the topics the LM gets are the label one-hots
+    batch = next(iter(dm.val_dataloader()))
+    real_lm_forward = task.lm.forward
+
+    def record(tokens, topics, *a, **kw):
+        got.append(topics)
+        return real_lm_forward(tokens, topics, *a, **kw)
+    monkeypatch.setattr(task.lm, "forward", record)
+    task.eval()
+    with torch.no_grad():
+        task.compute(batch)
+    torch.testing.assert_close(got[0], torch.nn.functional.one_hot(batch["label"], 5).float())
+    monkeypatch.setattr(task.lm, "forward", real_lm_forward)
+    assert before > 0.8 * len(dm.lm_vocab) and _perplexity(task, dm) < 0.3 * before
+    trainer.test(task, datamodule=dm, verbose=False)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["topic_source"] == "label" and results["labels"] == dm.label_names
+    assert "npmi" not in results and "topics" not in results
+    ckpt = tmp_path / "label.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = TopicLMTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert loaded.label_names == dm.label_names and loaded.topic_model is None
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.compute(batch)["lm_nll"], task.compute(batch)["lm_nll"])
+
+
+def test_label_topics_bad_settings():
+    for bad in (dict(lm_type="lstm"), dict(topic_init="lda"), dict(topic_pretrain_steps=5),
+                dict(topic_word_lr_scale=0.1)):
+        with pytest.raises(ValueError, match="topic_source: label"):
+            TopicLMTask(topic_source="label", **bad)
+    with pytest.raises(ValueError, match="topic_source must be"):
+        TopicLMTask(topic_source="labels")
+    task = TopicLMTask(topic_source="label", **SMALL)
+    with pytest.raises(ValueError, match="needs labelled training documents"):
+        task.set_labels([])
+    task.set_labels(["a", "b"])
+    task.build(50, 20)
+    with pytest.raises(ValueError, match="data/model mismatch"):
+        task.set_labels(["a", "b", "c"])
+
+
 @pytest.fixture(scope="module")
 def tcnlm_checkpoint(dm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tcnlm_ckpt")
@@ -163,19 +235,21 @@ def test_model_data_mismatch_is_an_error(dm):
 @pytest.mark.slow
 def test_tcnlm_beats_the_lstm_on_the_embedded_corpus(tmp_path):
     """The embedded corpus has document-level topics that a sentence-level LSTM cannot see:
-    the TCNLM's perplexity must be clearly lower (measured: 10.3 vs 12.9 after 1500 steps)."""
+    the TCNLM's perplexity must be clearly lower (measured: 10.3 vs 12.9 after 1500 steps), and
+    so must the label oracle's (``topic_source: label``: each document's main topic pool)."""
     ppl = {}
-    for lm_type in ("tcnlm", "lstm"):
+    for name, kw in (("tcnlm", {}), ("label", dict(topic_source="label")), ("lstm", dict(lm_type="lstm"))):
         pl.seed_everything(0)
         data = DocumentDataModule(embedded_documents=400, batch_size=32)
-        task = TopicLMTask(lm_type=lm_type, num_topics=5, embed_dim=32, hidden_size=64, factor_size=32,
+        task = TopicLMTask(num_topics=5, embed_dim=32, hidden_size=64, factor_size=32,
                            dropout=0.1, topic_hidden=64, lr=3e-3, warmup_steps=20, total_steps=1500,
-                           output_dir=str(tmp_path / lm_type))
+                           output_dir=str(tmp_path / name), **kw)
         trainer = _trainer(1500, tmp_path, enable_checkpointing=False)
         trainer.fit(task, datamodule=data)
         trainer.test(task, datamodule=data, verbose=False)
-        ppl[lm_type] = json.loads((tmp_path / lm_type / "results.json").read_text())["perplexity"]
+        ppl[name] = json.loads((tmp_path / name / "results.json").read_text())["perplexity"]
     assert ppl["tcnlm"] < 0.9 * ppl["lstm"], ppl
+    assert ppl["label"] < 0.9 * ppl["lstm"], ppl
 
 
 class _Snapshots(pl.Callback):
