@@ -39,8 +39,9 @@ def datamodule_from_checkpoint(checkpoint: str, overrides: dict[str, Any] | None
 def coherence_report(task: TopicLMTask, dm: DocumentDataModule, reference: str = "test", top_k: int = 10,
                      lda: bool = False, lda_iter: int = 20, seed: int = 0) -> dict[str, Any]:
     """NPMI of the task's topics (and optionally LDA's) on the ``reference`` split's documents."""
-    if not task.is_tcnlm:
-        raise ValueError("coherence needs a TCNLM checkpoint (the LSTM baseline has no topics)")
+    if not task.is_tcnlm or task.label_topics:
+        raise ValueError("coherence needs a TCNLM checkpoint with a topic model (the LSTM baseline "
+                         "has no topics; a topic_source: label model's topics are its labels)")
     assert task.topic_vocab is not None and dm.topic_vocab is not None
     if task.topic_vocab != dm.topic_vocab:
         raise ValueError("the data's topic vocabulary differs from the checkpoint's: same data settings needed")
@@ -100,7 +101,8 @@ def generate(args: argparse.Namespace) -> int:
             raise ValueError("--topic is required for a TCNLM (K, K:W,K:W,... or all)")
         specs = [str(i) for i in range(k)] if args.topic == "all" else [args.topic]
         mixtures = [parse_topic_mixture(s, k) for s in specs]  # validate all before sampling
-        top = task.topic_words(5)
+        # a topic is shown by its top words, or by its label (topic_source: label)
+        top = ([[name] for name in task.label_names or []] if task.label_topics else task.topic_words(5))
         for spec, t in zip(specs, mixtures, strict=True):
             result[spec] = sample_sentences(task, t, args.num, args.max_len, args.temperature, args.seed)
             label = " + ".join(f"{w:.2f}*[{' '.join(top[i])}]" for i, w in enumerate(t.tolist()) if w > 0)

@@ -446,6 +446,9 @@ class TopicLMTask(SpeechLabTask):
     # -- topics ------------------------------------------------------------------------------
     def topic_words(self, k: int = 10) -> list[list[str]]:
         """The ``k`` most probable words of each topic (rows of beta)."""
+        if self.label_topics:
+            raise ValueError(f"this TCNLM's topics are its documents' labels (topic_source: label; "
+                             f"no topic model, no topic words): {', '.join(self.label_names or [])}")
         if self.topic_model is None or self.topic_vocab is None:
             raise ValueError("topic words need a TCNLM with its topic vocabulary")
         return [self.topic_vocab.tokens(row) for row in self.topic_model.top_words(k).tolist()]

@@ -81,7 +81,7 @@ def test_training_lowers_perplexity(lm_type, dm, tmp_path):
         torch.testing.assert_close(loaded.compute(batch)["lm_nll"], task.compute(batch)["lm_nll"])
 
 
-def test_label_topics_feed_the_documents_label_to_the_tc_lstm(dm, tmp_path, monkeypatch):
+def test_label_topics_feed_the_documents_label_to_the_tc_lstm(dm, tmp_path, monkeypatch, capsys):
     """topic_source: label — no topic model; num_topics from the data's labels (the embedded
     corpus' 5 topic pools); the TC-LSTM gets each sentence's document label one-hot (uniform
     for -1); training lowers perplexity; results.json names the labels (no topics, no NPMI);
@@ -135,6 +135,15 @@ def test_label_topics_feed_the_documents_label_to_the_tc_lstm(dm, tmp_path, monk
     loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.compute(batch)["lm_nll"], task.compute(batch)["lm_nll"])
+    # the tools: generate names the label; topics and coherence say there are no topic words
+    capsys.readouterr()
+    assert main(["tcnlm", "generate", "--checkpoint", str(ckpt), "--topic", "3", "--num", "1"]) == 0
+    assert "topic 3: 1.00*[space]" in capsys.readouterr().out
+    assert main(["tcnlm", "topics", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "topics are its documents' labels" in err and len(err.strip().splitlines()) == 1
+    assert main(["tcnlm", "coherence", "--checkpoint", str(ckpt)]) == 2
+    assert "a topic_source: label model's topics are its labels" in capsys.readouterr().err
 
 
 def test_label_topics_bad_settings():
