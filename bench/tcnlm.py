@@ -9,6 +9,10 @@ bf16 autocast (``--precision fp32`` for none). Modes:
 - ``tcnlm``: the TCNLM step, eager (fused-backward recurrence, Python loop over time);
 - ``tcnlm+compile``: the TC-LSTM step functions through ``torch.compile``;
 - ``tcnlm+compile+graph``: compiled steps, the whole step captured as one CUDA graph;
+- ``tcnlm+autotune+graph``: the same with the steps compiled in inductor's
+  ``max-autotune-no-cudagraphs`` mode (Triton GEMM templates that can fuse the ``hc * us``
+  scaling and other pointwise work into the products; autotuning costs minutes at the first
+  step). Not in the default ``--modes``;
 - ``tcnlm-autograd``: the plain autograd recurrence (:func:`tc_lstm_reference`), eager: what
   the custom backward saves.
 
@@ -32,12 +36,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from speechlab.nn.factorized_lstm import CUDAGraphStep, TopicCompositionalLM, compile_steps
-from speechlab.nn.lm import RNNLanguageModel
-from speechlab.nn.topic import NeuralTopicModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's speechlab
+
+from speechlab.nn.factorized_lstm import CUDAGraphStep, TopicCompositionalLM, compile_steps  # noqa: E402
+from speechlab.nn.lm import RNNLanguageModel  # noqa: E402
+from speechlab.nn.topic import NeuralTopicModel  # noqa: E402
 
 # graph captures last: a failed capture can leave the process's CUDA state unusable
-MODES = ("lstm", "tcnlm", "tcnlm-autograd", "tcnlm+compile", "lstm+graph", "tcnlm+compile+graph")
+MODES = ("lstm", "tcnlm", "tcnlm-autograd", "tcnlm+compile", "lstm+graph", "tcnlm+compile+graph",
+         "tcnlm+autotune+graph")
+DEFAULT_MODES = MODES[:-1]
 
 
 def make_step(mode: str, args: argparse.Namespace, hidden: int, device: torch.device
@@ -85,7 +93,10 @@ def make_step(mode: str, args: argparse.Namespace, hidden: int, device: torch.de
 
 
 def time_mode(mode: str, args: argparse.Namespace, hidden: int, device: torch.device) -> dict:
-    compile_steps("compile" in mode)
+    if "autotune" in mode:
+        compile_steps(True, mode="max-autotune-no-cudagraphs")
+    else:
+        compile_steps("compile" in mode)
     step, n_params = make_step(mode, args, hidden, device)
     g = torch.Generator(device="cpu").manual_seed(1)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topic-vocab", type=int, default=3000)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
