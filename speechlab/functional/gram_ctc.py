@@ -83,13 +83,14 @@ def _as_lengths(x: Tensor | Sequence[int], name: str, n: int) -> Tensor:
 
 
 def _to_device(xs: Sequence[Tensor | None], device: torch.device) -> list[Any]:
-    """The tensors ``xs`` on ``device`` (a None stays None). CPU ones go to CUDA together, as the bytes of one
-    pinned buffer copied ``non_blocking``: from pageable memory a blocking copy synchronises
-    (torch's sync debug mode flags it) and even an asynchronous one may make the driver
-    synchronise with the stream to stage it. Their dtypes may differ; each starts at a byte
-    offset that is a multiple of its element size when the larger elements come first (the
-    callers pass int64 tensors, then at most one float tensor). During CUDA graph capture each
-    is copied as it is, so torch still rejects pageable memory there."""
+    """The tensors ``xs`` on ``device`` (a None stays None). CPU ones go to CUDA together, as
+    the bytes of one pinned buffer copied ``non_blocking``: from pageable memory a blocking copy
+    synchronises (torch's sync debug mode flags it) and even an asynchronous one may make the
+    driver synchronise with the stream to stage it. Their dtypes may differ: each part starts
+    at a byte offset that is a multiple of its element size as long as no part has larger
+    elements than the parts before it (the callers pass int64 tensors, then at most one float
+    tensor). During CUDA graph capture each is copied as it is, so torch still rejects pageable
+    memory there."""
     out = list(xs)
     host = [i for i, x in enumerate(xs) if x is not None and x.is_cpu]
     if device.type == "cuda" and host and not torch.cuda.is_current_stream_capturing():
