@@ -376,7 +376,9 @@ class Search {
     }
   }
 
-  // final ranking: (score, node, am score, lm score, words) best first
+  // final ranking: (score, node, am score, lm score, words) best first; equal scores (also all
+  // -inf: every hypothesis ends off a strict lexicon) keep the beam's order, i.e. the search's
+  // ranking after the last frame, as the batched search does
   struct Final {
     double score, am, lm;
     int32_t node, words;
@@ -389,9 +391,7 @@ class Search {
       double am = h.total();
       out.push_back(Final{am + lm, am, lm, h.node, words});
     }
-    std::stable_sort(out.begin(), out.end(), [](const Final& a, const Final& b) {
-      return a.score > b.score || (a.score == b.score && a.node < b.node);
-    });
+    std::stable_sort(out.begin(), out.end(), [](const Final& a, const Final& b) { return a.score > b.score; });
     return out;
   }
 

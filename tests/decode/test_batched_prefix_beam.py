@@ -531,13 +531,15 @@ def test_with_word_lm_and_lexicon_equals_cpu_search(word_arpa, kenlm_word, lexic
     that ends (a space or the end) inside them but is no word pays it then, -inf keeps only
     lexicon words, and the look-ahead (α·max unigram ln P of the words a partial word can
     become) ranks partial words — for beams 1/4/8 and several α/β: the same best text and
-    scores within 1e-4 (an utterance whose every hypothesis ends outside a strict lexicon:
-    -inf in both)."""
+    scores within 1e-4; an utterance whose every hypothesis ends outside a strict lexicon is
+    -inf in both, and both return the hypotheses in the order the search ranked them after the
+    last frame (the same best text: a real test set had such utterances decode differently
+    when the C++ search ordered -inf ties by trie node)."""
     words = arpa_words(word_arpa) if lexicon == "lm" else LEXICONS[lexicon]
     lm = kenlm_word(word_arpa)
     tlm = TensorNgramLM.from_arpa(word_arpa, dtype=torch.float64)
     gen = torch.Generator().manual_seed(len(grams) + int(unk_score if math.isfinite(unk_score) else 7))
-    worst, checked = 0.0, 0
+    worst, checked, dead = 0.0, 0, 0
     for beam_size in (1, 4, 8):
         for lm_weight, word_score in WORD_LM_WEIGHTS[1:]:
             spelled, lengths = spelled_emissions(gen, WORD_TEXTS, grams, boost=5.0, noise=1.0)
@@ -554,13 +556,39 @@ def test_with_word_lm_and_lexicon_equals_cpu_search(word_arpa, kenlm_word, lexic
                 ref = cpu.decode(lp[b, :n], nbest=4)
                 if not ref or ref[0].score == -math.inf:
                     assert not got[b] or got[b][0].score == -math.inf, (got[b], ref)
+                    assert [h.text for h in got[b][:1]] == [h.text for h in ref[:1]], (got[b], ref)
+                    dead += bool(ref)
                     continue
                 worst = max(worst, assert_same_with_lm(got[b], ref))
                 checked += 1
                 if unk_score == -math.inf:
                     assert all(w in words for w in got[b][0].text.split())
     assert checked > 50
-    print(f"max |batched - PrefixBeamSearch| of the best's scores (word LM + lexicon): {worst:.2e}")
+    print(f"max |batched - PrefixBeamSearch| of the best's scores (word LM + lexicon): {worst:.2e}; "
+          f"{dead} utterances with every hypothesis -inf")
+
+
+@pytest.mark.parametrize("grams", [UNIGRAMS, BIGRAMS], ids=["unigrams", "bigrams"])
+def test_every_hypothesis_off_a_strict_lexicon_keeps_the_search_order(word_arpa, kenlm_word, grams):
+    """Emissions that end inside a word the strict lexicon lacks ("ab c" + "ab": a prefix of
+    "abc", no word of ["a", "c", "abc"]): every final hypothesis is -inf; both searches then
+    return the hypotheses in the order the search ranked them after the last frame, so the
+    same texts, n-best order included (the C++ search had ordered such ties by trie node)."""
+    words = ["a", "c", "abc"]
+    tlm = TensorNgramLM.from_arpa(word_arpa, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(21)
+    dead = 0
+    for noise in (0.5, 1.0, 1.5):
+        lp, lengths = spelled_emissions(gen, ["abc c ab", "c abc ab", "a ab"], grams, boost=6.0, noise=noise)
+        for beam_size in (2, 4):
+            kw = dict(beam_size=beam_size, lm_weight=1.0, word_score=0.5, lexicon=words, unk_score=-math.inf)
+            got = BatchedPrefixBeamSearch(CHARS, grams, lm=tlm, lm_unit="word", **kw).decode(lp, lengths, nbest=3)
+            cpu = PrefixBeamSearch(CHARS, grams, lm=kenlm_word(word_arpa), **kw)
+            for b, n in enumerate(lengths):
+                ref = cpu.decode(lp[b, :n], nbest=3)
+                assert [h.text for h in got[b]] == [h.text for h in ref], (got[b], ref)
+                dead += bool(ref) and ref[0].score == -math.inf
+    assert dead >= 2, dead  # the case under test did occur
 
 
 def test_merged_candidates_have_equal_lm_parts(char_arpa):
