@@ -8,7 +8,8 @@ the first GEMM (cuBLAS) and does the other three in one Triton kernel: each prog
 ``(BLOCK_B, BLOCK_H)`` tile of hidden units and accumulates all four gates' products over the
 factor dimension (``tl.dot``, fp32 accumulators, the ``us`` scaling applied as the tiles are
 loaded), then applies the cell to the tile. It differs from the eager step only in rounding: the
-gate products stay fp32 (the eager ``bmm`` rounds them to the product dtype).
+gate products stay fp32 (the eager ``bmm`` rounds them to the product dtype). fp32 products are
+multiplied in full fp32 (``input_precision="ieee"``, as torch's matmul by default), not TF32.
 
 With ``TRITON_INTERPRET=1`` in the environment before triton is imported, the kernel runs on
 CPU tensors in Triton's interpreter (the tests do, in a subprocess; bf16 is not supported there,
@@ -51,19 +52,19 @@ def _gates_cell(hc_ptr, us_ptr, ua_ptr, gx_ptr, c_ptr, h_ptr, hlp_ptr, cn_ptr, a
         w_off = rf[:, None] * s_ua_f + rh[None, :] * s_ua_h
         x = tl.load(hc_ptr + x_off, mask=m_bf, other=0.0) * tl.load(us_ptr + s_off, mask=m_bf, other=0.0)
         w = tl.load(ua_ptr + w_off, mask=m_fh, other=0.0)
-        acc_i += tl.dot(x.to(w.dtype), w)
+        acc_i += tl.dot(x.to(w.dtype), w, input_precision="ieee")
         x = (tl.load(hc_ptr + s_hc_g + x_off, mask=m_bf, other=0.0)
              * tl.load(us_ptr + s_us_g + s_off, mask=m_bf, other=0.0))
         w = tl.load(ua_ptr + s_ua_g + w_off, mask=m_fh, other=0.0)
-        acc_f += tl.dot(x.to(w.dtype), w)
+        acc_f += tl.dot(x.to(w.dtype), w, input_precision="ieee")
         x = (tl.load(hc_ptr + 2 * s_hc_g + x_off, mask=m_bf, other=0.0)
              * tl.load(us_ptr + 2 * s_us_g + s_off, mask=m_bf, other=0.0))
         w = tl.load(ua_ptr + 2 * s_ua_g + w_off, mask=m_fh, other=0.0)
-        acc_g += tl.dot(x.to(w.dtype), w)
+        acc_g += tl.dot(x.to(w.dtype), w, input_precision="ieee")
         x = (tl.load(hc_ptr + 3 * s_hc_g + x_off, mask=m_bf, other=0.0)
              * tl.load(us_ptr + 3 * s_us_g + s_off, mask=m_bf, other=0.0))
         w = tl.load(ua_ptr + 3 * s_ua_g + w_off, mask=m_fh, other=0.0)
-        acc_o += tl.dot(x.to(w.dtype), w)
+        acc_o += tl.dot(x.to(w.dtype), w, input_precision="ieee")
     m = mb[:, None] & mh[None, :]
     off_gx = rb[:, None] * s_gx_b + rh[None, :] * s_gx_h
     gi = 1.0 / (1.0 + tl.exp(-(acc_i + tl.load(gx_ptr + off_gx, mask=m, other=0.0))))
