@@ -13,10 +13,9 @@ bf16 autocast (``--precision fp32`` for none). Modes:
   ``max-autotune-no-cudagraphs`` mode (Triton GEMM templates that can fuse the ``hc * us``
   scaling and other pointwise work into the products; autotuning costs minutes at the first
   step). Not in the default ``--modes``;
-- ``tcnlm+triton+graph``: the forward step through the fused Triton kernel
-  (:mod:`speechlab.nn.tc_lstm_triton`: the topic-scaled gate products and the cell in one
-  kernel), the compiled backward step, the whole step as one CUDA graph. Not in the default
-  ``--modes`` either;
+- ``tcnlm+triton+graph``: the forward and backward steps through the fused Triton kernels
+  (:mod:`speechlab.nn.tc_lstm_triton`: 4 kernels per time step instead of 8), the whole step
+  as one CUDA graph. Not in the default ``--modes`` either;
 - ``tcnlm-autograd``: the plain autograd recurrence (:func:`tc_lstm_reference`), eager: what
   the custom backward saves.
 
@@ -100,11 +99,11 @@ def time_mode(mode: str, args: argparse.Namespace, hidden: int, device: torch.de
     if "autotune" in mode:
         compile_steps(True, mode="max-autotune-no-cudagraphs")
     else:
-        compile_steps("compile" in mode or "triton" in mode)
+        compile_steps("compile" in mode)
     if "triton" in mode:
-        from speechlab.nn.tc_lstm_triton import use_triton_forward
+        from speechlab.nn.tc_lstm_triton import use_triton_steps
 
-        use_triton_forward(True)
+        use_triton_steps(True)
     step, n_params = make_step(mode, args, hidden, device)
     g = torch.Generator(device="cpu").manual_seed(1)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)

@@ -1,5 +1,6 @@
-"""A fused TC-LSTM forward step in Triton: the topic-scaled recurrent product, the gates and the
-cell in one kernel.
+"""Fused TC-LSTM steps in Triton: forward, the topic-scaled recurrent product, the gates and the
+cell in one kernel; backward, the gate gradients, their product with ``U_a`` and the scaling in
+one kernel.
 
 :func:`~speechlab.nn.factorized_lstm.tc_lstm_step` runs, per time step, ``hc = h @ U_c^T``
 (one GEMM), ``hc * us`` (pointwise), the per-gate product with ``U_a`` (a batched GEMM), and
@@ -10,11 +11,14 @@ factor dimension (``tl.dot``, fp32 accumulators, the ``us`` scaling applied as t
 loaded), then applies the cell to the tile. It differs from the eager step only in rounding: the
 gate products stay fp32 (the eager ``bmm`` rounds them to the product dtype). fp32 products are
 multiplied in full fp32 (``input_precision="ieee"``, as torch's matmul by default), not TF32.
+:func:`tc_lstm_step_backward_triton` likewise turns the backward step's four kernels (gate
+gradients, ``bmm`` with ``U_a``, the ``us`` scaling, the ``@ U_c`` GEMM) into one Triton kernel
+and the GEMM: 8 kernels per time step become 4.
 
 With ``TRITON_INTERPRET=1`` in the environment before triton is imported, the kernel runs on
 CPU tensors in Triton's interpreter (the tests do, in a subprocess; bf16 is not supported there,
-fp16 and fp32 are). :func:`use_triton_forward` swaps it into every
-:class:`~speechlab.nn.factorized_lstm.TCLSTMRecurrence` (the backward stays as it is).
+fp16 and fp32 are). :func:`use_triton_steps` swaps both into every
+:class:`~speechlab.nn.factorized_lstm.TCLSTMRecurrence`.
 """
 
 from __future__ import annotations
@@ -83,6 +87,76 @@ def _gates_cell(hc_ptr, us_ptr, ua_ptr, gx_ptr, c_ptr, h_ptr, hlp_ptr, cn_ptr, a
     tl.store(act_ptr + 3 * B * H + off, go, mask=m)
 
 
+@triton.jit
+def _gates_backward(dho_ptr, dhr_ptr, dc_ptr, cp_ptr, c_ptr, act_ptr, us_ptr, ua_ptr,  # noqa: ANN001, ANN201
+                    dg_ptr, dcp_ptr, dm_ptr, m_ptr, B, H, F,
+                    s_us_g, s_us_b, s_us_f, s_ua_g, s_ua_h, s_ua_f,
+                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr):
+    """The backward kernel for a ``(BLOCK_B, BLOCK_F)`` tile of ``dm``: over the hidden units in
+    tiles, the gate gradients ``dg`` from the cell's (the eager step's formulas), then ``dm_k +=
+    dg_k @ U_a_k``; writes ``dm``, ``m = dm ⊙ us`` as ``(B, 4F)`` for the ``@ U_c`` GEMM, and
+    (the programs of the first factor tile) ``dg`` and ``dc_prev = dc · f``. The state inputs
+    are contiguous ``(B, H)`` / ``(4, B, H)``."""
+    pb, pf = tl.program_id(0), tl.program_id(1)
+    rb = pb * BLOCK_B + tl.arange(0, BLOCK_B)
+    rf = pf * BLOCK_F + tl.arange(0, BLOCK_F)
+    mb, mf = rb < B, rf < F
+    acc_i = tl.zeros((BLOCK_B, BLOCK_F), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_F), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_F), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_F), dtype=tl.float32)
+    first = pf == 0
+    for h0 in range(0, H, BLOCK_H):
+        rh = h0 + tl.arange(0, BLOCK_H)
+        mh = rh < H
+        m = mb[:, None] & mh[None, :]
+        off = rb[:, None] * H + rh[None, :]
+        dh = tl.load(dho_ptr + off, mask=m, other=0.0) + tl.load(dhr_ptr + off, mask=m, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + off, mask=m, other=0.0)
+        gi = tl.load(act_ptr + off, mask=m, other=0.0)
+        gf = tl.load(act_ptr + B * H + off, mask=m, other=0.0)
+        gg = tl.load(act_ptr + 2 * B * H + off, mask=m, other=0.0)
+        go = tl.load(act_ptr + 3 * B * H + off, mask=m, other=0.0)
+        tc = 2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0
+        dc = tl.load(dc_ptr + off, mask=m, other=0.0) + dh * go * (1.0 - tc * tc)
+        out_ty = dg_ptr.dtype.element_ty
+        d_i = (dc * gg * gi * (1.0 - gi)).to(out_ty)
+        d_f = (dc * tl.load(cp_ptr + off, mask=m, other=0.0) * gf * (1.0 - gf)).to(out_ty)
+        d_g = (dc * gi * (1.0 - gg * gg)).to(out_ty)
+        d_o = (dh * tc * go * (1.0 - go)).to(out_ty)
+        wm = mh[:, None] & mf[None, :]
+        w_off = rh[:, None] * s_ua_h + rf[None, :] * s_ua_f
+        acc_i += tl.dot(d_i, tl.load(ua_ptr + w_off, mask=wm, other=0.0), input_precision="ieee")
+        acc_f += tl.dot(d_f, tl.load(ua_ptr + s_ua_g + w_off, mask=wm, other=0.0), input_precision="ieee")
+        acc_g += tl.dot(d_g, tl.load(ua_ptr + 2 * s_ua_g + w_off, mask=wm, other=0.0), input_precision="ieee")
+        acc_o += tl.dot(d_o, tl.load(ua_ptr + 3 * s_ua_g + w_off, mask=wm, other=0.0), input_precision="ieee")
+        mw = m & first
+        tl.store(dg_ptr + off, d_i, mask=mw)
+        tl.store(dg_ptr + B * H + off, d_f, mask=mw)
+        tl.store(dg_ptr + 2 * B * H + off, d_g, mask=mw)
+        tl.store(dg_ptr + 3 * B * H + off, d_o, mask=mw)
+        tl.store(dcp_ptr + off, dc * gf, mask=mw)
+    mo = mb[:, None] & mf[None, :]
+    o_dm = rb[:, None] * F + rf[None, :]  # dm (4, B, F) contiguous
+    o_m = rb[:, None] * (4 * F) + rf[None, :]  # m (B, 4F) contiguous
+    s_off = rb[:, None] * s_us_b + rf[None, :] * s_us_f
+    out_ty = dm_ptr.dtype.element_ty
+    dm = acc_i.to(out_ty)
+    tl.store(dm_ptr + o_dm, dm, mask=mo)
+    tl.store(m_ptr + o_m, (dm * tl.load(us_ptr + s_off, mask=mo, other=0.0)).to(out_ty), mask=mo)
+    dm = acc_f.to(out_ty)
+    tl.store(dm_ptr + B * F + o_dm, dm, mask=mo)
+    tl.store(m_ptr + F + o_m, (dm * tl.load(us_ptr + s_us_g + s_off, mask=mo, other=0.0)).to(out_ty), mask=mo)
+    dm = acc_g.to(out_ty)
+    tl.store(dm_ptr + 2 * B * F + o_dm, dm, mask=mo)
+    tl.store(m_ptr + 2 * F + o_m, (dm * tl.load(us_ptr + 2 * s_us_g + s_off, mask=mo, other=0.0)).to(out_ty),
+             mask=mo)
+    dm = acc_o.to(out_ty)
+    tl.store(dm_ptr + 3 * B * F + o_dm, dm, mask=mo)
+    tl.store(m_ptr + 3 * F + o_m, (dm * tl.load(us_ptr + 3 * s_us_g + s_off, mask=mo, other=0.0)).to(out_ty),
+             mask=mo)
+
+
 def tc_lstm_step_triton(gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor, us: torch.Tensor,
                         u_c_t: torch.Tensor, u_a_t: torch.Tensor, block_b: int = 16, block_h: int = 32,
                         block_f: int = 32
@@ -106,10 +180,35 @@ def tc_lstm_step_triton(gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor, us: 
     return h_out, h_lp, c_out, hc, act
 
 
-def use_triton_forward(enable: bool = True) -> None:
-    """Run every :class:`~speechlab.nn.factorized_lstm.TCLSTMRecurrence` forward step through
-    :func:`tc_lstm_step_triton` from now on (``enable=False``: back to the eager step; the
-    backward step is left as :func:`~speechlab.nn.factorized_lstm.compile_steps` set it)."""
+def tc_lstm_step_backward_triton(dh_out: torch.Tensor, dh_rec: torch.Tensor, dc: torch.Tensor,
+                                 c_prev: torch.Tensor, c: torch.Tensor, act: torch.Tensor,
+                                 us: torch.Tensor, u_c: torch.Tensor, u_a: torch.Tensor,
+                                 block_b: int = 16, block_h: int = 32, block_f: int = 32
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~speechlab.nn.factorized_lstm.tc_lstm_step_backward` as one Triton kernel (the gate
+    gradients, their product with ``U_a`` and the ``us`` scaling) and the ``@ U_c`` GEMM: the
+    same arguments and outputs ``(dh_rec_prev, dc_prev, dg, dm)``."""
+    b, hidden = dh_out.shape
+    f = u_a.shape[2]
+    pd = u_a.dtype
+    dh_out, dh_rec, dc = dh_out.contiguous(), dh_rec.contiguous(), dc.contiguous()
+    c_prev, c, act = c_prev.contiguous(), c.contiguous(), act.contiguous()
+    dg = torch.empty(4, b, hidden, dtype=pd, device=dc.device)
+    dc_prev = torch.empty_like(dc)
+    dm = torch.empty(4, b, f, dtype=pd, device=dc.device)
+    m = torch.empty(b, 4 * f, dtype=pd, device=dc.device)
+    grid = (-(-b // block_b), -(-f // block_f))
+    _gates_backward[grid](dh_out, dh_rec, dc, c_prev, c, act, us, u_a, dg, dc_prev, dm, m, b, hidden, f,
+                          *us.stride(), *u_a.stride(), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_F=block_f)
+    return m @ u_c, dc_prev, dg, dm
+
+
+def use_triton_steps(enable: bool = True) -> None:
+    """Run every :class:`~speechlab.nn.factorized_lstm.TCLSTMRecurrence` step, forward and
+    backward, through :func:`tc_lstm_step_triton` and :func:`tc_lstm_step_backward_triton` from
+    now on (``enable=False``: back to the eager steps)."""
     from speechlab.nn import factorized_lstm
 
-    factorized_lstm._STEP_FNS["forward"] = tc_lstm_step_triton if enable else factorized_lstm.tc_lstm_step
+    factorized_lstm._STEP_FNS.update(
+        forward=tc_lstm_step_triton if enable else factorized_lstm.tc_lstm_step,
+        backward=tc_lstm_step_backward_triton if enable else factorized_lstm.tc_lstm_step_backward)

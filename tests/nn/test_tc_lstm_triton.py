@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechlab.nn.factorized_lstm import TCLSTMLayer, tc_lstm_step
+from speechlab.nn.factorized_lstm import TCLSTMLayer, tc_lstm_step, tc_lstm_step_backward
 
 tc_lstm_triton = pytest.importorskip("speechlab.nn.tc_lstm_triton", reason="needs triton")
 
@@ -41,7 +41,7 @@ def test_the_triton_interpreter_subprocess_passes():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interpreted"],
                          env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "5 passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[-500:]
+    assert "9 passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[-500:]
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2)], ids=["fp32", "fp16"])
@@ -58,21 +58,46 @@ def test_fused_step_equals_the_eager_step_interpreted(dtype, tol, shape):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol, msg=name)
 
 
+def backward_inputs(b: int, h: int, f: int, dtype: torch.dtype, device: str = "cpu", seed: int = 1):
+    """The backward step's arguments after a forward step of :func:`step_inputs`."""
+    gx, hid, c_prev, us, u_c_t, u_a_t = step_inputs(b, h, f, dtype, device, seed)
+    _, _, c, _, act = tc_lstm_step(gx, hid, c_prev, us, u_c_t, u_a_t)
+    g = torch.Generator().manual_seed(seed + 1)
+    dh_out, dc = torch.randn(b, h, generator=g).to(device), torch.randn(b, h, generator=g).to(device)
+    dh_rec = torch.randn(b, h, generator=g).to(device, dtype)
+    u_c = u_c_t.t().contiguous()  # (4F, H)
+    u_a = u_a_t.transpose(1, 2).contiguous()  # (4, H, F)
+    return dh_out, dh_rec, dc, c_prev, c, act, us, u_c, u_a
+
+
 @interpreted
-def test_layer_with_the_fused_forward_equals_the_reference_interpreted():
-    """A TC-LSTM layer run through the recurrence with use_triton_forward: the reference
-    autograd layer's outputs and parameter gradients (the backward step is unchanged)."""
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", [(16, 32, 32), (5, 37, 21)], ids=["one tile", "ragged"])
+def test_fused_backward_step_equals_the_eager_one_interpreted(dtype, tol, shape):
+    """dh_rec_prev, dc_prev, dg and dm of the eager backward step."""
+    args = backward_inputs(*shape, dtype)
+    got = tc_lstm_triton.tc_lstm_step_backward_triton(*args)
+    want = tc_lstm_step_backward(*args)
+    for name, a, b in zip(("dh_rec_prev", "dc_prev", "dg", "dm"), got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 10, msg=name)
+
+
+@interpreted
+def test_layer_with_the_fused_steps_equals_the_reference_interpreted():
+    """A TC-LSTM layer run through the recurrence with use_triton_steps: the reference
+    autograd layer's outputs and parameter gradients."""
     torch.manual_seed(3)
     layer = TCLSTMLayer(6, 20, num_topics=3, factor_size=18)
     x, topics = torch.randn(3, 5, 6), torch.softmax(torch.randn(3, 3), -1)
     ref, (h_ref, _) = layer(x, topics, reference=True)
     ref_grads = torch.autograd.grad(ref.square().sum() + h_ref.sum(), list(layer.parameters()))
-    tc_lstm_triton.use_triton_forward(True)
+    tc_lstm_triton.use_triton_steps(True)
     try:
         out, (h, _) = layer(x, topics)
         grads = torch.autograd.grad(out.square().sum() + h.sum(), list(layer.parameters()))
     finally:
-        tc_lstm_triton.use_triton_forward(False)
+        tc_lstm_triton.use_triton_steps(False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -81,10 +106,16 @@ def test_layer_with_the_fused_forward_equals_the_reference_interpreted():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=["fp32", "bf16"])
-def test_fused_step_equals_the_eager_step_on_gpu(dtype, tol):
-    """Compiled for the GPU at the 20 Newsgroups size (batch 64, hidden 600, factor 600)."""
+def test_fused_steps_equal_the_eager_steps_on_gpu(dtype, tol):
+    """Both kernels compiled for the GPU at the 20 Newsgroups size (batch 64, hidden 600,
+    factor 600)."""
     args = step_inputs(64, 600, 600, dtype, device="cuda")
     got = tc_lstm_triton.tc_lstm_step_triton(*args)
     want = tc_lstm_step(*args)
     for name, a, b in zip(("h", "h_lp", "c", "hc", "act"), got, want, strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol, msg=name)
+    args = backward_inputs(64, 600, 600, dtype, device="cuda")
+    got = tc_lstm_triton.tc_lstm_step_backward_triton(*args)
+    want = tc_lstm_step_backward(*args)
+    for name, a, b in zip(("dh_rec_prev", "dc_prev", "dg", "dm"), got, want, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 10, msg=name)
