@@ -103,6 +103,33 @@ def test_layer_with_the_fused_steps_equals_the_reference_interpreted():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+#: pointer arguments that are float32 whatever the product dtype (the state and the gates)
+FP32_POINTERS = {"gx_ptr", "c_ptr", "h_ptr", "cn_ptr", "act_ptr", "dho_ptr", "dc_ptr", "cp_ptr", "dcp_ptr"}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles for a GPU: not in the interpreter")
+@pytest.mark.parametrize("product", ["bf16", "fp32"])
+def test_kernels_compile_for_hopper_without_a_gpu(product, tmp_path, monkeypatch):
+    """Both kernels compile ahead of time for sm_90 (Triton's own ptxas; no GPU needed), with
+    bf16 and fp32 products: what the interpreter cannot check (typing, layouts, shared memory
+    within the H200's 228 KB per block)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile, not a cache hit
+    blocks = {"BLOCK_B": 16, "BLOCK_H": 32, "BLOCK_F": 32}
+    for kernel in (tc_lstm_triton._gates_cell, tc_lstm_triton._gates_backward):
+        names = list(inspect.signature(kernel.fn).parameters)
+        signature = {n: "constexpr" if n in blocks else ("*fp32" if n in FP32_POINTERS else f"*{product}")
+                     if n.endswith("_ptr") else "i32" for n in names}
+        constants = {(names.index(n),): v for n, v in blocks.items()}
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm.get("cubin") and compiled.metadata.shared <= 228 * 1024, kernel.fn.__name__
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=["fp32", "bf16"])
