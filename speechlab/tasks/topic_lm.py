@@ -190,12 +190,15 @@ class TopicLMTask(SpeechLabTask):
         return self.hparams.get("topic_source", "model") == "label"
 
     def _tcnlm_modules(self, lm_vocab_size: int, topic_vocab_size: int
-                       ) -> tuple[TopicCompositionalLM, NeuralTopicModel]:
+                       ) -> tuple[TopicCompositionalLM, NeuralTopicModel | None]:
+        """The TC-LSTM LM and the topic model (none with ``topic_source: label``)."""
         hp = self.hparams
-        return (TopicCompositionalLM(lm_vocab_size, hp.num_topics, hp.embed_dim, hp.hidden_size,
-                                     hp.factor_size, hp.num_layers, hp.dropout, hp.topic_init_std),
-                NeuralTopicModel(topic_vocab_size, hp.num_topics, hp.topic_hidden, hp.topic_layers,
-                                 dropout=hp.topic_dropout, decoder=hp.topic_decoder))
+        lm = TopicCompositionalLM(lm_vocab_size, hp.num_topics, hp.embed_dim, hp.hidden_size,
+                                  hp.factor_size, hp.num_layers, hp.dropout, hp.topic_init_std)
+        if self.label_topics:  # the label is the mixture
+            return lm, None
+        return lm, NeuralTopicModel(topic_vocab_size, hp.num_topics, hp.topic_hidden, hp.topic_layers,
+                                    dropout=hp.topic_dropout, decoder=hp.topic_decoder)
 
     def build(self, lm_vocab_size: int, topic_vocab_size: int | None) -> None:
         """Create the modules for the given vocabulary sizes (recorded in ``hparams``)."""
@@ -205,15 +208,14 @@ class TopicLMTask(SpeechLabTask):
             if topic_vocab_size is None:
                 raise ValueError("TCNLM needs topic_vocab_size")
             self.lm, self.topic_model = self._tcnlm_modules(lm_vocab_size, topic_vocab_size)
-            if self.label_topics:
-                self.topic_model = None  # the label is the mixture
             return
         if hp.lstm_hidden_size is None:
             if hp.match_params:
                 if topic_vocab_size is None:
                     raise ValueError("match_params needs topic_vocab_size")
                 with torch.device("meta"):
-                    target = sum(map(count_parameters, self._tcnlm_modules(lm_vocab_size, topic_vocab_size)))
+                    target = sum(count_parameters(m) for m in self._tcnlm_modules(lm_vocab_size, topic_vocab_size)
+                                 if m is not None)
                 hp.lstm_hidden_size = lstm_hidden_for_params(target, lm_vocab_size, hp.embed_dim,
                                                              hp.num_layers)
                 log.info("equal-parameter LSTM: hidden %d for the TCNLM's %d parameters",
