@@ -15,6 +15,7 @@ from speechlab.data.corpus import (
     PAD,
     UNK,
     DocumentDataModule,
+    SentenceDataset,
     build_lm_vocab,
     build_topic_vocab,
     clean_usenet,
@@ -219,6 +220,8 @@ def test_batches_carry_each_documents_label_id(tmp_path, caplog):
     for i in range(len(ds)):
         d, _ = ds.index[i]
         assert ds[i]["label"] == dm.label_ids("train")[d]
+    with pytest.raises(ValueError, match="4 label ids for 5 documents"):
+        SentenceDataset(dm.splits["train"], 2, 3, label_ids=[0, 1, 0, 1])
 
 
 def test_embedded_generator_is_deterministic_and_prefix_stable():
