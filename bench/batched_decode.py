@@ -220,11 +220,10 @@ def beam_searches(grams: list[str], args: argparse.Namespace, device: torch.devi
         rows.append(("batched beam, CUDA graph", {}))
         if args.compile:
             rows.append(("batched beam, CUDA graph + compile", dict(compile=True)))
+    how = "CUDA graph" if device.type == "cuda" else "per-frame loop"  # the LM rows' loop
     if lm is not None:
-        how = "CUDA graph" if device.type == "cuda" else "per-frame loop"
         rows.append((f"batched beam + char {lm.order}-gram LM, {how}", dict(lm=lm, lm_weight=0.5, word_score=1.0)))
     if word_lm is not None:
-        how = "CUDA graph" if device.type == "cuda" else "per-frame loop"
         rows.append((f"batched beam + word {word_lm.order}-gram LM, {how}",
                      dict(lm=word_lm.path, lm_unit="word", lm_weight=0.5, word_score=1.0)))
         word_lexicon = dict(lm=word_lm.path, lm_unit="word", lexicon=word_lm.lexicon, lm_weight=0.5,
